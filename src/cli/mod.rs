@@ -1,0 +1,176 @@
+//! The command line: argument parsing (clap derive; the doc comments are
+//! the `--help`), dispatch to one `run` per subcommand, and how results and
+//! errors are printed. Data goes to stdout (text or `--output json`), logs
+//! and errors to stderr. Exit codes: 0 success, 1 failure or invalid
+//! input, 2 usage error.
+//!
+//! To add a command: a module here with its `Args` and `run`, a variant in
+//! [`Command`], a line in `dispatch`.
+
+mod dev;
+mod init;
+mod inventory;
+mod render;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::fleet::{self, Fleet, LoadError};
+
+/// Provisions bare-metal Kubernetes across data centers and replaces whole
+/// clusters like cattle.
+///
+/// metalherd reads a fleet repository (sites/, inventory/, ignition/,
+/// templates/) and renders every machine's boot configuration from it.
+#[derive(Parser, Debug)]
+#[command(
+    name = "metalherd",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The fleet repository to use.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = ".",
+        env = "METALHERD_FLEET"
+    )]
+    pub fleet: PathBuf,
+
+    /// How to print results: text for people, json for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+
+    /// Log more (-v: debug, -vv: trace). Logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Log only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check and show the fleet's inventory.
+    #[command(subcommand)]
+    Inventory(inventory::InventoryCommand),
+    /// Render Ignition, iPXE and dnsmasq configs into a directory.
+    Render(render::RenderArgs),
+    /// Start a fleet repository of your own from the shipped example.
+    Init(init::InitArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Developer tools (fleet generators for benchmarks).
+    #[command(subcommand, hide = true)]
+    Dev(dev::DevCommand),
+}
+
+/// Parses the command line, runs the command and maps the outcome to an
+/// exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match dispatch(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report_error(&cli, &err);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Inventory(cmd) => inventory::run(cli, cmd),
+        Command::Render(args) => render::run(cli, args),
+        Command::Init(args) => init::run(cli, args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "metalherd",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Dev(cmd) => dev::run(cli, cmd),
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("METALHERD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("metalherd={level}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+/// Loads the fleet named by `--fleet`.
+pub(crate) fn load_fleet(cli: &Cli) -> Result<Fleet, LoadError> {
+    fleet::load(&cli.fleet)
+}
+
+/// Prints a JSON document to stdout.
+pub(crate) fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Errors go to stderr with their whole chain; a fleet that failed to load
+/// lists every problem. With `--output json` the same goes to stdout as a
+/// document, for scripts.
+fn report_error(cli: &Cli, err: &anyhow::Error) {
+    let diagnostics = err
+        .downcast_ref::<LoadError>()
+        .map(|e| e.diagnostics.clone())
+        .unwrap_or_default();
+    if cli.output == Output::Json {
+        let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
+        let _ = print_json(&serde_json::json!({
+            "ok": false,
+            "error": chain.join(": "),
+            "diagnostics": diagnostics,
+        }));
+        return;
+    }
+    let mut stderr = std::io::stderr().lock();
+    for d in &diagnostics {
+        let _ = writeln!(stderr, "error: {d}");
+    }
+    let _ = write!(stderr, "error: {err}");
+    for cause in err.chain().skip(1) {
+        let _ = write!(stderr, ": {cause}");
+    }
+    let _ = writeln!(stderr);
+}

@@ -1,0 +1,92 @@
+//! `metalherd render`: write every machine's Ignition and iPXE and every
+//! site's dnsmasq config into a directory. Everything is rendered in
+//! memory first, so a template error writes nothing.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+
+use super::{load_fleet, print_json, Cli, Output};
+use crate::fleet::{MachineName, SiteName};
+use crate::keys;
+use crate::render::{self, Selection};
+
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    /// Only this site.
+    #[arg(long, value_name = "SITE")]
+    site: Option<SiteName>,
+    /// Only this machine.
+    #[arg(long, value_name = "MACHINE")]
+    machine: Option<MachineName>,
+    /// The cluster generation to render for.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    generation: u64,
+    /// Where to write: DIR/<site>/<machine>.ign (served at PXE boot),
+    /// <machine>.final.ign (the installed system's config, when the
+    /// machine installs to disk), <machine>.ipxe and DIR/<site>/dnsmasq.conf.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+pub fn run(cli: &Cli, args: &RenderArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let fleet = load_fleet(cli)?;
+    if let Some(site) = &args.site {
+        anyhow::ensure!(
+            fleet.site(site.as_str()).is_some(),
+            "no site `{site}` in fleet {}",
+            fleet.name
+        );
+    }
+    if let Some(machine) = &args.machine {
+        match fleet.machine(machine.as_str()) {
+            None => anyhow::bail!("no machine `{machine}` in fleet {}", fleet.name),
+            Some((site, _)) if args.site.as_ref().is_some_and(|s| *s != site.name) => {
+                anyhow::bail!(
+                    "machine `{machine}` belongs to site `{}`, not `{}`",
+                    site.name,
+                    args.site.as_ref().map(|s| s.as_str()).unwrap_or("")
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    let state_dir = fleet.state_dir();
+    let (keys, created) = keys::ensure(&fleet, &state_dir)
+        .with_context(|| format!("preparing SSH keys in {}", state_dir.display()))?;
+    if created > 0 {
+        tracing::info!("generated {created} SSH key(s) in {}", state_dir.display());
+    }
+    let selection = Selection {
+        site: args.site.clone(),
+        machine: args.machine.clone(),
+    };
+    let rendered = render::render(&fleet, &keys, &selection, args.generation)?;
+    let written = rendered
+        .write_to(&args.out)
+        .with_context(|| format!("writing rendered files to {}", args.out.display()))?;
+    let elapsed = started.elapsed();
+    if cli.output == Output::Json {
+        return print_json(&json!({
+            "ok": true,
+            "out": args.out,
+            "generation": args.generation,
+            "machines": rendered.machines,
+            "files": written,
+            "elapsed_ms": elapsed.as_millis(),
+        }));
+    }
+    println!(
+        "rendered {} machine(s) of {} site(s) into {}: {} files in {:.2?}",
+        rendered.machines.len(),
+        rendered.sites.len(),
+        args.out.display(),
+        written.len(),
+        elapsed
+    );
+    Ok(())
+}

@@ -1,0 +1,799 @@
+//! From raw files to the typed [`Fleet`]: every value parsed into its
+//! type, every rule of the inventory contract checked. Problems are
+//! collected, never returned early, so one run reports them all.
+//!
+//! To add a rule: check it where the values it needs are at hand (per
+//! site, per machine, or in `check_fleet_wide`), with `Ctx::err` naming the
+//! file, line and field.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use marked_yaml::Span;
+use url::Url;
+
+use super::diag::Diagnostics;
+use super::load::{self, InventoryFile, SiteFile};
+use super::raw::*;
+use super::types::*;
+use super::*;
+
+pub(super) fn load(root: &Path) -> Result<Fleet, LoadError> {
+    let mut diags = Diagnostics::default();
+    let files = load::read_all(root, &mut diags);
+    let mut ctx = Ctx { diags, file: 0 };
+    let fleet = ctx.build(root, files);
+    match fleet {
+        Some(fleet) if ctx.diags.is_empty() => Ok(fleet),
+        _ => Err(LoadError {
+            root: root.to_path_buf(),
+            diagnostics: ctx.diags.into_sorted(),
+        }),
+    }
+}
+
+struct Ctx {
+    diags: Diagnostics,
+    /// The file being converted, for `err`.
+    file: usize,
+}
+
+/// Where something was written, to point back at it from a later error.
+#[derive(Clone, Copy)]
+struct Origin {
+    file: usize,
+    line: usize,
+}
+
+impl Ctx {
+    fn err(&mut self, span: &Span, field: impl Into<String>, message: impl Into<String>) {
+        self.diags.at(self.file, span, field, message);
+    }
+
+    fn origin(&self, span: &Span) -> Origin {
+        Origin {
+            file: self.file,
+            line: span.start().map(|m| m.line()).unwrap_or(0),
+        }
+    }
+
+    fn describe(&self, o: Origin) -> String {
+        format!("{}:{}", self.diags.file(o.file).display(), o.line)
+    }
+
+    /// Parses a scalar with `parse`, reporting its error at the value.
+    fn parse<T>(
+        &mut self,
+        v: &Text,
+        field: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        match parse(v.as_str()) {
+            Ok(t) => Some(t),
+            Err(msg) => {
+                self.err(v.span(), field, msg);
+                None
+            }
+        }
+    }
+
+    fn parse_as<T: FromStr<Err = String>>(&mut self, v: &Text, field: &str) -> Option<T> {
+        self.parse(v, field, |s| s.parse())
+    }
+
+    /// A secret reference; an inline secret is refused without its value.
+    fn secret_ref(&mut self, v: &Text, field: &str) -> Option<SecretRef> {
+        match v.parse::<SecretRef>() {
+            Ok(r) => Some(r),
+            Err(InlineSecret) => {
+                self.err(
+                    v.span(),
+                    field,
+                    "looks like an inline secret (value not shown); write a reference instead: env:NAME or file:PATH",
+                );
+                None
+            }
+        }
+    }
+
+    fn url(&mut self, v: &Text, field: &str, schemes: &[&str]) -> Option<Url> {
+        let url = match Url::parse(v.as_str()) {
+            Ok(url) => url,
+            Err(e) => {
+                self.err(v.span(), field, format!("malformed URL: {e}"));
+                return None;
+            }
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            self.err(
+                v.span(),
+                field,
+                "the URL carries credentials (value not shown); put them in a credentials reference (env:NAME or file:PATH)",
+            );
+            return None;
+        }
+        if !schemes.contains(&url.scheme()) {
+            self.err(
+                v.span(),
+                field,
+                format!("URL scheme must be {}", schemes.join(" or ")),
+            );
+            return None;
+        }
+        Some(url)
+    }
+
+    /// An OpenSSH public key line. A private key pasted by mistake is
+    /// refused without being echoed.
+    fn public_key(&mut self, v: &Text, field: &str) -> Option<String> {
+        match ssh_key::PublicKey::from_openssh(v.as_str()) {
+            Ok(_) => Some(v.as_str().trim().to_string()),
+            Err(_) if v.contains("PRIVATE KEY") => {
+                self.err(
+                    v.span(),
+                    field,
+                    "this is a private key (value not shown); give the public key line",
+                );
+                None
+            }
+            Err(e) => {
+                self.err(
+                    v.span(),
+                    field,
+                    format!("not an OpenSSH public key line ({e}); value not shown"),
+                );
+                None
+            }
+        }
+    }
+
+    fn build(&mut self, root: &Path, files: load::RawFiles) -> Option<Fleet> {
+        let settings = files.fleet.and_then(|(id, raw)| {
+            self.file = id;
+            self.fleet_settings(raw)
+        });
+        let mut sites = Vec::new();
+        let mut site_origins = HashMap::new();
+        for file in &files.sites {
+            self.file = file.id;
+            if let Some(site) = self.site(file) {
+                let name = site.0.name.clone();
+                if let Some(first) = site_origins.get(&name) {
+                    let msg = format!(
+                        "site `{name}` is already defined at {}",
+                        self.describe(*first)
+                    );
+                    self.err(file.site.name.span(), "name", msg);
+                    continue;
+                }
+                site_origins.insert(name, self.origin(file.site.name.span()));
+                sites.push(site);
+            }
+        }
+        self.check_sites(&files.sites, &sites);
+
+        let mut seen = Seen::default();
+        let mut inventory_of: HashMap<SiteName, Origin> = HashMap::new();
+        for file in &files.inventories {
+            self.file = file.id;
+            self.inventory(file, &mut sites, &mut seen, &mut inventory_of);
+        }
+        for (site, spans) in &sites {
+            self.file = spans.file;
+            self.check_control_planes(site, spans);
+        }
+
+        let mut settings = settings?;
+        if let Some(rebuild) = &settings.1 {
+            self.file = settings.2;
+            for wave in rebuild {
+                for name in wave {
+                    if !sites.iter().any(|(s, _)| s.name.as_str() == name.as_str()) {
+                        self.err(
+                            name.span(),
+                            "rebuild.waves",
+                            format!("unknown site `{}`", name.as_str()),
+                        );
+                    }
+                }
+            }
+        }
+        let mut sites: Vec<Site> = sites.into_iter().map(|(s, _)| s).collect();
+        sites.sort_by(|a, b| a.name.cmp(&b.name));
+        settings.0.sites = sites;
+        settings.0.root = root.to_path_buf();
+        Some(settings.0)
+    }
+}
+
+/// The positions of a site's values that later checks point back at.
+struct SiteSpans {
+    file: usize,
+    count: Option<Span>,
+    cluster: Span,
+}
+
+type SettingsOut = (Fleet, Option<Vec<Vec<Text>>>, usize);
+
+impl Ctx {
+    fn fleet_settings(&mut self, raw: RawFleet) -> Option<SettingsOut> {
+        let flavor = self.parse_as::<OsFlavor>(&raw.os.flavor, "os.flavor");
+        let assets_url = self.url(&raw.os.assets_url, "os.assets_url", &["http", "https"]);
+        let mut admins = Vec::new();
+        for (i, a) in raw.admins.iter().enumerate() {
+            if let Some(key) = self.public_key(
+                &a.ssh_authorized_key,
+                &format!("admins[{i}].ssh_authorized_key"),
+            ) {
+                admins.push(Admin {
+                    name: a.name.to_string(),
+                    ssh_authorized_key: key,
+                });
+            }
+        }
+        let encryption_key = raw
+            .state
+            .encryption_key
+            .as_ref()
+            .and_then(|k| self.secret_ref(k, "state.encryption_key"));
+        let backend = match raw.state.backend.as_str() {
+            "local" => Some(StateBackend::Local {
+                path: raw
+                    .state
+                    .path
+                    .as_ref()
+                    .map(|p| PathBuf::from(p.as_str()))
+                    .unwrap_or_else(|| ".metalherd/state".into()),
+            }),
+            "etcd" => {
+                let mut endpoints = Vec::new();
+                for (i, e) in raw.state.endpoints.iter().flatten().enumerate() {
+                    endpoints.extend(self.url(
+                        e,
+                        &format!("state.endpoints[{i}]"),
+                        &["http", "https"],
+                    ));
+                }
+                if endpoints.is_empty() {
+                    self.err(
+                        raw.state.backend.span(),
+                        "state.endpoints",
+                        "the etcd backend needs at least one endpoint",
+                    );
+                }
+                Some(StateBackend::Etcd { endpoints })
+            }
+            _ => {
+                self.err(
+                    raw.state.backend.span(),
+                    "state.backend",
+                    "unknown state backend: expected local or etcd",
+                );
+                None
+            }
+        };
+        let alarms = raw.alarms.as_ref().map(|a| Alarms {
+            command: a.command.as_ref().map(|c| c.to_string()),
+            url: a
+                .url
+                .as_ref()
+                .and_then(|u| self.url(u, "alarms.url", &["http", "https"])),
+        });
+        let forensics = match &raw.forensics {
+            Some(f) => {
+                let bastion = self.parse(&f.bastion, "forensics.bastion", parse_ip);
+                let key = self.public_key(&f.ssh_authorized_key, "forensics.ssh_authorized_key");
+                bastion
+                    .zip(key)
+                    .map(|(bastion, ssh_authorized_key)| Forensics {
+                        bastion,
+                        ssh_authorized_key,
+                    })
+            }
+            None => None,
+        };
+        let waves = raw.rebuild.as_ref().and_then(|r| r.waves.clone());
+        let rebuild = raw.rebuild.as_ref().map(|r| Rebuild {
+            waves: r
+                .waves
+                .iter()
+                .flatten()
+                .map(|w| w.iter().filter_map(|s| s.parse().ok()).collect())
+                .collect(),
+            bake: r.bake.as_ref().map(|b| b.to_string()),
+        });
+        let fleet = Fleet {
+            root: PathBuf::new(),
+            name: raw.name.to_string(),
+            os: Os {
+                flavor: flavor?,
+                channel: raw.os.channel.to_string(),
+                version: raw.os.version.to_string(),
+                assets_url: assets_url?,
+                signing_keys: raw
+                    .os
+                    .signing_keys
+                    .iter()
+                    .flatten()
+                    .map(|k| PathBuf::from(k.as_str()))
+                    .collect(),
+            },
+            kubernetes: Kubernetes {
+                version: raw.kubernetes.version.to_string(),
+            },
+            admins,
+            state: StateSettings {
+                backend: backend?,
+                encryption_key,
+            },
+            traffic: raw.traffic.as_ref().map(|t| Traffic {
+                drain: t.drain.to_string(),
+                restore: t.restore.to_string(),
+            }),
+            boot: BootSettings {
+                require_token: raw
+                    .boot
+                    .as_ref()
+                    .and_then(|b| b.require_token.as_ref())
+                    .map(|b| **b)
+                    .unwrap_or(true),
+            },
+            alarms,
+            windows: raw
+                .windows
+                .iter()
+                .flatten()
+                .map(|w| w.to_string())
+                .collect(),
+            rebuild,
+            forensics,
+            sites: Vec::new(),
+        };
+        Some((fleet, waves, self.file))
+    }
+}
+
+impl Ctx {
+    fn network(&mut self, raw: &RawNetwork, field: &str) -> Option<Network> {
+        let cidr = self.parse_as::<Cidr>(&raw.cidr, &format!("{field}.cidr"));
+        let gateway = self.parse(&raw.gateway, &format!("{field}.gateway"), parse_ip);
+        if let (Some(cidr), Some(gw)) = (cidr, gateway) {
+            if !cidr.contains(&gw) {
+                self.err(
+                    raw.gateway.span(),
+                    format!("{field}.gateway"),
+                    format!("gateway {gw} is outside {cidr}"),
+                );
+            } else if cidr.reserved().contains(&gw) {
+                self.err(
+                    raw.gateway.span(),
+                    format!("{field}.gateway"),
+                    format!("gateway {gw} is the network or broadcast address of {cidr}"),
+                );
+            }
+        }
+        let mut dns = Vec::new();
+        for (i, d) in raw.dns.iter().enumerate() {
+            dns.extend(self.parse(d, &format!("{field}.dns[{i}]"), parse_ip));
+        }
+        Some(Network {
+            cidr: cidr?,
+            gateway: gateway?,
+            dns,
+        })
+    }
+
+    fn site(&mut self, file: &SiteFile) -> Option<(Site, SiteSpans)> {
+        let raw = &file.site;
+        let name = self.parse_as::<SiteName>(&raw.name, "name");
+        if let Some(name) = &name {
+            if name.as_str() != file.stem {
+                self.err(
+                    raw.name.span(),
+                    "name",
+                    format!(
+                        "site `{name}` must be in sites/{name}.yaml, not sites/{}.yaml",
+                        file.stem
+                    ),
+                );
+            }
+        }
+        let boot_server = self.url(&raw.boot_server, "boot_server", &["http", "https"]);
+        let provisioning = self.network(&raw.networks.provisioning, "networks.provisioning");
+        let nodes = self.network(&raw.networks.nodes, "networks.nodes");
+        let c = &*raw.cluster;
+        let cluster_name = self.parse_as::<ClusterName>(&c.name, "cluster.name");
+        let api_endpoint = self.parse(&c.api_endpoint, "cluster.api_endpoint", parse_endpoint);
+        let pod_cidr = self.parse_as::<Cidr>(&c.pod_cidr, "cluster.pod_cidr");
+        let service_cidr = self.parse_as::<Cidr>(&c.service_cidr, "cluster.service_cidr");
+        if let (Some(pod), Some(svc)) = (pod_cidr, service_cidr) {
+            if pod.overlaps(&svc) {
+                self.err(
+                    c.service_cidr.span(),
+                    "cluster.service_cidr",
+                    format!("{svc} overlaps the pod CIDR {pod}"),
+                );
+            }
+        }
+        let count = match &c.control_plane_count {
+            None => {
+                self.err(
+                    raw.cluster.span(),
+                    "cluster.control_plane_count",
+                    "missing; set 1, 3 or 5",
+                );
+                None
+            }
+            Some(n) if ![1, 3, 5].contains(&**n) => {
+                let why = if **n % 2 == 0 {
+                    "an even count cannot keep etcd quorum through a failure"
+                } else {
+                    "supported counts are 1, 3 and 5"
+                };
+                self.err(
+                    n.span(),
+                    "cluster.control_plane_count",
+                    format!("{} is not allowed: {why}", **n),
+                );
+                None
+            }
+            Some(n) => Some(**n),
+        };
+        if *raw.capacity > 100 {
+            self.err(
+                raw.capacity.span(),
+                "capacity",
+                format!("{} is more than 100 percent", *raw.capacity),
+            );
+        }
+        let defaults = raw.bmc_defaults.as_ref();
+        let driver = defaults
+            .and_then(|d| d.driver.as_ref())
+            .and_then(|d| self.parse_as::<BmcDriver>(d, "bmc_defaults.driver"));
+        let credentials = defaults
+            .and_then(|d| d.credentials.as_ref())
+            .and_then(|c| self.secret_ref(c, "bmc_defaults.credentials"));
+        let site = Site {
+            name: name?,
+            datacenter: raw.datacenter.to_string(),
+            boot_server: boot_server?,
+            networks: Networks {
+                provisioning: provisioning?,
+                nodes: nodes?,
+            },
+            cluster: Cluster {
+                name: cluster_name?,
+                api_endpoint: api_endpoint?,
+                pod_cidr: pod_cidr?,
+                service_cidr: service_cidr?,
+                control_plane_count: count?,
+            },
+            capacity: *raw.capacity,
+            bmc_defaults: BmcDefaults {
+                driver,
+                credentials,
+            },
+            machines: Vec::new(),
+        };
+        let spans = SiteSpans {
+            file: file.id,
+            count: c.control_plane_count.as_ref().map(|n| *n.span()),
+            cluster: *raw.cluster.span(),
+        };
+        Some((site, spans))
+    }
+
+    /// Rules across sites: no overlapping networks, pod and service ranges
+    /// clear of every node network, and enough capacity to lose any site.
+    fn check_sites(&mut self, files: &[SiteFile], sites: &[(Site, SiteSpans)]) {
+        let span_of = |id: usize| files.iter().find(|f| f.id == id).map(|f| &f.site);
+        for (i, (site, spans)) in sites.iter().enumerate() {
+            let Some(raw) = span_of(spans.file) else {
+                continue;
+            };
+            self.file = spans.file;
+            let own = [
+                (
+                    "networks.provisioning.cidr",
+                    site.networks.provisioning.cidr,
+                    raw.networks.provisioning.cidr.span(),
+                ),
+                (
+                    "networks.nodes.cidr",
+                    site.networks.nodes.cidr,
+                    raw.networks.nodes.cidr.span(),
+                ),
+            ];
+            for (earlier, _) in &sites[..i] {
+                for (field, cidr, span) in &own {
+                    for theirs in [
+                        earlier.networks.provisioning.cidr,
+                        earlier.networks.nodes.cidr,
+                    ] {
+                        if cidr.overlaps(&theirs) {
+                            self.err(
+                                span,
+                                *field,
+                                format!("{cidr} overlaps {theirs} of site `{}`", earlier.name),
+                            );
+                        }
+                    }
+                }
+            }
+            for (other, _) in sites {
+                for (field, cidr, span) in [
+                    (
+                        "cluster.pod_cidr",
+                        site.cluster.pod_cidr,
+                        raw.cluster.pod_cidr.span(),
+                    ),
+                    (
+                        "cluster.service_cidr",
+                        site.cluster.service_cidr,
+                        raw.cluster.service_cidr.span(),
+                    ),
+                ] {
+                    for net in [other.networks.nodes.cidr, other.networks.provisioning.cidr] {
+                        if cidr.overlaps(&net) {
+                            let whose = if other.name == site.name {
+                                "this site".to_string()
+                            } else {
+                                format!("site `{}`", other.name)
+                            };
+                            self.err(
+                                span,
+                                field,
+                                format!("{cidr} overlaps the network {net} of {whose}"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if sites.len() < 2 {
+            return;
+        }
+        for (site, spans) in sites {
+            let rest: u32 = sites
+                .iter()
+                .filter(|(s, _)| s.name != site.name)
+                .map(|(s, _)| s.capacity)
+                .sum();
+            if rest < 100 {
+                let Some(raw) = span_of(spans.file) else {
+                    continue;
+                };
+                self.file = spans.file;
+                let detail: Vec<String> = sites
+                    .iter()
+                    .filter(|(s, _)| s.name != site.name)
+                    .map(|(s, _)| format!("{} {}%", s.name, s.capacity))
+                    .collect();
+                self.err(
+                    raw.capacity.span(),
+                    "capacity",
+                    format!("with site `{}` down the others carry only {rest}% ({}); they must cover 100%", site.name, detail.join(", ")),
+                );
+            }
+        }
+    }
+
+    fn check_control_planes(&mut self, site: &Site, spans: &SiteSpans) {
+        let want = site.cluster.control_plane_count;
+        let have = site
+            .machines
+            .iter()
+            .filter(|m| m.role == Role::ControlPlane)
+            .count();
+        if (have as u32) < want {
+            let span = spans.count.unwrap_or(spans.cluster);
+            self.err(
+                &span,
+                "cluster.control_plane_count",
+                format!(
+                    "{want} control-plane machines wanted but inventory/{}.yaml lists {have}",
+                    site.name
+                ),
+            );
+        }
+    }
+}
+
+/// Names, MACs and IPs seen so far, fleet-wide, with where they were.
+#[derive(Default)]
+struct Seen {
+    names: HashMap<MachineName, Origin>,
+    macs: HashMap<MacAddr, (Origin, MachineName)>,
+    ips: HashMap<IpAddr, (Origin, MachineName)>,
+}
+
+impl Ctx {
+    fn inventory(
+        &mut self,
+        file: &InventoryFile,
+        sites: &mut [(Site, SiteSpans)],
+        seen: &mut Seen,
+        inventory_of: &mut HashMap<SiteName, Origin>,
+    ) {
+        let site_field = &file.header.site;
+        let Some(site_name) = self.parse_as::<SiteName>(site_field, "site") else {
+            return;
+        };
+        if site_name.as_str() != file.stem {
+            self.err(site_field.span(), "site", format!("the machines of site `{site_name}` belong in inventory/{site_name}.yaml, not inventory/{}.yaml", file.stem));
+        }
+        if let Some(first) = inventory_of.get(&site_name) {
+            let msg = format!(
+                "site `{site_name}` already has an inventory at {}",
+                self.describe(*first)
+            );
+            self.err(site_field.span(), "site", msg);
+            return;
+        }
+        inventory_of.insert(site_name.clone(), self.origin(site_field.span()));
+        let Some((site, _)) = sites.iter_mut().find(|(s, _)| s.name == site_name) else {
+            self.err(
+                site_field.span(),
+                "site",
+                format!("no such site: there is no sites/{site_name}.yaml"),
+            );
+            return;
+        };
+        for (i, raw) in &file.machines {
+            if let Some(machine) = self.machine(raw, &format!("machines[{i}]"), site, seen) {
+                site.machines.push(machine);
+            }
+        }
+    }
+
+    fn machine(
+        &mut self,
+        raw: &RawMachine,
+        at: &str,
+        site: &Site,
+        seen: &mut Seen,
+    ) -> Option<Machine> {
+        let name = self.parse_as::<MachineName>(&raw.name, &format!("{at}.name"));
+        let role = self.parse_as::<Role>(&raw.role, &format!("{at}.role"));
+        let mac = self.parse_as::<MacAddr>(&raw.mac, &format!("{at}.mac"));
+        let ip = self.parse(&raw.ip, &format!("{at}.ip"), parse_ip);
+        if let Some(ip) = ip {
+            let nodes = &site.networks.nodes;
+            let problem = if !nodes.cidr.contains(&ip) {
+                Some(format!(
+                    "{ip} is outside the nodes network {} of site `{}`",
+                    nodes.cidr, site.name
+                ))
+            } else if nodes.cidr.reserved().contains(&ip) {
+                Some(format!(
+                    "{ip} is the network or broadcast address of {}",
+                    nodes.cidr
+                ))
+            } else if ip == nodes.gateway {
+                Some(format!("{ip} is the gateway of {}", nodes.cidr))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                self.err(raw.ip.span(), format!("{at}.ip"), problem);
+            }
+        }
+        let here = self.origin(raw.name.span());
+        if let Some(name) = &name {
+            if let Some(first) = seen.names.get(name) {
+                let msg = format!(
+                    "machine name `{name}` is already used at {}",
+                    self.describe(*first)
+                );
+                self.err(raw.name.span(), format!("{at}.name"), msg);
+            } else {
+                seen.names.insert(name.clone(), here);
+            }
+            if let Some(mac) = mac {
+                if let Some((first, owner)) = seen.macs.get(&mac) {
+                    let msg = format!(
+                        "MAC {mac} is already used by `{owner}` at {}",
+                        self.describe(*first)
+                    );
+                    self.err(raw.mac.span(), format!("{at}.mac"), msg);
+                } else {
+                    seen.macs
+                        .insert(mac, (self.origin(raw.mac.span()), name.clone()));
+                }
+            }
+            if let Some(ip) = ip {
+                if let Some((first, owner)) = seen.ips.get(&ip) {
+                    let msg = format!(
+                        "IP {ip} is already used by `{owner}` at {}",
+                        self.describe(*first)
+                    );
+                    self.err(raw.ip.span(), format!("{at}.ip"), msg);
+                } else {
+                    seen.ips
+                        .insert(ip, (self.origin(raw.ip.span()), name.clone()));
+                }
+            }
+        }
+        let install_disk = raw.install_disk.as_ref().and_then(|d| {
+            self.parse(d, &format!("{at}.install_disk"), |s| {
+                if s.starts_with("/dev/") && !s.contains(char::is_whitespace) {
+                    Ok(s.to_string())
+                } else {
+                    Err(format!("{s:?} is not a device path under /dev/"))
+                }
+            })
+        });
+        let bmc = self.bmc(&raw.bmc, &format!("{at}.bmc"), site);
+        Some(Machine {
+            name: name?,
+            role: role?,
+            mac: mac?,
+            ip: ip?,
+            install_disk,
+            bmc: bmc?,
+        })
+    }
+
+    fn bmc(&mut self, raw: &RawBmc, at: &str, site: &Site) -> Option<Bmc> {
+        let driver = match &raw.driver {
+            Some(d) => self.parse_as::<BmcDriver>(d, &format!("{at}.driver")),
+            None => match site.bmc_defaults.driver {
+                Some(d) => Some(d),
+                None => {
+                    self.err(
+                        raw.address.span(),
+                        format!("{at}.driver"),
+                        "no BMC driver: set it here or in the site's bmc_defaults",
+                    );
+                    None
+                }
+            },
+        };
+        let credentials = match &raw.credentials {
+            Some(c) => self.secret_ref(c, &format!("{at}.credentials")),
+            None => site.bmc_defaults.credentials.clone(),
+        };
+        let address = raw.address.as_str();
+        if address.contains("://") {
+            self.url(&raw.address, &format!("{at}.address"), &["http", "https"])?;
+        } else if address.contains('@') {
+            self.err(raw.address.span(), format!("{at}.address"), "the address carries credentials (value not shown); put them in a credentials reference");
+            return None;
+        }
+        if matches!(driver, Some(BmcDriver::Redfish | BmcDriver::Ipmi)) && credentials.is_none() {
+            self.err(raw.address.span(), format!("{at}.credentials"), "this BMC driver needs credentials: set a reference here or in the site's bmc_defaults");
+        }
+        Some(Bmc {
+            driver: driver?,
+            address: address.to_string(),
+            system: raw.system.as_ref().map(|s| s.to_string()),
+            credentials,
+        })
+    }
+}
+
+/// `host:port` or `[v6]:port`.
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    let bad = || format!("malformed endpoint {s:?}: expected HOST:PORT, e.g. 10.10.4.10:6443");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let is_name = !host.is_empty()
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if host.parse::<IpAddr>().is_err() && !is_name {
+        return Err(bad());
+    }
+    Ok(Endpoint {
+        host: host.to_string(),
+        port,
+    })
+}

@@ -1,0 +1,226 @@
+//! The fleet: every site, its networks and cluster, and every machine, as a
+//! typed and validated model. `load` is the only way in: it reads
+//! `inventory/fleet.yaml`, `sites/*.yaml` and `inventory/<site>.yaml`,
+//! checks every rule of the inventory contract (DESIGN.md) and either
+//! returns a [`Fleet`] or every problem it found ([`LoadError`]).
+//!
+//! Layers: `raw` (the files as written) → `build` (parse values, check
+//! rules) → the types below. Nothing past this module sees raw strings.
+
+mod build;
+pub mod diag;
+mod load;
+mod raw;
+pub mod types;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use url::Url;
+
+pub use diag::Diagnostic;
+pub use types::{
+    BmcDriver, Cidr, ClusterName, MacAddr, MachineName, OsFlavor, Role, SecretRef, SiteName,
+};
+
+/// Why a fleet could not be loaded: one or more problems, in file order.
+#[derive(Debug, thiserror::Error)]
+#[error("{} problem{} in fleet {}", .diagnostics.len(), if .diagnostics.len() == 1 { "" } else { "s" }, .root.display())]
+pub struct LoadError {
+    pub root: PathBuf,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Reads and validates the fleet in `root`.
+pub fn load(root: &Path) -> Result<Fleet, LoadError> {
+    build::load(root)
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Fleet {
+    /// The fleet directory the files were read from.
+    #[serde(skip)]
+    pub root: PathBuf,
+    pub name: String,
+    pub os: Os,
+    pub kubernetes: Kubernetes,
+    pub admins: Vec<Admin>,
+    pub state: StateSettings,
+    pub traffic: Option<Traffic>,
+    pub boot: BootSettings,
+    pub alarms: Option<Alarms>,
+    pub windows: Vec<String>,
+    pub rebuild: Option<Rebuild>,
+    pub forensics: Option<Forensics>,
+    /// Sites in name order.
+    pub sites: Vec<Site>,
+}
+
+impl Fleet {
+    pub fn site(&self, name: &str) -> Option<&Site> {
+        self.sites.iter().find(|s| s.name.as_str() == name)
+    }
+
+    /// Every machine with its site, sites in name order, machines in
+    /// inventory order.
+    pub fn machines(&self) -> impl Iterator<Item = (&Site, &Machine)> {
+        self.sites
+            .iter()
+            .flat_map(|s| s.machines.iter().map(move |m| (s, m)))
+    }
+
+    pub fn machine(&self, name: &str) -> Option<(&Site, &Machine)> {
+        self.machines().find(|(_, m)| m.name.as_str() == name)
+    }
+
+    /// The local state directory (`state.path`, relative to the fleet).
+    pub fn state_dir(&self) -> PathBuf {
+        match &self.state.backend {
+            StateBackend::Local { path } => self.root.join(path),
+            StateBackend::Etcd { .. } => self.root.join(".metalherd/state"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Os {
+    pub flavor: OsFlavor,
+    pub channel: String,
+    pub version: String,
+    pub assets_url: Url,
+    pub signing_keys: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Kubernetes {
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Admin {
+    pub name: String,
+    /// An OpenSSH public key line, checked to parse.
+    pub ssh_authorized_key: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StateSettings {
+    #[serde(flatten)]
+    pub backend: StateBackend,
+    pub encryption_key: Option<SecretRef>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "backend", rename_all = "lowercase")]
+pub enum StateBackend {
+    Local { path: PathBuf },
+    Etcd { endpoints: Vec<Url> },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Traffic {
+    pub drain: String,
+    pub restore: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BootSettings {
+    pub require_token: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Alarms {
+    pub command: Option<String>,
+    pub url: Option<Url>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Rebuild {
+    pub waves: Vec<Vec<SiteName>>,
+    pub bake: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Forensics {
+    pub bastion: IpAddr,
+    pub ssh_authorized_key: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Site {
+    pub name: SiteName,
+    pub datacenter: String,
+    pub boot_server: Url,
+    pub networks: Networks,
+    pub cluster: Cluster,
+    /// Share of the global load this site can carry, in percent.
+    pub capacity: u32,
+    pub bmc_defaults: BmcDefaults,
+    pub machines: Vec<Machine>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Networks {
+    pub provisioning: Network,
+    pub nodes: Network,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Network {
+    pub cidr: Cidr,
+    pub gateway: IpAddr,
+    pub dns: Vec<IpAddr>,
+}
+
+impl Network {
+    pub fn prefix_len(&self) -> u8 {
+        self.cidr.net().prefix_len()
+    }
+
+    pub fn netmask(&self) -> IpAddr {
+        self.cidr.net().netmask()
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Cluster {
+    pub name: ClusterName,
+    pub api_endpoint: Endpoint,
+    pub pod_cidr: Cidr,
+    pub service_cidr: Cidr,
+    pub control_plane_count: u32,
+}
+
+/// `host:port`, where host is an IP address or a DNS name.
+#[derive(Clone, Debug, Serialize)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BmcDefaults {
+    pub driver: Option<BmcDriver>,
+    pub credentials: Option<SecretRef>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub name: MachineName,
+    pub role: Role,
+    pub mac: MacAddr,
+    pub ip: IpAddr,
+    /// The disk the OS is installed to; none for machines that run from
+    /// RAM after every network boot.
+    pub install_disk: Option<String>,
+    pub bmc: Bmc,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Bmc {
+    pub driver: BmcDriver,
+    pub address: String,
+    pub system: Option<String>,
+    pub credentials: Option<SecretRef>,
+}

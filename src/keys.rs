@@ -1,0 +1,202 @@
+//! SSH keys metalherd generates and keeps: one host key per machine (so
+//! every later SSH connection checks an exact, pinned key) and metalherd's
+//! own user key, which the `core` user of every machine trusts.
+//!
+//! Keys live in the local state directory, private files 0600 in 0700
+//! directories: `hostkeys/<site>/<machine>/ssh_host_ed25519_key` and
+//! `ssh/id_ed25519`. A key is generated once and reused on every render,
+//! so rendering stays deterministic. (The state-store issue moves these
+//! behind the `StateStore` trait; the layout is its starting point.)
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use rand_core::OsRng;
+use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey};
+use zeroize::Zeroizing;
+
+use crate::fleet::{Fleet, MachineName};
+use crate::fsutil::{create_dir_with_mode, write_atomic};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read or write key {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("key {} is not a valid OpenSSH private key: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: ssh_key::Error,
+    },
+    #[error("cannot generate an SSH key: {0}")]
+    Generate(ssh_key::Error),
+}
+
+/// An Ed25519 key pair. `Debug` never shows the private half.
+#[derive(Clone)]
+pub struct KeyPair {
+    private_openssh: Zeroizing<String>,
+    public_openssh: String,
+    fingerprint: String,
+}
+
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyPair")
+            .field("fingerprint", &self.fingerprint)
+            .field("private", &"****")
+            .finish()
+    }
+}
+
+impl KeyPair {
+    fn from_private(key: &PrivateKey) -> Result<Self, ssh_key::Error> {
+        Ok(KeyPair {
+            private_openssh: key.to_openssh(LineEnding::LF)?,
+            public_openssh: key.public_key().to_openssh()?,
+            fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
+        })
+    }
+
+    /// A new random key with `comment`.
+    pub fn generate(comment: &str) -> Result<Self, KeyError> {
+        let mut key =
+            PrivateKey::random(&mut OsRng, Algorithm::Ed25519).map_err(KeyError::Generate)?;
+        key.set_comment(comment);
+        Self::from_private(&key).map_err(KeyError::Generate)
+    }
+
+    /// A key derived from a 32-byte seed: for tests and snapshots only.
+    pub fn from_seed(seed: [u8; 32], comment: &str) -> Self {
+        let pair = ssh_key::private::Ed25519Keypair::from_seed(&seed);
+        let mut key = PrivateKey::from(pair);
+        key.set_comment(comment);
+        match Self::from_private(&key) {
+            Ok(k) => k,
+            // Encoding an in-memory Ed25519 key cannot fail.
+            Err(e) => unreachable!("encoding an Ed25519 key: {e}"),
+        }
+    }
+
+    /// The OpenSSH private key file's contents. Handle with care.
+    pub fn private_openssh(&self) -> &str {
+        &self.private_openssh
+    }
+
+    /// The `ssh-ed25519 AAAA… comment` line.
+    pub fn public_openssh(&self) -> &str {
+        &self.public_openssh
+    }
+
+    /// `SHA256:…`, as `ssh-keygen -l` prints it.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    fn load(path: &Path) -> Result<Self, KeyError> {
+        let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyError::Io {
+            path: path.into(),
+            source,
+        })?);
+        let key = PrivateKey::from_openssh(text.as_bytes()).map_err(|source| KeyError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_private(&key).map_err(|source| KeyError::Parse {
+            path: path.into(),
+            source,
+        })
+    }
+
+    /// Loads the key at `path`, or generates and stores a new one.
+    fn load_or_create(path: &Path, comment: &str) -> Result<(Self, bool), KeyError> {
+        if path.exists() {
+            return Ok((Self::load(path)?, false));
+        }
+        let io_err = |source| KeyError::Io {
+            path: path.into(),
+            source,
+        };
+        let key = Self::generate(comment)?;
+        if let Some(dir) = path.parent() {
+            create_dir_with_mode(dir, 0o700).map_err(io_err)?;
+        }
+        write_atomic(path, key.private_openssh().as_bytes(), 0o600).map_err(io_err)?;
+        let public = path.with_extension("pub");
+        write_atomic(
+            &public,
+            format!("{}\n", key.public_openssh()).as_bytes(),
+            0o644,
+        )
+        .map_err(io_err)?;
+        Ok((key, true))
+    }
+}
+
+/// The keys rendering needs: every machine's host key and metalherd's
+/// user key.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    pub host: HashMap<MachineName, KeyPair>,
+    pub operator: KeyPair,
+}
+
+/// Loads every key the fleet needs from `state_dir`, generating the
+/// missing ones. Returns the keys and how many were generated.
+pub fn ensure(fleet: &Fleet, state_dir: &Path) -> Result<(Keys, usize), KeyError> {
+    let mut created = 0;
+    let (operator, new) = KeyPair::load_or_create(&state_dir.join("ssh/id_ed25519"), "metalherd")?;
+    created += usize::from(new);
+    let mut host = HashMap::new();
+    for (site, machine) in fleet.machines() {
+        let path = state_dir
+            .join("hostkeys")
+            .join(site.name.as_str())
+            .join(machine.name.as_str())
+            .join("ssh_host_ed25519_key");
+        let (key, new) = KeyPair::load_or_create(&path, &format!("root@{}", machine.name))?;
+        created += usize::from(new);
+        host.insert(machine.name.clone(), key);
+    }
+    Ok((Keys { host, operator }, created))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_private_key() {
+        let key = KeyPair::from_seed([7; 32], "t");
+        let shown = format!("{key:?}");
+        assert!(!shown.contains("PRIVATE"), "{shown}");
+        assert!(key.private_openssh().contains("OPENSSH PRIVATE KEY"));
+    }
+
+    #[test]
+    fn seeded_keys_are_deterministic() {
+        let a = KeyPair::from_seed([1; 32], "t");
+        let b = KeyPair::from_seed([1; 32], "t");
+        assert_eq!(a.private_openssh(), b.private_openssh());
+        assert_eq!(a.public_openssh(), b.public_openssh());
+    }
+
+    #[test]
+    fn stored_key_is_reused_and_private() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/key");
+        let (first, created) = KeyPair::load_or_create(&path, "x").unwrap();
+        assert!(created);
+        let (again, created) = KeyPair::load_or_create(&path, "x").unwrap();
+        assert!(!created);
+        assert_eq!(first.fingerprint(), again.fingerprint());
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777,
+            0o700
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! metalherd: provisions bare-metal Kubernetes across data centers and
+//! replaces whole clusters like cattle.
+//!
+//! Data flows one way: [`fleet`] loads and validates the fleet
+//! repository, [`render`] turns it into per-machine boot configs, and the
+//! command modules in [`cli`] act on them.
+
+pub mod cli;
+pub mod example;
+pub mod fleet;
+pub mod fsutil;
+pub mod keys;
+pub mod render;

@@ -1,0 +1,442 @@
+//! Rendering: the fleet plus its keys → per machine an Ignition config
+//! and an iPXE script, per site a dnsmasq config. A pure function: no
+//! network, no clock, and byte-identical output for the same inputs.
+//!
+//! Role files (`ignition/<role>.yaml`) and everything under `templates/`
+//! are Tera templates; role files are then read as a Butane-style subset
+//! ([`butane`]) and become Ignition 3.3.0. metalherd adds each machine's
+//! identity itself (hostname, pinned SSH host key, the `core` user's
+//! keys), so no role file can forget it. Machines with an `install_disk`
+//! are served the `install` stage, which carries their final config inside
+//! itself.
+
+pub mod butane;
+pub mod context;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use ignition_config::v3_3 as ign;
+use serde::Serialize;
+use tera::{Context, Tera};
+
+use crate::fleet::{Fleet, Machine, MachineName, OsFlavor, Role, Site, SiteName};
+use crate::fsutil::{create_dir_with_mode, write_atomic};
+use crate::keys::Keys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("cannot load templates: {0}")]
+    Templates(String),
+    #[error("{template} (for machine {machine}): {message}")]
+    Template {
+        template: String,
+        machine: String,
+        message: String,
+    },
+    #[error("{template} (rendered for machine {machine}) has {} problem(s):{}", errors.len(), list(template, errors))]
+    Butane {
+        template: String,
+        machine: String,
+        errors: Vec<butane::ButaneError>,
+    },
+    #[error("machine {machine}: {message}")]
+    Machine { machine: String, message: String },
+}
+
+fn list(template: &str, errors: &[butane::ButaneError]) -> String {
+    errors
+        .iter()
+        .map(|e| {
+            format!(
+                "\n  {template}:{}:{}: {}: {}",
+                e.line, e.column, e.field, e.message
+            )
+        })
+        .collect()
+}
+
+/// Which part of the fleet to render.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub site: Option<SiteName>,
+    pub machine: Option<MachineName>,
+}
+
+/// One machine's rendered files.
+#[derive(Clone, Debug, Serialize)]
+pub struct RenderedMachine {
+    pub site: SiteName,
+    pub name: MachineName,
+    pub role: Role,
+    /// The Ignition the boot server hands this machine: the install stage
+    /// when it installs to disk, its final config otherwise.
+    #[serde(skip)]
+    pub ignition: String,
+    /// The config the installed system boots with, when there is an
+    /// install stage (it is embedded in `ignition` too).
+    #[serde(skip)]
+    pub final_ignition: Option<String>,
+    #[serde(skip)]
+    pub ipxe: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RenderedSite {
+    pub name: SiteName,
+    #[serde(skip)]
+    pub dnsmasq: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Rendered {
+    pub machines: Vec<RenderedMachine>,
+    pub sites: Vec<RenderedSite>,
+}
+
+/// A file to write: its path relative to the output directory, contents
+/// and mode. Ignition files hold the machine's private host key: 0600.
+pub struct OutputFile<'a> {
+    pub path: PathBuf,
+    pub contents: &'a str,
+    pub mode: u32,
+}
+
+impl Rendered {
+    pub fn files(&self) -> Vec<OutputFile<'_>> {
+        let mut out = Vec::new();
+        for m in &self.machines {
+            let dir = Path::new(m.site.as_str());
+            out.push(OutputFile {
+                path: dir.join(format!("{}.ign", m.name)),
+                contents: &m.ignition,
+                mode: 0o600,
+            });
+            if let Some(fin) = &m.final_ignition {
+                out.push(OutputFile {
+                    path: dir.join(format!("{}.final.ign", m.name)),
+                    contents: fin,
+                    mode: 0o600,
+                });
+            }
+            out.push(OutputFile {
+                path: dir.join(format!("{}.ipxe", m.name)),
+                contents: &m.ipxe,
+                mode: 0o644,
+            });
+        }
+        for s in &self.sites {
+            if let Some(conf) = &s.dnsmasq {
+                out.push(OutputFile {
+                    path: Path::new(s.name.as_str()).join("dnsmasq.conf"),
+                    contents: conf,
+                    mode: 0o644,
+                });
+            }
+        }
+        out
+    }
+
+    /// Writes every file under `dir`, each atomically; site directories
+    /// are 0700 because they hold private host keys.
+    pub fn write_to(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut written = Vec::new();
+        for site in self
+            .machines
+            .iter()
+            .map(|m| &m.site)
+            .chain(self.sites.iter().map(|s| &s.name))
+        {
+            let site_dir = dir.join(site.as_str());
+            if !written.contains(&site_dir) {
+                create_dir_with_mode(&site_dir, 0o700)?;
+                written.push(site_dir);
+            }
+        }
+        written.clear();
+        for file in self.files() {
+            let path = dir.join(&file.path);
+            write_atomic(&path, file.contents.as_bytes(), file.mode)?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
+
+/// Loads the fleet's role files and templates into one Tera instance,
+/// named by their path in the fleet (`ignition/worker.yaml`,
+/// `templates/systemd/kubelet.service`).
+pub fn load_templates(root: &Path) -> Result<Tera, RenderError> {
+    let mut tera = Tera::default();
+    tera.autoescape_on(vec![]);
+    let mut files = Vec::new();
+    for dir in ["ignition", "templates"] {
+        collect_files(&root.join(dir), dir, &mut files)
+            .map_err(|e| RenderError::Templates(format!("{}: {e}", root.join(dir).display())))?;
+    }
+    files.sort();
+    let mut sources = Vec::new();
+    for (name, path) in files {
+        let text = fs::read_to_string(&path)
+            .map_err(|e| RenderError::Templates(format!("{}: {e}", path.display())))?;
+        sources.push((name, text));
+    }
+    tera.add_raw_templates(sources)
+        .map_err(|e| RenderError::Templates(error_chain(&e)))?;
+    Ok(tera)
+}
+
+fn collect_files(dir: &Path, name: &str, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if file_name.starts_with('.') {
+            continue;
+        }
+        let child = format!("{name}/{file_name}");
+        if entry.file_type()?.is_dir() {
+            collect_files(&entry.path(), &child, out)?;
+        } else {
+            out.push((child, entry.path()));
+        }
+    }
+    Ok(())
+}
+
+/// Tera's own message is only the outermost line; the cause is below.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        parts.push(inner.to_string());
+        cur = inner.source();
+    }
+    parts.join(": ")
+}
+
+/// Renders the selected part of `fleet` for cluster generation
+/// `generation`. Nothing is written; see [`Rendered::write_to`].
+pub fn render(
+    fleet: &Fleet,
+    keys: &Keys,
+    selection: &Selection,
+    generation: u64,
+) -> Result<Rendered, RenderError> {
+    let tera = load_templates(&fleet.root)?;
+    let renderer = Renderer {
+        fleet,
+        keys,
+        tera: &tera,
+    };
+    let mut out = Rendered::default();
+    for site in &fleet.sites {
+        if selection.site.as_ref().is_some_and(|s| *s != site.name) {
+            continue;
+        }
+        let site_ctx = context::site_context(fleet, site, generation);
+        let mut any = false;
+        for machine in &site.machines {
+            if selection
+                .machine
+                .as_ref()
+                .is_some_and(|m| *m != machine.name)
+            {
+                continue;
+            }
+            any = true;
+            out.machines
+                .push(renderer.machine(site, machine, &site_ctx)?);
+        }
+        if selection.machine.is_none() {
+            let ctx = context::dnsmasq_context(&site_ctx, site);
+            let conf =
+                renderer.template("templates/dnsmasq/dnsmasq.conf", &ctx, site.name.as_str())?;
+            out.sites.push(RenderedSite {
+                name: site.name.clone(),
+                dnsmasq: Some(conf),
+            });
+        } else if any {
+            out.sites.push(RenderedSite {
+                name: site.name.clone(),
+                dnsmasq: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+struct Renderer<'a> {
+    fleet: &'a Fleet,
+    keys: &'a Keys,
+    tera: &'a Tera,
+}
+
+impl Renderer<'_> {
+    fn template(&self, name: &str, ctx: &Context, machine: &str) -> Result<String, RenderError> {
+        self.tera
+            .render(name, ctx)
+            .map_err(|e| RenderError::Template {
+                template: name.to_string(),
+                machine: machine.to_string(),
+                message: error_chain(&e),
+            })
+    }
+
+    /// Renders `ignition/<role>.yaml` to an Ignition config with the
+    /// machine's identity added.
+    fn ignition(
+        &self,
+        role_file: &str,
+        ctx: &Context,
+        machine: &Machine,
+    ) -> Result<ign::Config, RenderError> {
+        let yaml = self.template(role_file, ctx, machine.name.as_str())?;
+        let mut resolve = |local: &str| -> Result<String, String> {
+            let name = format!("templates/{local}");
+            if self.tera.get_template(&name).is_err() {
+                return Err(format!("no such template: {name}"));
+            }
+            self.tera
+                .render(&name, ctx)
+                .map_err(|e| format!("{name}: {}", error_chain(&e)))
+        };
+        let mut config =
+            butane::transpile(&yaml, self.fleet.os.flavor.butane_variant(), &mut resolve).map_err(
+                |errors| RenderError::Butane {
+                    template: role_file.to_string(),
+                    machine: machine.name.to_string(),
+                    errors,
+                },
+            )?;
+        self.add_identity(&mut config, machine)?;
+        Ok(config)
+    }
+
+    fn machine(
+        &self,
+        site: &Site,
+        machine: &Machine,
+        site_ctx: &Context,
+    ) -> Result<RenderedMachine, RenderError> {
+        let ctx = context::machine_context(site_ctx, site, machine);
+        let role_file = format!("ignition/{}.yaml", machine.role.as_str());
+        let final_config = to_json(&self.ignition(&role_file, &ctx, machine)?);
+
+        let installs = machine.install_disk.is_some() && self.fleet.os.flavor == OsFlavor::Flatcar;
+        let (ignition, final_ignition) = if installs {
+            let mut install_ctx = ctx.clone();
+            install_ctx.insert(
+                "final_ignition_source",
+                &butane::data_url(final_config.as_bytes()),
+            );
+            let install =
+                to_json(&self.ignition("ignition/install.yaml", &install_ctx, machine)?);
+            (install, Some(final_config))
+        } else {
+            (final_config, None)
+        };
+        let ipxe_file = format!("templates/ipxe/{}.ipxe", self.fleet.os.flavor.as_str());
+        let ipxe = self.template(&ipxe_file, &ctx, machine.name.as_str())?;
+        Ok(RenderedMachine {
+            site: site.name.clone(),
+            name: machine.name.clone(),
+            role: machine.role,
+            ignition,
+            final_ignition,
+            ipxe,
+        })
+    }
+
+    /// Hostname, pinned SSH host key and the `core` user's keys: what
+    /// every later step relies on, so the code adds it, not the templates.
+    fn add_identity(&self, config: &mut ign::Config, machine: &Machine) -> Result<(), RenderError> {
+        let key = self
+            .keys
+            .host
+            .get(&machine.name)
+            .ok_or_else(|| RenderError::Machine {
+                machine: machine.name.to_string(),
+                message: "no SSH host key was loaded for it".into(),
+            })?;
+        let file = |path: &str, contents: &str, mode: i64| {
+            let mut f = ign::File::new(path.to_string());
+            f.mode = Some(mode);
+            f.overwrite = Some(true);
+            f.contents = Some(ign::Resource {
+                source: Some(butane::data_url(contents.as_bytes())),
+                ..Default::default()
+            });
+            f
+        };
+        let identity = [
+            file("/etc/hostname", &format!("{}\n", machine.name), 0o644),
+            file(
+                "/etc/ssh/ssh_host_ed25519_key",
+                key.private_openssh(),
+                0o600,
+            ),
+            file(
+                "/etc/ssh/ssh_host_ed25519_key.pub",
+                &format!("{}\n", key.public_openssh()),
+                0o644,
+            ),
+        ];
+        let storage = config.storage.get_or_insert_with(Default::default);
+        let files = storage.files.get_or_insert_with(Vec::new);
+        for f in &identity {
+            if files.iter().any(|g| g.path == f.path) {
+                return Err(RenderError::Machine {
+                    machine: machine.name.to_string(),
+                    message: format!(
+                        "{} is managed by metalherd; remove it from the role file",
+                        f.path
+                    ),
+                });
+            }
+        }
+        files.splice(0..0, identity);
+
+        let mut keys: Vec<String> = self
+            .fleet
+            .admins
+            .iter()
+            .map(|a| a.ssh_authorized_key.clone())
+            .collect();
+        keys.push(self.keys.operator.public_openssh().to_string());
+        let passwd = config.passwd.get_or_insert_with(Default::default);
+        let users = passwd.users.get_or_insert_with(Vec::new);
+        match users.iter_mut().find(|u| u.name == "core") {
+            Some(core) => core
+                .ssh_authorized_keys
+                .get_or_insert_with(Vec::new)
+                .extend(keys),
+            None => {
+                let mut core = ign::User::new("core".into());
+                core.ssh_authorized_keys = Some(keys);
+                users.insert(0, core);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compact Ignition JSON without the `null`s the generated structs would
+/// otherwise emit for every unset field. serde_json's map is ordered, so
+/// the output is deterministic.
+pub fn to_json(config: &ign::Config) -> String {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.retain(|_, v| !v.is_null());
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(config).unwrap_or(serde_json::Value::Null);
+    strip(&mut value);
+    let mut text = value.to_string();
+    text.push('\n');
+    text
+}
