@@ -7,8 +7,22 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Writes `contents` to `path` atomically with permission `mode`.
+/// Writes `contents` to `path` atomically with permission `mode`, and
+/// durably: when this returns, the new contents survive a power loss.
+/// For state that cannot be recreated (keys, the journal).
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    write_file(path, contents, mode, true)
+}
+
+/// Like [`write_atomic`], without the two fsyncs: a reader still sees the
+/// old or the new file, never half of one, but a power loss may undo the
+/// write. For output that can be rendered again; syncing every one of
+/// thousands of files would cost more than rendering them.
+pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    write_file(path, contents, mode, false)
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32, durable: bool) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -29,14 +43,50 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         // may have a wider one. Either way, set exactly what was asked.
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(contents)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
+        if durable {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Flushes the filesystem holding `path` to stable storage: one call
+/// makes a batch of [`replace_file`] writes durable.
+pub fn sync_filesystem(path: &Path) -> io::Result<()> {
+    let dir = fs::File::open(path)?;
+    rustix::fs::syncfs(&dir).map_err(io::Error::from)
+}
+
+/// Creates a new file (failing if it exists) with exactly `mode`.
+pub fn create_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    file.write_all(contents)
+}
+
+/// Puts directory `new` in the place of `target` in one step: readers see
+/// the old or the new directory, never a mix. The old one is removed. If
+/// `target` does not exist yet, `new` is simply renamed.
+pub fn swap_dir(new: &Path, target: &Path) -> io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    if !target.exists() {
+        return fs::rename(new, target);
+    }
+    renameat_with(CWD, new, CWD, target, RenameFlags::EXCHANGE).map_err(io::Error::from)?;
+    // `new` now holds the previous contents.
+    fs::remove_dir_all(new)
 }
 
 /// Creates `path` and its missing parents with permission `mode`, and
@@ -62,5 +112,24 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn swap_replaces_a_whole_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (new, target) = (dir.path().join("new"), dir.path().join("site"));
+        for d in [&new, &target] {
+            fs::create_dir(d).unwrap();
+        }
+        fs::write(target.join("stale"), "old").unwrap();
+        create_file(&new.join("fresh"), b"new", 0o600).unwrap();
+        swap_dir(&new, &target).unwrap();
+        assert!(!target.join("stale").exists());
+        assert_eq!(fs::read(target.join("fresh")).unwrap(), b"new");
+        assert!(!new.exists());
+        assert!(
+            create_file(&target.join("fresh"), b"x", 0o600).is_err(),
+            "create_file never overwrites"
+        );
     }
 }

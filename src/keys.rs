@@ -19,7 +19,7 @@ use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey};
 use zeroize::Zeroizing;
 
 use crate::fleet::{Fleet, MachineName};
-use crate::fsutil::{create_dir_with_mode, write_atomic};
+use crate::fsutil::{create_dir_with_mode, replace_file, sync_filesystem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -110,7 +110,8 @@ impl KeyPair {
         })
     }
 
-    /// Loads the key at `path`, or generates and stores a new one.
+    /// Loads the key at `path`, or generates and stores a new one. New
+    /// keys are made durable by the caller, all at once (`ensure`).
     fn load_or_create(path: &Path, comment: &str) -> Result<(Self, bool), KeyError> {
         if path.exists() {
             return Ok((Self::load(path)?, false));
@@ -123,9 +124,9 @@ impl KeyPair {
         if let Some(dir) = path.parent() {
             create_dir_with_mode(dir, 0o700).map_err(io_err)?;
         }
-        write_atomic(path, key.private_openssh().as_bytes(), 0o600).map_err(io_err)?;
+        replace_file(path, key.private_openssh().as_bytes(), 0o600).map_err(io_err)?;
         let public = path.with_extension("pub");
-        write_atomic(
+        replace_file(
             &public,
             format!("{}\n", key.public_openssh()).as_bytes(),
             0o644,
@@ -159,6 +160,14 @@ pub fn ensure(fleet: &Fleet, state_dir: &Path) -> Result<(Keys, usize), KeyError
         let (key, new) = KeyPair::load_or_create(&path, &format!("root@{}", machine.name))?;
         created += usize::from(new);
         host.insert(machine.name.clone(), key);
+    }
+    if created > 0 {
+        // One sync for all new keys: a pinned host key must survive a
+        // power loss, and one fsync per key would cost seconds per fleet.
+        sync_filesystem(state_dir).map_err(|source| KeyError::Io {
+            path: state_dir.into(),
+            source,
+        })?;
     }
     Ok((Keys { host, operator }, created))
 }

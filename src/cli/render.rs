@@ -55,17 +55,20 @@ pub fn run(cli: &Cli, args: &RenderArgs) -> anyhow::Result<()> {
             Some(_) => {}
         }
     }
+    tracing::debug!("loaded fleet {} in {:.2?}", fleet.name, started.elapsed());
     let state_dir = fleet.state_dir();
     let (keys, created) = keys::ensure(&fleet, &state_dir)
         .with_context(|| format!("preparing SSH keys in {}", state_dir.display()))?;
     if created > 0 {
         tracing::info!("generated {created} SSH key(s) in {}", state_dir.display());
     }
+    tracing::debug!("SSH keys ready after {:.2?}", started.elapsed());
     let selection = Selection {
         site: args.site.clone(),
         machine: args.machine.clone(),
     };
     let rendered = render::render(&fleet, &keys, &selection, args.generation)?;
+    tracing::debug!("rendered after {:.2?}", started.elapsed());
     let written = rendered
         .write_to(&args.out)
         .with_context(|| format!("writing rendered files to {}", args.out.display()))?;

@@ -6,7 +6,7 @@
 //! site, per machine, or in `check_fleet_wide`), with `Ctx::err` naming the
 //! file, line and field.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -172,15 +172,27 @@ impl Ctx {
                 sites.push(site);
             }
         }
-        self.check_sites(&files.sites, &sites);
+        // Rules about all sites together only make sense when every site
+        // file produced a site; otherwise they would report noise.
+        let all_sites = sites.len() == files.site_stems.len();
+        self.check_sites(&files.sites, &sites, all_sites);
 
+        let site_files: HashSet<String> = files.site_stems.iter().cloned().collect();
         let mut seen = Seen::default();
         let mut inventory_of: HashMap<SiteName, Origin> = HashMap::new();
+        // Sites with a machine that failed its checks: their control-plane
+        // count cannot be judged.
+        let mut incomplete = HashSet::new();
         for file in &files.inventories {
             self.file = file.id;
-            self.inventory(file, &mut sites, &mut seen, &mut inventory_of);
+            if !self.inventory(file, &mut sites, &site_files, &mut seen, &mut inventory_of) {
+                incomplete.insert(file.header.site.to_string());
+            }
         }
         for (site, spans) in &sites {
+            if incomplete.contains(site.name.as_str()) {
+                continue;
+            }
             self.file = spans.file;
             self.check_control_planes(site, spans);
         }
@@ -487,7 +499,7 @@ impl Ctx {
 
     /// Rules across sites: no overlapping networks, pod and service ranges
     /// clear of every node network, and enough capacity to lose any site.
-    fn check_sites(&mut self, files: &[SiteFile], sites: &[(Site, SiteSpans)]) {
+    fn check_sites(&mut self, files: &[SiteFile], sites: &[(Site, SiteSpans)], all_sites: bool) {
         let span_of = |id: usize| files.iter().find(|f| f.id == id).map(|f| &f.site);
         for (i, (site, spans)) in sites.iter().enumerate() {
             let Some(raw) = span_of(spans.file) else {
@@ -552,7 +564,7 @@ impl Ctx {
                 }
             }
         }
-        if sites.len() < 2 {
+        if sites.len() < 2 || !all_sites {
             return;
         }
         for (site, spans) in sites {
@@ -614,12 +626,13 @@ impl Ctx {
         &mut self,
         file: &InventoryFile,
         sites: &mut [(Site, SiteSpans)],
+        site_files: &HashSet<String>,
         seen: &mut Seen,
         inventory_of: &mut HashMap<SiteName, Origin>,
-    ) {
+    ) -> bool {
         let site_field = &file.header.site;
         let Some(site_name) = self.parse_as::<SiteName>(site_field, "site") else {
-            return;
+            return false;
         };
         if site_name.as_str() != file.stem {
             self.err(site_field.span(), "site", format!("the machines of site `{site_name}` belong in inventory/{site_name}.yaml, not inventory/{}.yaml", file.stem));
@@ -630,36 +643,50 @@ impl Ctx {
                 self.describe(*first)
             );
             self.err(site_field.span(), "site", msg);
-            return;
+            return false;
         }
         inventory_of.insert(site_name.clone(), self.origin(site_field.span()));
-        let Some((site, _)) = sites.iter_mut().find(|(s, _)| s.name == site_name) else {
+        let mut site = sites
+            .iter_mut()
+            .find(|(s, _)| s.name == site_name)
+            .map(|(s, _)| s);
+        if site.is_none() && !site_files.contains(site_name.as_str()) {
             self.err(
                 site_field.span(),
                 "site",
                 format!("no such site: there is no sites/{site_name}.yaml"),
             );
-            return;
-        };
+            return false;
+        }
+        // A site file that exists but failed its own checks is reported
+        // already; its machines are still checked on their own.
+        let mut complete = !file.incomplete;
         for (i, raw) in &file.machines {
-            if let Some(machine) = self.machine(raw, &format!("machines[{i}]"), site, seen) {
-                site.machines.push(machine);
+            let at = format!("machines[{i}]");
+            match self.machine(raw, &at, site.as_deref(), seen) {
+                Some(machine) => {
+                    if let Some(site) = site.as_mut() {
+                        site.machines.push(machine);
+                    }
+                }
+                None => complete = false,
             }
         }
+        complete
     }
 
     fn machine(
         &mut self,
         raw: &RawMachine,
         at: &str,
-        site: &Site,
+        site: Option<&Site>,
         seen: &mut Seen,
     ) -> Option<Machine> {
         let name = self.parse_as::<MachineName>(&raw.name, &format!("{at}.name"));
         let role = self.parse_as::<Role>(&raw.role, &format!("{at}.role"));
         let mac = self.parse_as::<MacAddr>(&raw.mac, &format!("{at}.mac"));
         let ip = self.parse(&raw.ip, &format!("{at}.ip"), parse_ip);
-        if let Some(ip) = ip {
+        if let (Some(ip), Some(site)) = (ip, site) {
             let nodes = &site.networks.nodes;
             let problem = if !nodes.cidr.contains(&ip) {
                 Some(format!(
@@ -725,7 +752,11 @@ impl Ctx {
                 }
             })
         });
-        let bmc = self.bmc(&raw.bmc, &format!("{at}.bmc"), site);
+        let bmc = self.bmc(
+            &raw.bmc,
+            &format!("{at}.bmc"),
+            site.map(|s| &s.bmc_defaults),
+        );
         Some(Machine {
             name: name?,
             role: role?,
@@ -736,11 +767,20 @@ impl Ctx {
         })
     }
 
-    fn bmc(&mut self, raw: &RawBmc, at: &str, site: &Site) -> Option<Bmc> {
+    fn bmc(&mut self, raw: &RawBmc, at: &str, defaults: Option<&BmcDefaults>) -> Option<Bmc> {
+        // Without the site (its file failed its own checks), only what
+        // the machine itself says can be checked.
+        let site_known = defaults.is_some();
+        let none = BmcDefaults {
+            driver: None,
+            credentials: None,
+        };
+        let defaults = defaults.unwrap_or(&none);
         let driver = match &raw.driver {
             Some(d) => self.parse_as::<BmcDriver>(d, &format!("{at}.driver")),
-            None => match site.bmc_defaults.driver {
+            None => match defaults.driver {
                 Some(d) => Some(d),
+                None if !site_known => None,
                 None => {
                     self.err(
                         raw.address.span(),
@@ -753,7 +793,7 @@ impl Ctx {
         };
         let credentials = match &raw.credentials {
             Some(c) => self.secret_ref(c, &format!("{at}.credentials")),
-            None => site.bmc_defaults.credentials.clone(),
+            None => defaults.credentials.clone(),
         };
         let address = raw.address.as_str();
         if address.contains("://") {
@@ -762,7 +802,8 @@ impl Ctx {
             self.err(raw.address.span(), format!("{at}.address"), "the address carries credentials (value not shown); put them in a credentials reference");
             return None;
         }
-        if matches!(driver, Some(BmcDriver::Redfish | BmcDriver::Ipmi)) && credentials.is_none() {
+        let needs_credentials = matches!(driver, Some(BmcDriver::Redfish | BmcDriver::Ipmi));
+        if site_known && needs_credentials && raw.credentials.is_none() && credentials.is_none() {
             self.err(raw.address.span(), format!("{at}.credentials"), "this BMC driver needs credentials: set a reference here or in the site's bmc_defaults");
         }
         Some(Bmc {

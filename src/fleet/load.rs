@@ -27,10 +27,15 @@ pub(super) struct InventoryFile {
     pub stem: String,
     pub header: RawInventoryHeader,
     pub machines: Vec<(usize, RawMachine)>,
+    /// Some machine entries were malformed and are missing from `machines`.
+    pub incomplete: bool,
 }
 
 pub(super) struct RawFiles {
     pub fleet: Option<(usize, RawFleet)>,
+    /// The names of all site files found, including those that failed to
+    /// parse: their sites exist, they are only broken.
+    pub site_stems: Vec<String>,
     pub sites: Vec<SiteFile>,
     pub inventories: Vec<InventoryFile>,
 }
@@ -42,9 +47,11 @@ pub(super) fn read_all(root: &Path, diags: &mut Diagnostics) -> RawFiles {
         parse_file(root, fleet_id, diags).and_then(|node| deserialize(&node, fleet_id, "", diags));
 
     let mut sites = Vec::new();
+    let mut site_stems = Vec::new();
     for path in yaml_files(root, "sites", diags) {
         let id = diags.add_file(path.clone());
         let stem = stem(&path);
+        site_stems.push(stem.clone());
         if let Some(node) = parse_file(root, id, diags) {
             if let Some(site) = deserialize::<RawSite>(&node, id, "", diags) {
                 sites.push(SiteFile { id, stem, site });
@@ -66,16 +73,22 @@ pub(super) fn read_all(root: &Path, diags: &mut Diagnostics) -> RawFiles {
             continue;
         };
         let mut machines = Vec::new();
+        let mut incomplete = false;
         match node.as_mapping().and_then(|m| m.get("machines")) {
             Some(Node::Sequence(seq)) => {
                 for (i, item) in seq.iter().enumerate() {
                     let prefix = format!("machines[{i}]");
                     if let Some(m) = deserialize::<RawMachine>(item, id, &prefix, diags) {
                         machines.push((i, m));
+                    } else {
+                        incomplete = true;
                     }
                 }
             }
-            Some(other) => diags.at(id, other.span(), "machines", "expected a list of machines"),
+            Some(other) => {
+                incomplete = true;
+                diags.at(id, other.span(), "machines", "expected a list of machines")
+            }
             None => {}
         }
         inventories.push(InventoryFile {
@@ -83,11 +96,13 @@ pub(super) fn read_all(root: &Path, diags: &mut Diagnostics) -> RawFiles {
             stem,
             header,
             machines,
+            incomplete,
         });
     }
 
     RawFiles {
         fleet: fleet.map(|f| (fleet_id, f)),
+        site_stems,
         sites,
         inventories,
     }
@@ -199,7 +214,10 @@ fn deserialize<T: DeserializeOwned>(
             let mut field = join_path(prefix, &inner_path);
             let message = match &inner {
                 marked_yaml::Error::UnknownFieldError(name, expected, _) => {
-                    field = join_path(&field, name);
+                    // serde_path_to_error's path may already end with the key.
+                    if !field.ends_with(name.as_str()) {
+                        field = join_path(&field, name);
+                    }
                     format!("unknown key; expected one of: {}", expected.join(", "))
                 }
                 other => {

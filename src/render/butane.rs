@@ -364,8 +364,12 @@ pub fn transpile(
             .unwrap_or((0, 0));
         let (field, message) = match &inner {
             marked_yaml::Error::UnknownFieldError(name, expected, _) => (
-                if path.is_empty() || path == "." {
-                    name.clone()
+                if path.is_empty() || path == "." || path.ends_with(name.as_str()) {
+                    if path.is_empty() || path == "." {
+                        name.clone()
+                    } else {
+                        path.clone()
+                    }
                 } else {
                     format!("{path}.{name}")
                 },

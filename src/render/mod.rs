@@ -21,7 +21,7 @@ use serde::Serialize;
 use tera::{Context, Tera};
 
 use crate::fleet::{Fleet, Machine, MachineName, OsFlavor, Role, Site, SiteName};
-use crate::fsutil::{create_dir_with_mode, write_atomic};
+use crate::fsutil::{create_dir_with_mode, create_file, replace_file, swap_dir};
 use crate::keys::Keys;
 
 #[derive(Debug, thiserror::Error)]
@@ -137,30 +137,62 @@ impl Rendered {
         out
     }
 
-    /// Writes every file under `dir`, each atomically; site directories
-    /// are 0700 because they hold private host keys.
+    /// Writes every file under `dir`. A whole site (rendered without
+    /// `--machine`) is written to a fresh directory that then takes the
+    /// place of `DIR/<site>` in one step, so readers (the boot server) see
+    /// the old or the new site, never a mix, and stale files disappear.
+    /// Single machines are written file by file, each atomically. Nothing
+    /// is fsynced: it can be rendered again. Site directories are 0700
+    /// because they hold private host keys. Sites are written in parallel.
     pub fn write_to(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-        let mut written = Vec::new();
-        for site in self
-            .machines
-            .iter()
-            .map(|m| &m.site)
-            .chain(self.sites.iter().map(|s| &s.name))
-        {
-            let site_dir = dir.join(site.as_str());
-            if !written.contains(&site_dir) {
-                create_dir_with_mode(&site_dir, 0o700)?;
-                written.push(site_dir);
-            }
-        }
-        written.clear();
-        for file in self.files() {
-            let path = dir.join(&file.path);
-            write_atomic(&path, file.contents.as_bytes(), file.mode)?;
-            written.push(path);
-        }
-        Ok(written)
+        fs::create_dir_all(dir)?;
+        let files = self.files();
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = self
+                .sites
+                .iter()
+                .map(|site| {
+                    let mine: Vec<&OutputFile> = files
+                        .iter()
+                        .filter(|f| f.path.starts_with(site.name.as_str()))
+                        .collect();
+                    scope.spawn(move || write_site(dir, site, &mine))
+                })
+                .collect();
+            writers.into_iter().try_for_each(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("writer thread panicked")))
+            })
+        })?;
+        Ok(files.iter().map(|f| dir.join(&f.path)).collect())
     }
+}
+
+fn write_site(dir: &Path, site: &RenderedSite, files: &[&OutputFile]) -> std::io::Result<()> {
+    let target = dir.join(site.name.as_str());
+    if site.dnsmasq.is_none() {
+        create_dir_with_mode(&target, 0o700)?;
+        for f in files {
+            replace_file(&dir.join(&f.path), f.contents.as_bytes(), f.mode)?;
+        }
+        return Ok(());
+    }
+    let staging = dir.join(format!(".{}.new-{}", site.name, std::process::id()));
+    let result = (|| {
+        if staging.exists() {
+            fs::remove_dir_all(&staging)?;
+        }
+        create_dir_with_mode(&staging, 0o700)?;
+        for f in files {
+            let name = f.path.file_name().unwrap_or_default();
+            create_file(&staging.join(name), f.contents.as_bytes(), f.mode)?;
+        }
+        swap_dir(&staging, &target)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    result
 }
 
 /// Loads the fleet's role files and templates into one Tera instance,

@@ -1,0 +1,224 @@
+//! The command line as a user meets it: exit codes, `init`, JSON output,
+//! completions, and that no secret reaches the output.
+
+use super::{example_fleet, files_below, metalherd, repo, text};
+
+#[test]
+fn usage_errors_exit_2_and_help_explains() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = metalherd(dir.path(), &["render"]);
+    assert_eq!(out.status.code(), Some(2), "missing --out is a usage error");
+    assert!(text(&out.stderr).contains("--out"), "{}", text(&out.stderr));
+    let out = metalherd(dir.path(), &["no-such-command"]);
+    assert_eq!(out.status.code(), Some(2));
+    let help = metalherd(dir.path(), &["render", "--help"]);
+    assert!(help.status.success());
+    assert!(
+        text(&help.stdout).contains("DIR/<site>/<machine>.ign"),
+        "{}",
+        text(&help.stdout)
+    );
+}
+
+#[test]
+fn a_missing_fleet_fails_with_exit_1_and_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = metalherd(dir.path(), &["inventory", "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("inventory/fleet.yaml: cannot read"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn init_writes_a_fleet_that_checks_and_renders_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("myfleet");
+    let out = metalherd(dir.path(), &["init", "myfleet"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let check = metalherd(&target, &["inventory", "check"]);
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    assert!(target.join(".gitignore").exists());
+
+    let before = std::fs::read_to_string(target.join("sites/fra.yaml")).unwrap();
+    std::fs::write(target.join("sites/fra.yaml"), "# mine\n").unwrap();
+    let again = metalherd(dir.path(), &["init", "myfleet"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("nothing was written"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("sites/fra.yaml")).unwrap(),
+        "# mine\n"
+    );
+    assert_ne!(before, "# mine\n");
+}
+
+#[test]
+fn check_and_show_speak_json() {
+    let out = metalherd(repo(), &["--output", "json", "inventory", "check"]);
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["machines"], 18);
+
+    let out = metalherd(
+        repo(),
+        &["--output", "json", "inventory", "show", "--site", "ber"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sites = doc["sites"].as_array().unwrap();
+    assert_eq!(sites.len(), 1);
+    assert_eq!(sites[0]["name"], "ber");
+    assert_eq!(sites[0]["machines"].as_array().unwrap().len(), 6);
+    assert_eq!(sites[0]["machines"][0]["mac"], "52:54:00:be:00:01");
+    assert_eq!(
+        sites[0]["machines"][0]["bmc"]["credentials"],
+        "env:BER_BMC_CREDENTIALS"
+    );
+
+    let out = metalherd(repo(), &["inventory", "show", "--site", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no site `nope`"));
+}
+
+#[test]
+fn completions_are_printed() {
+    let out = metalherd(repo(), &["completions", "bash"]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("metalherd"));
+}
+
+#[test]
+fn render_selects_a_site_or_a_machine() {
+    let fleet = example_fleet();
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().to_str().unwrap();
+    let r = metalherd(
+        fleet.path(),
+        &["--output", "json", "render", "--site", "ber", "--out", o],
+    );
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(doc["machines"].as_array().unwrap().len(), 6);
+    let files = files_below(out.path());
+    assert!(files.iter().all(|f| f.starts_with("ber")), "{files:?}");
+    assert_eq!(files.len(), 6 * 3 + 1, "{files:?}");
+
+    let out2 = tempfile::tempdir().unwrap();
+    let r = metalherd(
+        fleet.path(),
+        &[
+            "render",
+            "--machine",
+            "muc-wk-02",
+            "--out",
+            out2.path().to_str().unwrap(),
+        ],
+    );
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let files: Vec<String> = files_below(out2.path())
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "muc/muc-wk-02.final.ign",
+            "muc/muc-wk-02.ign",
+            "muc/muc-wk-02.ipxe"
+        ]
+    );
+
+    let r = metalherd(
+        fleet.path(),
+        &["render", "--machine", "nope-01", "--out", o],
+    );
+    assert_eq!(r.status.code(), Some(1));
+    assert!(text(&r.stderr).contains("no machine `nope-01`"));
+}
+
+#[test]
+fn a_template_error_names_the_file_and_writes_nothing() {
+    let fleet = example_fleet();
+    let worker = fleet.path().join("ignition/worker.yaml");
+    let yaml = std::fs::read_to_string(&worker).unwrap();
+    std::fs::write(
+        &worker,
+        yaml.replace(
+            "      enabled: true\n",
+            "      enabled: true\n      colour: red\n",
+        ),
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let r = metalherd(
+        fleet.path(),
+        &["render", "--out", out.path().to_str().unwrap()],
+    );
+    assert_eq!(r.status.code(), Some(1));
+    let stderr = text(&r.stderr);
+    assert!(stderr.contains("ignition/worker.yaml"), "{stderr}");
+    assert!(stderr.contains("systemd.units[0].colour"), "{stderr}");
+    assert!(stderr.contains("unknown key"), "{stderr}");
+    assert!(
+        files_below(out.path()).is_empty(),
+        "nothing may be written on a template error"
+    );
+}
+
+#[test]
+fn state_keys_are_private_and_never_printed() {
+    use std::os::unix::fs::MetadataExt;
+    let fleet = example_fleet();
+    let out = tempfile::tempdir().unwrap();
+    let r = metalherd(
+        fleet.path(),
+        &[
+            "--output",
+            "json",
+            "-v",
+            "render",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+    );
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let printed = format!("{}{}", text(&r.stdout), text(&r.stderr));
+    assert!(!printed.contains("PRIVATE KEY"), "{printed}");
+    let state = fleet.path().join(".metalherd/state");
+    let key = state.join("hostkeys/fra/fra-cp-01/ssh_host_ed25519_key");
+    assert_eq!(std::fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(key.parent().unwrap()).unwrap().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(state.join("ssh/id_ed25519"))
+            .unwrap()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let private = std::fs::read_to_string(&key).unwrap();
+    let body: String = private.lines().nth(1).unwrap().to_string();
+    assert!(!printed.contains(&body));
+    for f in files_below(out.path()) {
+        let mode = std::fs::metadata(out.path().join(&f)).unwrap().mode() & 0o777;
+        let want = if f.extension().is_some_and(|e| e == "ign") {
+            0o600
+        } else {
+            0o644
+        };
+        assert_eq!(mode, want, "{}", f.display());
+    }
+    assert_eq!(
+        std::fs::metadata(out.path().join("fra")).unwrap().mode() & 0o777,
+        0o700
+    );
+}

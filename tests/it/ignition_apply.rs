@@ -1,0 +1,207 @@
+//! The real `ignition` binary (Debian's build) applies rendered configs
+//! into a temporary root: what a machine's first boot would write.
+//!
+//! Debian's Ignition always tries an SELinux relabel, so the root gets
+//! `etc/selinux/config` and PATH a no-op `setfiles`; user creation runs
+//! `useradd --root`, so `etc/{passwd,group,shadow,gshadow}` are seeded.
+//! Ignition prints the whole config (host keys included) when it fails:
+//! its log is redacted before it reaches a failure message.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{render_with_cli, repo, require};
+
+const IGNITION: &str = "/usr/lib/dracut/modules.d/30ignition/ignition";
+
+fn ignition_binary() -> PathBuf {
+    let path = PathBuf::from(IGNITION);
+    assert!(
+        path.is_file(),
+        "{IGNITION} is missing: run `apt-get install -y ignition` (or ./scripts/test)"
+    );
+    require("useradd", "passwd");
+    path
+}
+
+/// A root Ignition can write into, and a PATH with a no-op `setfiles`.
+fn prepare_root(dir: &Path) -> (PathBuf, PathBuf) {
+    let root = dir.join("root");
+    let bin = dir.join("bin");
+    for d in [root.join("etc/selinux"), bin.clone(), dir.join("run")] {
+        std::fs::create_dir_all(&d).unwrap();
+    }
+    // Ignition writes a user's authorized_keys.d as that user: the root
+    // must be traversable by others.
+    for d in [dir, &root] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(
+        root.join("etc/selinux/config"),
+        "SELINUX=disabled\nSELINUXTYPE=targeted\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    std::fs::write(root.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+    std::fs::write(root.join("etc/gshadow"), "root:*::\n").unwrap();
+    let setfiles = bin.join("setfiles");
+    std::fs::write(&setfiles, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&setfiles, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (root, bin)
+}
+
+/// Runs the fetch-offline and files stages of `config` into a new root.
+fn apply(config: &Path) -> (tempfile::TempDir, PathBuf) {
+    let ignition = ignition_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let (root, bin) = prepare_root(dir.path());
+    let run = dir.path().join("run");
+    for stage in ["fetch-offline", "files"] {
+        let out = Command::new(&ignition)
+            .args(["-platform", "file", "-stage", stage, "-log-to-stdout"])
+            .arg("-root")
+            .arg(&root)
+            .arg("-config-cache")
+            .arg(run.join("config.json"))
+            .arg("-state-file")
+            .arg(run.join("state"))
+            .arg("-neednet")
+            .arg(run.join("neednet"))
+            .env_clear()
+            .env(
+                "PATH",
+                format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display()),
+            )
+            .env("IGNITION_CONFIG_FILE", config)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let log = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            let redacted: Vec<String> = log
+                .lines()
+                .map(|l| {
+                    if l.contains("data:") || l.contains("PRIVATE") {
+                        "[line with config data redacted]".into()
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect();
+            panic!(
+                "ignition stage {stage} failed for {}:\n{}",
+                config.display(),
+                redacted.join("\n")
+            );
+        }
+    }
+    (dir, root)
+}
+
+fn read(root: &Path, path: &str) -> String {
+    std::fs::read_to_string(root.join(path.trim_start_matches('/')))
+        .unwrap_or_else(|e| panic!("{path} was not written: {e}"))
+}
+
+fn mode(root: &Path, path: &str) -> u32 {
+    std::fs::metadata(root.join(path.trim_start_matches('/')))
+        .unwrap()
+        .mode()
+        & 0o7777
+}
+
+fn assert_identity(root: &Path, fleet: &Path, site: &str, machine: &str, ip: &str) {
+    assert_eq!(read(root, "/etc/hostname"), format!("{machine}\n"));
+    let network = read(root, "/etc/systemd/network/10-nodes.network");
+    assert!(network.contains(&format!("Address={ip}/22")), "{network}");
+    let state_key = fleet.join(format!(
+        ".metalherd/state/hostkeys/{site}/{machine}/ssh_host_ed25519_key"
+    ));
+    assert_eq!(
+        read(root, "/etc/ssh/ssh_host_ed25519_key"),
+        std::fs::read_to_string(state_key).unwrap()
+    );
+    assert_eq!(mode(root, "/etc/ssh/ssh_host_ed25519_key"), 0o600);
+    let authorized = read(root, "/home/core/.ssh/authorized_keys.d/ignition");
+    assert!(
+        authorized.contains("alice@example") && authorized.contains("bob@example"),
+        "{authorized}"
+    );
+    let operator =
+        std::fs::read_to_string(fleet.join(".metalherd/state/ssh/id_ed25519.pub")).unwrap();
+    assert!(
+        authorized.contains(operator.trim()),
+        "metalherd's own key is authorized"
+    );
+    assert!(
+        read(root, "/etc/passwd").contains("core:"),
+        "the core user exists"
+    );
+}
+
+fn fleet_copy_rendered() -> (tempfile::TempDir, tempfile::TempDir) {
+    let fleet = super::example_fleet();
+    let out = render_with_cli(fleet.path());
+    (fleet, out)
+}
+
+#[test]
+fn control_plane_config_applies() {
+    let (fleet, out) = fleet_copy_rendered();
+    let (_dir, root) = apply(&out.path().join("fra/fra-cp-01.final.ign"));
+    assert_identity(&root, fleet.path(), "fra", "fra-cp-01", "10.10.4.11");
+    let etcd = read(&root, "/etc/etcd/etcd.env");
+    assert!(etcd.contains("ETCD_INITIAL_CLUSTER=fra-cp-01=https://10.10.4.11:2380,fra-cp-02=https://10.10.4.12:2380,fra-cp-03=https://10.10.4.13:2380"), "{etcd}");
+    assert!(read(&root, "/etc/systemd/system/etcd.service")
+        .contains("EnvironmentFile=/etc/etcd/etcd.env"));
+    assert!(read(&root, "/etc/systemd/system/kubelet.service").contains("--node-ip=10.10.4.11"));
+    let preset = read(&root, "/etc/systemd/system-preset/20-ignition.preset");
+    assert!(
+        preset.contains("enable etcd.service") && preset.contains("enable kubelet.service"),
+        "{preset}"
+    );
+    let masked = std::fs::read_link(root.join("etc/systemd/system/update-engine.service")).unwrap();
+    assert_eq!(masked, Path::new("/dev/null"));
+    assert_eq!(mode(&root, "/etc/etcd/pki"), 0o700);
+    assert!(
+        !root.join("etc/etcd/pki/server.key").exists(),
+        "cluster PKI never travels in Ignition"
+    );
+}
+
+#[test]
+fn worker_config_applies() {
+    let (fleet, out) = fleet_copy_rendered();
+    let (_dir, root) = apply(&out.path().join("muc/muc-wk-02.final.ign"));
+    assert_identity(&root, fleet.path(), "muc", "muc-wk-02", "10.30.4.15");
+    assert!(read(&root, "/etc/systemd/system/kubelet.service").contains("--node-ip=10.30.4.15"));
+    assert!(read(&root, "/etc/kubernetes/kubelet.yaml").contains("- 10.98.0.10"));
+    assert!(
+        !root.join("etc/systemd/system/etcd.service").exists(),
+        "workers run no etcd"
+    );
+    let preset = read(&root, "/etc/systemd/system-preset/20-ignition.preset");
+    assert!(preset.contains("enable kubelet.service"), "{preset}");
+}
+
+#[test]
+fn install_stage_applies_and_carries_the_final_config() {
+    let (_fleet, out) = fleet_copy_rendered();
+    let (_dir, root) = apply(&out.path().join("ber/ber-cp-02.ign"));
+    let embedded = std::fs::read(root.join("opt/metalherd/final.ign")).unwrap();
+    assert_eq!(
+        embedded,
+        std::fs::read(out.path().join("ber/ber-cp-02.final.ign")).unwrap()
+    );
+    assert_eq!(mode(&root, "/opt/metalherd/final.ign"), 0o600);
+    let unit = read(&root, "/etc/systemd/system/flatcar-install.service");
+    assert!(
+        unit.contains(
+            "flatcar-install -d /dev/sda -C stable -V 4081.2.0 -i /opt/metalherd/final.ign"
+        ),
+        "{unit}"
+    );
+    let _ = repo();
+}

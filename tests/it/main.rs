@@ -1,0 +1,93 @@
+//! metalherd's integration tests: one binary (faster to build and link),
+//! one module per area, sharing the helpers below. Tests that need a real
+//! program (ignition-validate, ignition, dnsmasq) fail with the command
+//! that installs it; `./scripts/test` installs them all.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod broken_fleets;
+mod cli;
+mod ignition_apply;
+mod render;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository, which is also the shipped example fleet.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh copy of the example fleet (only its four fleet directories) in
+/// a temporary directory.
+pub fn example_fleet() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (path, text) in metalherd::example::FILES {
+        let target = dir.path().join(path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(&target, text).unwrap();
+    }
+    dir
+}
+
+/// Runs the metalherd binary with `args`, in `cwd`, with a clean environment.
+pub fn metalherd(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_metalherd"))
+        .args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .expect("run metalherd")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The path of a program the test needs, or a failure that says how to
+/// install it. Never a silent skip.
+pub fn require(program: &str, debian_package: &str) -> PathBuf {
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+    {
+        let candidate = dir.join(program);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "{program} is not installed: run `apt-get install -y {debian_package}` \
+         (or ./scripts/test, which installs everything the tests need)"
+    );
+}
+
+/// Renders `fleet` with the CLI into a new temporary directory.
+pub fn render_with_cli(fleet: &Path) -> tempfile::TempDir {
+    let out = tempfile::tempdir().unwrap();
+    let result = metalherd(fleet, &["render", "--out", out.path().to_str().unwrap()]);
+    assert!(
+        result.status.success(),
+        "render failed: {}",
+        text(&result.stderr)
+    );
+    out
+}
+
+/// Every file below `dir`, relative paths sorted.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,237 @@
+//! Rendering the example fleet: snapshots of each role's Ignition and of
+//! the iPXE and dnsmasq files, the real `ignition-validate` on every file
+//! `render` writes, the real `dnsmasq --test` on every dnsmasq config, and
+//! determinism.
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use base64::Engine;
+use metalherd::keys::{KeyPair, Keys};
+use metalherd::render::{self, Rendered, Selection};
+
+use super::{example_fleet, files_below, render_with_cli, repo, require, text};
+
+/// Keys derived from fixed seeds, so snapshots are stable.
+fn seeded_keys(fleet: &metalherd::fleet::Fleet) -> Keys {
+    let host: HashMap<_, _> = fleet
+        .machines()
+        .enumerate()
+        .map(|(i, (_, m))| {
+            (
+                m.name.clone(),
+                KeyPair::from_seed([i as u8 + 1; 32], &format!("root@{}", m.name)),
+            )
+        })
+        .collect();
+    Keys {
+        host,
+        operator: KeyPair::from_seed([200; 32], "metalherd"),
+    }
+}
+
+fn render_example() -> Rendered {
+    let fleet = metalherd::fleet::load(repo()).expect("example fleet loads");
+    let keys = seeded_keys(&fleet);
+    render::render(&fleet, &keys, &Selection::default(), 1).expect("example fleet renders")
+}
+
+/// Pretty JSON with every `data:` URL decoded, so a snapshot diff shows
+/// what changed in the files, not in base64.
+fn readable(ignition: &str) -> String {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    if k == "source" {
+                        if let Some(b64) = v.as_str().and_then(|s| s.strip_prefix("data:;base64,"))
+                        {
+                            let bytes = base64::engine::general_purpose::STANDARD
+                                .decode(b64)
+                                .unwrap();
+                            let decoded = String::from_utf8(bytes).unwrap();
+                            *v = match serde_json::from_str::<serde_json::Value>(&decoded) {
+                                Ok(mut inner) if inner.get("ignition").is_some() => {
+                                    walk(&mut inner);
+                                    serde_json::json!({ "embedded ignition config": inner })
+                                }
+                                // Even a seeded test key stays out of the repository.
+                                _ if decoded.contains("PRIVATE KEY") => serde_json::Value::String(
+                                    "(decoded) <private key, redacted>".into(),
+                                ),
+                                _ => serde_json::Value::String(format!("(decoded) {decoded}")),
+                            };
+                            continue;
+                        }
+                    }
+                    walk(v);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_str(ignition).unwrap();
+    walk(&mut value);
+    serde_json::to_string_pretty(&value).unwrap()
+}
+
+#[test]
+fn snapshots_of_each_role() {
+    let rendered = render_example();
+    let machine = |name: &str| {
+        rendered
+            .machines
+            .iter()
+            .find(|m| m.name.as_str() == name)
+            .unwrap()
+    };
+    for (name, role) in [
+        ("fra-cp-01", "control-plane"),
+        ("fra-wk-01", "worker"),
+        ("fra-sp-01", "spare"),
+    ] {
+        let m = machine(name);
+        insta::assert_snapshot!(
+            format!("{role}.final.ign"),
+            readable(m.final_ignition.as_ref().unwrap())
+        );
+        insta::assert_snapshot!(format!("{role}.ipxe"), m.ipxe);
+    }
+    insta::assert_snapshot!("install.ign", readable(&machine("fra-cp-01").ignition));
+    let fra = rendered
+        .sites
+        .iter()
+        .find(|s| s.name.as_str() == "fra")
+        .unwrap();
+    insta::assert_snapshot!("fra.dnsmasq.conf", fra.dnsmasq.as_ref().unwrap());
+}
+
+#[test]
+fn installing_machines_carry_their_final_config() {
+    let rendered = render_example();
+    for m in &rendered.machines {
+        let fin = m
+            .final_ignition
+            .as_ref()
+            .expect("every example machine installs to disk");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(fin.as_bytes());
+        assert!(
+            m.ignition.contains(&encoded),
+            "{}: install stage embeds the final config",
+            m.name
+        );
+        let install =
+            "flatcar-install -d /dev/sda -C stable -V 4081.2.0 -i /opt/metalherd/final.ign";
+        assert!(
+            m.ignition.contains(install),
+            "{}: the install unit pins channel and version",
+            m.name
+        );
+        assert!(
+            m.ipxe.contains("ignition.config.url=http://10."),
+            "{}",
+            m.ipxe
+        );
+    }
+}
+
+#[test]
+fn ignition_validate_accepts_every_rendered_file_without_warnings() {
+    let validate = require("ignition-validate", "ignition");
+    let out = render_with_cli(repo());
+    let files: Vec<_> = files_below(out.path())
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "ign"))
+        .collect();
+    assert_eq!(
+        files.len(),
+        36,
+        "18 machines x (install stage + final config)"
+    );
+    let mut problems = Vec::new();
+    for f in &files {
+        let r = Command::new(&validate)
+            .arg(out.path().join(f))
+            .output()
+            .unwrap();
+        let said = format!("{}{}", text(&r.stdout), text(&r.stderr));
+        if !r.status.success() || !said.trim().is_empty() {
+            problems.push(format!(
+                "{}: exit {:?}: {said}",
+                f.display(),
+                r.status.code()
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "ignition-validate complained:\n{}",
+        problems.join("\n")
+    );
+
+    // The validator really validates: a config it must reject.
+    let bad = out.path().join("bad.ign");
+    std::fs::write(
+        &bad,
+        r#"{"ignition":{"version":"3.3.0"},"storage":{"files":[{"path":"relative/path"}]}}"#,
+    )
+    .unwrap();
+    let r = Command::new(&validate).arg(&bad).output().unwrap();
+    assert!(
+        !r.status.success(),
+        "ignition-validate must reject a relative path"
+    );
+}
+
+#[test]
+fn dnsmasq_accepts_every_rendered_config() {
+    let dnsmasq = require("dnsmasq", "dnsmasq-base");
+    let out = render_with_cli(repo());
+    for site in ["fra", "ber", "muc"] {
+        let conf = out.path().join(site).join("dnsmasq.conf");
+        let r = Command::new(&dnsmasq)
+            .arg("--test")
+            .arg(format!("--conf-file={}", conf.display()))
+            .output()
+            .unwrap();
+        let said = format!("{}{}", text(&r.stdout), text(&r.stderr));
+        assert!(
+            r.status.success() && said.contains("syntax check OK"),
+            "{site}: {said}"
+        );
+    }
+    let bad = out.path().join("bad.conf");
+    std::fs::write(&bad, "dhcp-range=not-an-address,proxy\n").unwrap();
+    let r = Command::new(&dnsmasq)
+        .arg("--test")
+        .arg(format!("--conf-file={}", bad.display()))
+        .output()
+        .unwrap();
+    assert!(
+        !r.status.success(),
+        "dnsmasq --test must reject a bad range"
+    );
+}
+
+#[test]
+fn two_renders_are_byte_identical() {
+    let fleet = example_fleet();
+    let a = render_with_cli(fleet.path());
+    let b = render_with_cli(fleet.path());
+    let files = files_below(a.path());
+    assert_eq!(files, files_below(b.path()));
+    assert_eq!(files.len(), 18 * 3 + 3);
+    for f in &files {
+        let (x, y) = (
+            std::fs::read(a.path().join(f)).unwrap(),
+            std::fs::read(b.path().join(f)).unwrap(),
+        );
+        assert!(x == y, "{} differs between two renders", f.display());
+    }
+    // And the library agrees with itself for fixed keys.
+    let (r1, r2) = (render_example(), render_example());
+    for (m1, m2) in r1.machines.iter().zip(&r2.machines) {
+        assert_eq!(m1.ignition, m2.ignition);
+    }
+}
