@@ -75,7 +75,7 @@ pub fn run(cli: &Cli, cmd: &InventoryCommand) -> anyhow::Result<()> {
                 );
                 for m in &site.machines {
                     println!(
-                        "  {:<16} {:<14} {:<18} {:<16} {:?} {}",
+                        "  {:<16} {:<14} {:<18} {:<16} {} {}",
                         m.name.as_str(),
                         m.role.as_str(),
                         m.mac.to_string(),

@@ -150,8 +150,8 @@ impl Ctx {
     }
 
     fn build(&mut self, root: &Path, files: load::RawFiles) -> Option<Fleet> {
-        let settings = files.fleet.and_then(|(id, raw)| {
-            self.file = id;
+        let settings = files.fleet.as_ref().and_then(|(id, raw)| {
+            self.file = *id;
             self.fleet_settings(raw)
         });
         let mut sites = Vec::new();
@@ -197,26 +197,28 @@ impl Ctx {
             self.check_control_planes(site, spans);
         }
 
-        let mut settings = settings?;
-        if let Some(rebuild) = &settings.1 {
-            self.file = settings.2;
-            for wave in rebuild {
-                for name in wave {
-                    if !sites.iter().any(|(s, _)| s.name.as_str() == name.as_str()) {
-                        self.err(
-                            name.span(),
-                            "rebuild.waves",
-                            format!("unknown site `{}`", name.as_str()),
-                        );
-                    }
+        if let Some((id, raw)) = &files.fleet {
+            self.file = *id;
+            let waves = raw
+                .rebuild
+                .iter()
+                .flat_map(|r| r.waves.iter().flatten().flatten());
+            for name in waves {
+                if !sites.iter().any(|(s, _)| s.name.as_str() == name.as_str()) {
+                    self.err(
+                        name.span(),
+                        "rebuild.waves",
+                        format!("unknown site `{}`", name.as_str()),
+                    );
                 }
             }
         }
+        let mut fleet = settings?;
         let mut sites: Vec<Site> = sites.into_iter().map(|(s, _)| s).collect();
         sites.sort_by(|a, b| a.name.cmp(&b.name));
-        settings.0.sites = sites;
-        settings.0.root = root.to_path_buf();
-        Some(settings.0)
+        fleet.sites = sites;
+        fleet.root = root.to_path_buf();
+        Some(fleet)
     }
 }
 
@@ -227,10 +229,9 @@ struct SiteSpans {
     cluster: Span,
 }
 
-type SettingsOut = (Fleet, Option<Vec<Vec<Text>>>, usize);
-
 impl Ctx {
-    fn fleet_settings(&mut self, raw: RawFleet) -> Option<SettingsOut> {
+    /// Everything of `fleet.yaml`; `sites` is filled in by `build`.
+    fn fleet_settings(&mut self, raw: &RawFleet) -> Option<Fleet> {
         let flavor = self.parse_as::<OsFlavor>(&raw.os.flavor, "os.flavor");
         let assets_url = self.url(&raw.os.assets_url, "os.assets_url", &["http", "https"]);
         let mut admins = Vec::new();
@@ -306,7 +307,6 @@ impl Ctx {
             }
             None => None,
         };
-        let waves = raw.rebuild.as_ref().and_then(|r| r.waves.clone());
         let rebuild = raw.rebuild.as_ref().map(|r| Rebuild {
             waves: r
                 .waves
@@ -363,7 +363,7 @@ impl Ctx {
             forensics,
             sites: Vec::new(),
         };
-        Some((fleet, waves, self.file))
+        Some(fleet)
     }
 }
 

@@ -288,6 +288,23 @@ pub enum BmcDriver {
     Manual,
 }
 
+impl BmcDriver {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BmcDriver::Redfish => "redfish",
+            BmcDriver::Ipmi => "ipmi",
+            BmcDriver::Qemu => "qemu",
+            BmcDriver::Manual => "manual",
+        }
+    }
+}
+
+impl fmt::Display for BmcDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl FromStr for BmcDriver {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -235,3 +235,73 @@ fn two_renders_are_byte_identical() {
         assert_eq!(m1.ignition, m2.ignition);
     }
 }
+
+#[test]
+fn the_fcos_flavor_renders_valid_configs_and_installs_with_coreos_inst() {
+    let validate = require("ignition-validate", "ignition");
+    let fleet = example_fleet();
+    let edit = |path: &str, from: &str, to: &str| {
+        let p = fleet.path().join(path);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "{path} holds {from:?}");
+        std::fs::write(&p, text.replace(from, to)).unwrap();
+    };
+    edit("inventory/fleet.yaml", "flavor: flatcar", "flavor: fcos");
+    edit(
+        "inventory/fleet.yaml",
+        "version: \"4081.2.0\"",
+        "version: \"41.20241027.3.0\"",
+    );
+    for role in ["control-plane", "worker", "spare", "install"] {
+        edit(
+            &format!("ignition/{role}.yaml"),
+            "variant: flatcar\nversion: 1.1.0",
+            "variant: fcos\nversion: 1.5.0",
+        );
+    }
+    let out = render_with_cli(fleet.path());
+    let files = files_below(out.path());
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.to_string_lossy().ends_with(".final.ign")),
+        "fcos has no install stage: {files:?}"
+    );
+    let ipxe = std::fs::read_to_string(out.path().join("fra/fra-wk-01.ipxe")).unwrap();
+    assert!(ipxe.contains("coreos.inst.install_dev=/dev/sda"), "{ipxe}");
+    assert!(
+        ipxe.contains(
+            "coreos.inst.ignition_url=http://10.10.0.2:8080/ignition?mac=52-54-00-fa-00-04"
+        ),
+        "{ipxe}"
+    );
+    for f in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "ign"))
+    {
+        let r = Command::new(&validate)
+            .arg(out.path().join(f))
+            .output()
+            .unwrap();
+        let said = format!("{}{}", text(&r.stdout), text(&r.stderr));
+        assert!(
+            r.status.success() && said.trim().is_empty(),
+            "{}: {said}",
+            f.display()
+        );
+    }
+
+    // A role file whose variant does not match the fleet's OS is refused.
+    edit("ignition/worker.yaml", "variant: fcos", "variant: flatcar");
+    let dir = tempfile::tempdir().unwrap();
+    let r = super::metalherd(
+        fleet.path(),
+        &["render", "--out", dir.path().to_str().unwrap()],
+    );
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        text(&r.stderr).contains("needs `variant: fcos`"),
+        "{}",
+        text(&r.stderr)
+    );
+}
