@@ -1,7 +1,7 @@
 //! `metalherd init DIR`: write a copy of the shipped example fleet to start
-//! a fleet repository from. Refuses to write over existing files.
+//! a fleet repository from, into a new or empty directory only.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{print_json, Cli, Output};
 use crate::example;
-use crate::fsutil::write_atomic;
+use crate::fsutil::create_file;
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
@@ -19,34 +19,40 @@ pub struct InitArgs {
 
 pub fn run(cli: &Cli, args: &InitArgs) -> anyhow::Result<()> {
     let dir = &args.dir;
-    let clashes: Vec<&str> = example::FILES
-        .iter()
-        .map(|(path, _)| *path)
-        .filter(|path| dir.join(path).exists())
-        .collect();
+    let empty = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
     anyhow::ensure!(
-        clashes.is_empty(),
-        "{} already holds {} (and {} more file(s)); nothing was written",
-        dir.display(),
-        clashes.first().copied().unwrap_or_default(),
-        clashes.len().saturating_sub(1)
+        empty,
+        "{} is not empty; init writes only into a new or empty directory; nothing was written",
+        dir.display()
     );
-    for (path, text) in example::FILES {
-        let target = dir.join(path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
+    // Everything goes to a staging directory beside the target first, which
+    // then takes its place: an interrupted init leaves no half a fleet.
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "fleet".into());
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = parent.join(format!(".{name}.init-{}", std::process::id()));
+    let result = write_fleet(&staging).and_then(|()| {
+        if dir.exists() {
+            std::fs::remove_dir(dir)
+                .with_context(|| format!("replacing empty {}", dir.display()))?;
         }
-        write_atomic(&target, text.as_bytes(), 0o644)
-            .with_context(|| format!("writing {}", target.display()))?;
+        std::fs::rename(&staging, dir)
+            .with_context(|| format!("moving the fleet into {}", dir.display()))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
     }
-    let gitignore = dir.join(".gitignore");
-    if !gitignore.exists() {
-        let text =
-            "# metalherd's local state holds private keys: never commit it.\n/.metalherd/\n/out/\n";
-        std::fs::write(&gitignore, text)
-            .with_context(|| format!("writing {}", gitignore.display()))?;
-    }
+    result?;
     if cli.output == Output::Json {
         return print_json(&json!({ "ok": true, "dir": dir, "files": example::FILES.len() }));
     }
@@ -57,4 +63,19 @@ pub fn run(cli: &Cli, args: &InitArgs) -> anyhow::Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+fn write_fleet(dir: &Path) -> anyhow::Result<()> {
+    for (path, text) in example::FILES {
+        let target = dir.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        create_file(&target, text.as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", target.display()))?;
+    }
+    let text =
+        "# metalherd's local state holds private keys: never commit it.\n/.metalherd/\n/out/\n";
+    create_file(&dir.join(".gitignore"), text.as_bytes(), 0o644).context("writing .gitignore")
 }

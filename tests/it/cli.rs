@@ -46,11 +46,23 @@ fn init_writes_a_fleet_that_checks_and_renders_and_refuses_to_overwrite() {
     std::fs::write(target.join("sites/fra.yaml"), "# mine\n").unwrap();
     let again = metalherd(dir.path(), &["init", "myfleet"]);
     assert_eq!(again.status.code(), Some(1));
+    let said = text(&again.stderr);
     assert!(
-        text(&again.stderr).contains("nothing was written"),
-        "{}",
-        text(&again.stderr)
+        said.contains("is not empty") && said.contains("nothing was written"),
+        "{said}"
     );
+
+    // An existing empty directory is fine, and no staging directory is left.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = metalherd(dir.path(), &["init", "empty"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(empty.join("inventory/fleet.yaml").exists());
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
     assert_eq!(
         std::fs::read_to_string(target.join("sites/fra.yaml")).unwrap(),
         "# mine\n"
