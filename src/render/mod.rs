@@ -266,19 +266,19 @@ pub fn render(
             continue;
         }
         let site_ctx = context::site_context(fleet, site, generation);
-        let mut any = false;
-        for machine in &site.machines {
-            if selection
-                .machine
-                .as_ref()
-                .is_some_and(|m| *m != machine.name)
-            {
-                continue;
-            }
-            any = true;
-            out.machines
-                .push(renderer.machine(site, machine, &site_ctx)?);
-        }
+        let machines: Vec<&Machine> = site
+            .machines
+            .iter()
+            .filter(|m| {
+                selection
+                    .machine
+                    .as_ref()
+                    .is_none_or(|want| *want == m.name)
+            })
+            .collect();
+        let any = !machines.is_empty();
+        out.machines
+            .extend(renderer.machines(site, &machines, &site_ctx)?);
         if selection.machine.is_none() {
             let ctx = context::dnsmasq_context(&site_ctx, site);
             let conf =
@@ -304,6 +304,38 @@ struct Renderer<'a> {
 }
 
 impl Renderer<'_> {
+    /// Renders `machines` on all cores, keeping their order. The first
+    /// error (in machine order) wins.
+    fn machines(
+        &self,
+        site: &Site,
+        machines: &[&Machine],
+        site_ctx: &Context,
+    ) -> Result<Vec<RenderedMachine>, RenderError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = machines.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = machines
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|m| self.machine(site, m, site_ctx))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(machines.len());
+            for worker in workers {
+                let part = worker.join().unwrap_or_else(|_| {
+                    Err(RenderError::Templates("a rendering thread panicked".into()))
+                })?;
+                out.extend(part);
+            }
+            Ok(out)
+        })
+    }
+
     fn template(&self, name: &str, ctx: &Context, machine: &str) -> Result<String, RenderError> {
         self.tera
             .render(name, ctx)
