@@ -32,6 +32,8 @@ pub enum KeyError {
     },
     #[error("cannot generate an SSH key: {0}")]
     Generate(ssh_key::Error),
+    #[error("a key-loading thread panicked")]
+    Panicked,
 }
 
 /// An Ed25519 key pair. `Debug` never shows the private half.
@@ -150,16 +152,31 @@ pub fn ensure(fleet: &Fleet, state_dir: &Path) -> Result<(Keys, usize), KeyError
     let mut created = 0;
     let (operator, new) = KeyPair::load_or_create(&state_dir.join("ssh/id_ed25519"), "metalherd")?;
     created += usize::from(new);
+    // Loading checks each key (ssh-key derives the public half from the
+    // private one), which is most of the cost: spread it over all cores.
+    let jobs: Vec<(MachineName, PathBuf)> = fleet
+        .machines()
+        .map(|(site, machine)| {
+            let path = state_dir
+                .join("hostkeys")
+                .join(site.name.as_str())
+                .join(machine.name.as_str())
+                .join("ssh_host_ed25519_key");
+            (machine.name.clone(), path)
+        })
+        .collect();
+    let loaded = crate::parallel::map_in_order(
+        &jobs,
+        || KeyError::Panicked,
+        |(name, path)| {
+            let (key, new) = KeyPair::load_or_create(path, &format!("root@{name}"))?;
+            Ok((name.clone(), key, new))
+        },
+    )?;
     let mut host = HashMap::new();
-    for (site, machine) in fleet.machines() {
-        let path = state_dir
-            .join("hostkeys")
-            .join(site.name.as_str())
-            .join(machine.name.as_str())
-            .join("ssh_host_ed25519_key");
-        let (key, new) = KeyPair::load_or_create(&path, &format!("root@{}", machine.name))?;
+    for (name, key, new) in loaded {
         created += usize::from(new);
-        host.insert(machine.name.clone(), key);
+        host.insert(name, key);
     }
     if created > 0 {
         // One sync for all new keys: a pinned host key must survive a

@@ -10,4 +10,5 @@ pub mod example;
 pub mod fleet;
 pub mod fsutil;
 pub mod keys;
+pub mod parallel;
 pub mod render;

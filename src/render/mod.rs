@@ -297,6 +297,10 @@ pub fn render(
     Ok(out)
 }
 
+/// What `{{ final_ignition_source }}` renders to in `install.yaml`; the
+/// renderer replaces it with the final config as a data URL.
+const FINAL_CONFIG_PLACEHOLDER: &str = "data:,metalherd-final-ignition";
+
 struct Renderer<'a> {
     fleet: &'a Fleet,
     keys: &'a Keys,
@@ -312,28 +316,11 @@ impl Renderer<'_> {
         machines: &[&Machine],
         site_ctx: &Context,
     ) -> Result<Vec<RenderedMachine>, RenderError> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunk = machines.len().div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = machines
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|m| self.machine(site, m, site_ctx))
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                })
-                .collect();
-            let mut out = Vec::with_capacity(machines.len());
-            for worker in workers {
-                let part = worker.join().unwrap_or_else(|_| {
-                    Err(RenderError::Templates("a rendering thread panicked".into()))
-                })?;
-                out.extend(part);
-            }
-            Ok(out)
-        })
+        crate::parallel::map_in_order(
+            machines,
+            || RenderError::Templates("a rendering thread panicked".into()),
+            |m| self.machine(site, m, site_ctx),
+        )
     }
 
     fn template(&self, name: &str, ctx: &Context, machine: &str) -> Result<String, RenderError> {
@@ -388,14 +375,28 @@ impl Renderer<'_> {
 
         let installs = machine.install_disk.is_some() && self.fleet.os.flavor == OsFlavor::Flatcar;
         let (ignition, final_ignition) = if installs {
+            // The final config goes in after transpiling: passed through
+            // the YAML parser as text it would cost more than everything
+            // else a machine needs.
             let mut install_ctx = ctx.clone();
-            install_ctx.insert(
-                "final_ignition_source",
-                &butane::data_url(final_config.as_bytes()),
-            );
-            let install =
-                to_json(&self.ignition("ignition/install.yaml", &install_ctx, machine)?);
-            (install, Some(final_config))
+            install_ctx.insert("final_ignition_source", FINAL_CONFIG_PLACEHOLDER);
+            let mut install = self.ignition("ignition/install.yaml", &install_ctx, machine)?;
+            let source = butane::data_url(final_config.as_bytes());
+            let embedded = install
+                .storage
+                .iter_mut()
+                .flat_map(|s| s.files.iter_mut().flatten())
+                .filter_map(|f| f.contents.as_mut())
+                .filter(|c| c.source.as_deref() == Some(FINAL_CONFIG_PLACEHOLDER))
+                .map(|c| c.source = Some(source.clone()))
+                .count();
+            if embedded == 0 {
+                return Err(RenderError::Machine {
+                    machine: machine.name.to_string(),
+                    message: "ignition/install.yaml must embed the final config: a file with `contents: { source: \"{{ final_ignition_source }}\" }`".into(),
+                });
+            }
+            (to_json(&install), Some(final_config))
         } else {
             (final_config, None)
         };
