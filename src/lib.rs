@@ -5,6 +5,7 @@
 //! repository, [`render`] turns it into per-machine boot configs, and the
 //! command modules in [`cli`] act on them.
 
+pub mod assets;
 pub mod cli;
 pub mod example;
 pub mod fleet;

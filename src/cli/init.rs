@@ -76,6 +76,6 @@ fn write_fleet(dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", target.display()))?;
     }
     let text =
-        "# metalherd's local state holds private keys: never commit it.\n/.metalherd/\n/out/\n";
+        "# metalherd's local state holds private keys: never commit it.\n/.metalherd/\n/out/\n# Cached OS images: large, and fetched again by `metalherd assets fetch`.\n/assets/\n";
     create_file(&dir.join(".gitignore"), text.as_bytes(), 0o644).context("writing .gitignore")
 }

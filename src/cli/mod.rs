@@ -7,6 +7,7 @@
 //! To add a command: a module here with its `Args` and `run`, a variant in
 //! [`Command`], a line in `dispatch`.
 
+mod assets;
 mod dev;
 mod init;
 mod inventory;
@@ -72,6 +73,8 @@ pub enum Command {
     Inventory(inventory::InventoryCommand),
     /// Render Ignition, iPXE and dnsmasq configs into a directory.
     Render(render::RenderArgs),
+    /// Fetch, verify and list the cached OS images the boot server serves.
+    Assets(assets::AssetsArgs),
     /// Start a fleet repository of your own from the shipped example.
     Init(init::InitArgs),
     /// Print a shell completion script.
@@ -104,6 +107,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Inventory(cmd) => inventory::run(cli, cmd),
         Command::Render(args) => render::run(cli, args),
         Command::Init(args) => init::run(cli, args),
+        Command::Assets(args) => assets::run(cli, args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,

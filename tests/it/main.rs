@@ -5,8 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod assets;
 mod broken_fleets;
 mod cli;
+mod httpd;
 mod ignition_apply;
 mod render;
 
