@@ -12,4 +12,5 @@ pub mod fleet;
 pub mod fsutil;
 pub mod keys;
 pub mod parallel;
+pub mod power;
 pub mod render;

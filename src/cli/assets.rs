@@ -157,12 +157,14 @@ fn verify(cli: &Cli, fleet: &Fleet, dir: &std::path::Path) -> anyhow::Result<()>
             }
         }
     }
-    anyhow::ensure!(
-        failed.is_empty(),
-        "{} of {} cached files failed verification",
-        failed.len(),
-        results.len()
-    );
+    if !failed.is_empty() {
+        let summary = format!(
+            "{} of {} cached files failed verification",
+            failed.len(),
+            results.len()
+        );
+        return Err(super::Reported(summary).into());
+    }
     if cli.output == Output::Text {
         println!(
             "{} of {} cached files verified",

@@ -11,6 +11,7 @@ mod assets;
 mod dev;
 mod init;
 mod inventory;
+mod power;
 mod render;
 
 use std::io::{IsTerminal, Write};
@@ -75,6 +76,8 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Fetch, verify and list the cached OS images the boot server serves.
     Assets(assets::AssetsArgs),
+    /// Power control through the machines' BMCs (Redfish, IPMI, QEMU, manual).
+    Power(power::PowerArgs),
     /// Start a fleet repository of your own from the shipped example.
     Init(init::InitArgs),
     /// Print a shell completion script.
@@ -108,6 +111,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Render(args) => render::run(cli, args),
         Command::Init(args) => init::run(cli, args),
         Command::Assets(args) => assets::run(cli, args),
+        Command::Power(args) => power::run(cli, args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,
@@ -152,10 +156,23 @@ pub(crate) fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A failure whose details the command has already printed (as its
+/// `--output json` document, or as text lines): only the exit code and a
+/// one-line summary on stderr remain to be given.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Reported(pub String);
+
 /// Errors go to stderr with their whole chain; a fleet that failed to load
 /// lists every problem. With `--output json` the same goes to stdout as a
 /// document, for scripts.
 fn report_error(cli: &Cli, err: &anyhow::Error) {
+    if let Some(Reported(summary)) = err.downcast_ref::<Reported>() {
+        if cli.output == Output::Text {
+            eprintln!("error: {summary}");
+        }
+        return;
+    }
     let diagnostics = err
         .downcast_ref::<LoadError>()
         .map(|e| e.diagnostics.clone())

@@ -486,6 +486,10 @@ impl Ctx {
             bmc_defaults: BmcDefaults {
                 driver,
                 credentials,
+                ca_file: defaults
+                    .and_then(|d| d.ca_file.as_ref())
+                    .map(|f| PathBuf::from(f.as_str())),
+                insecure: defaults.and_then(|d| d.insecure).unwrap_or(false),
             },
             machines: Vec::new(),
         };
@@ -774,6 +778,8 @@ impl Ctx {
         let none = BmcDefaults {
             driver: None,
             credentials: None,
+            ca_file: None,
+            insecure: false,
         };
         let defaults = defaults.unwrap_or(&none);
         let driver = match &raw.driver {

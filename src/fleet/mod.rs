@@ -203,6 +203,10 @@ pub struct Endpoint {
 pub struct BmcDefaults {
     pub driver: Option<BmcDriver>,
     pub credentials: Option<SecretRef>,
+    /// CA file for the site's Redfish BMCs, relative to the fleet.
+    pub ca_file: Option<PathBuf>,
+    /// Skip certificate checks for the site's BMCs (warned about).
+    pub insecure: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]

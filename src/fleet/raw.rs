@@ -138,6 +138,10 @@ pub struct RawCluster {
 pub struct RawBmcDefaults {
     pub driver: Option<Text>,
     pub credentials: Option<Text>,
+    /// PEM file with the CA that signed the site's BMC certificates.
+    pub ca_file: Option<Text>,
+    /// Accept any BMC certificate (self-signed ones are common).
+    pub insecure: Option<bool>,
 }
 
 /// `inventory/<site>.yaml`, without its machines: those are read one at a

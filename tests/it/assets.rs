@@ -541,3 +541,17 @@ fn fedora_coreos_is_fetched_through_its_stream_metadata() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn verify_with_json_prints_one_document_even_on_failure() {
+    let s = setup();
+    assert!(fetch(&s, &[]).status.success());
+    std::fs::write(release_dir(&s).join(KERNEL), b"not the kernel").unwrap();
+    let out = metalherd(s.fleet.path(), &["--output", "json", "assets", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("exactly one JSON document");
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["files"][0]["ok"], false);
+    assert_eq!(doc["files"][1]["ok"], true);
+}

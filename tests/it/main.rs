@@ -10,6 +10,7 @@ mod broken_fleets;
 mod cli;
 mod httpd;
 mod ignition_apply;
+mod power;
 mod render;
 
 use std::path::{Path, PathBuf};
@@ -34,13 +35,21 @@ pub fn example_fleet() -> tempfile::TempDir {
 
 /// Runs the metalherd binary with `args`, in `cwd`, with a clean environment.
 pub fn metalherd(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_metalherd"))
-        .args(args)
+    metalherd_env(cwd, args, &[])
+}
+
+/// Like [`metalherd`], with extra environment variables (`PATH` may be
+/// among them, replacing the inherited one).
+pub fn metalherd_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metalherd"));
+    cmd.args(args)
         .current_dir(cwd)
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .output()
-        .expect("run metalherd")
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run metalherd")
 }
 
 pub fn text(bytes: &[u8]) -> String {
@@ -61,6 +70,24 @@ pub fn require(program: &str, debian_package: &str) -> PathBuf {
     panic!(
         "{program} is not installed: run `apt-get install -y {debian_package}` \
          (or ./scripts/test, which installs everything the tests need)"
+    );
+}
+
+/// Like [`require`], for a program from PyPI, which `./scripts/test`
+/// installs into `target/test-venv` and puts on PATH.
+pub fn require_pip(program: &str, pip_package: &str) -> PathBuf {
+    let venv = repo().join("target/test-venv/bin").join(program);
+    if venv.is_file() {
+        return venv;
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        if dir.join(program).is_file() {
+            return dir.join(program);
+        }
+    }
+    panic!(
+        "{program} is not installed: run ./scripts/test (it installs {pip_package} into \
+         target/test-venv), or `pip install {pip_package}`"
     );
 }
 

@@ -1,0 +1,127 @@
+//! `metalherd power status|on|off|cycle|pxe-once|disk (<machine>|--site S)`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use super::{load_fleet, print_json, Cli, Output};
+use crate::assets::download::RetryPolicy;
+use crate::fleet::{MachineName, SiteName};
+use crate::power::{self, Action, Options};
+
+#[derive(Args, Debug)]
+pub struct PowerArgs {
+    /// What to do.
+    #[arg(value_enum)]
+    action: PowerAction,
+    /// One machine; or use --site.
+    #[arg(
+        value_name = "MACHINE",
+        required_unless_present = "site",
+        conflicts_with = "site"
+    )]
+    machine: Option<MachineName>,
+    /// Every machine of this site.
+    #[arg(long, value_name = "SITE")]
+    site: Option<SiteName>,
+    /// Operations at once per site (always one at a time per BMC).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    parallel: usize,
+    /// Seconds to wait for a power change to show.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    timeout: u64,
+    /// Retries of a step after a timeout, connection error or 5xx.
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    /// The first pause between retries, doubling each time (up to 10 s).
+    #[arg(long, default_value_t = 1000, value_name = "MS", hide = true)]
+    retry_delay_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PowerAction {
+    /// Read the power state.
+    Status,
+    /// Power on and wait until the BMC reports on.
+    On,
+    /// Power off (hard) and wait until the BMC reports off.
+    Off,
+    /// Power-cycle (or power on if off).
+    Cycle,
+    /// Boot from the network once, then power-cycle or power on.
+    PxeOnce,
+    /// Boot from disk from now on (after provisioning).
+    Disk,
+}
+
+pub fn run(cli: &Cli, args: &PowerArgs) -> anyhow::Result<()> {
+    let fleet = load_fleet(cli)?;
+    let targets: Vec<_> = match (&args.machine, &args.site) {
+        (Some(m), _) => vec![fleet
+            .machine(m.as_str())
+            .ok_or_else(|| anyhow::anyhow!("no machine `{m}` in fleet {}", fleet.name))?],
+        (None, Some(s)) => {
+            let site = fleet
+                .site(s.as_str())
+                .ok_or_else(|| anyhow::anyhow!("no site `{s}` in fleet {}", fleet.name))?;
+            site.machines.iter().map(|m| (site, m)).collect()
+        }
+        (None, None) => anyhow::bail!("name a machine or --site"),
+    };
+    let action = match args.action {
+        PowerAction::Status => Action::Status,
+        PowerAction::On => Action::On,
+        PowerAction::Off => Action::Off,
+        PowerAction::Cycle => Action::Cycle,
+        PowerAction::PxeOnce => Action::PxeOnce,
+        PowerAction::Disk => Action::Disk,
+    };
+    let opts = Options {
+        per_site: args.parallel,
+        state_timeout: Duration::from_secs(args.timeout),
+        retry: RetryPolicy {
+            retries: args.retries,
+            base_delay: Duration::from_millis(args.retry_delay_ms),
+            max_delay: Duration::from_secs(10),
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let outcomes = runtime.block_on(power::run(&fleet, &targets, action, &opts));
+    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok).collect();
+    let summary = if failed.is_empty() {
+        format!("{} of {} done", outcomes.len(), outcomes.len())
+    } else {
+        let names: Vec<&str> = failed.iter().map(|o| o.machine.as_str()).collect();
+        format!(
+            "{} of {} failed: {}",
+            failed.len(),
+            outcomes.len(),
+            names.join(", ")
+        )
+    };
+    if cli.output == Output::Json {
+        print_json(
+            &json!({ "ok": failed.is_empty(), "action": action, "results": outcomes, "summary": summary }),
+        )?;
+    } else {
+        for o in &outcomes {
+            match (&o.state, &o.error) {
+                (_, Some(e)) => println!("{:<16} FAILED  {e}", o.machine),
+                (Some(s), None) => println!("{:<16} {s:<7} ({} ms)", o.machine, o.duration_ms),
+                (None, None) => println!("{:<16} done", o.machine),
+            }
+        }
+        println!("{summary}");
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(super::Reported(summary).into())
+    }
+}

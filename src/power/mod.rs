@@ -1,0 +1,334 @@
+//! Power control through each machine's BMC: set the next boot, power on,
+//! off, cycle, read the state. One [`PowerDriver`] per BMC kind
+//! (`redfish`, `ipmi`, `qemu`, `manual`); [`run`] fans an action out over
+//! many machines with one operation at a time per BMC and a limit per site,
+//! collecting every outcome instead of stopping at the first failure.
+//!
+//! To add a driver: implement [`PowerDriver`], add a `BmcDriver` variant
+//! in the fleet types and a line in [`driver_for`].
+
+pub mod credentials;
+pub mod ipmi;
+pub mod manual;
+pub mod qemu;
+pub mod redfish;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::assets::download::RetryPolicy;
+use crate::fleet::{BmcDriver, Fleet, Machine, Site};
+use credentials::Credentials;
+
+/// What a BMC reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerState {
+    On,
+    Off,
+}
+
+impl fmt::Display for PowerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PowerState::On => "on",
+            PowerState::Off => "off",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootTarget {
+    /// Boot from the network once, then return to the normal order.
+    NetworkOnce,
+    /// Boot from disk from now on (after provisioning).
+    Disk,
+}
+
+/// What one driver call failed on. The machine, BMC and step are added by
+/// [`PowerError`].
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("the BMC answered {status}: {detail}")]
+    Status {
+        status: u16,
+        detail: String,
+        retry: bool,
+    },
+    #[error("{0}")]
+    Connection(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("power state is still {current} after {waited:?} (wanted {wanted})")]
+    StateTimeout {
+        current: String,
+        wanted: PowerState,
+        waited: Duration,
+    },
+    #[error("credentials: {0}")]
+    Credentials(String),
+    #[error("{0}")]
+    Command(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl DriverError {
+    /// Whether trying again may help: connection errors, timeouts and 5xx
+    /// (but not 501 Not Implemented), never 4xx.
+    pub fn retryable(&self) -> bool {
+        match self {
+            DriverError::Status { retry, .. } => *retry,
+            DriverError::Connection(_) | DriverError::Timeout(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A failed power operation: which machine, which BMC, which step.
+#[derive(Debug, thiserror::Error)]
+#[error("{machine} (BMC {address}): {step}: {source}")]
+pub struct PowerError {
+    pub machine: String,
+    pub address: String,
+    pub step: String,
+    #[source]
+    pub source: DriverError,
+}
+
+/// One machine's BMC. Every method does one step and reports it plainly;
+/// retries and limits are [`run`]'s job.
+#[async_trait::async_trait]
+pub trait PowerDriver: Send + Sync {
+    async fn status(&self) -> Result<PowerState, DriverError>;
+    async fn set_next_boot(&self, target: BootTarget) -> Result<(), DriverError>;
+    async fn power_on(&self) -> Result<(), DriverError>;
+    async fn power_off(&self) -> Result<(), DriverError>;
+    async fn power_cycle(&self) -> Result<(), DriverError>;
+}
+
+/// The driver for `machine`'s BMC.
+pub fn driver_for(
+    fleet: &Fleet,
+    site: &Site,
+    machine: &Machine,
+    opts: &Options,
+) -> Result<Box<dyn PowerDriver>, DriverError> {
+    let creds = || -> Result<Credentials, DriverError> {
+        let reference = machine
+            .bmc
+            .credentials
+            .as_ref()
+            .ok_or_else(|| DriverError::Credentials("none configured for this BMC".into()))?;
+        Credentials::resolve(reference, &fleet.root)
+    };
+    Ok(match machine.bmc.driver {
+        BmcDriver::Redfish => Box::new(redfish::Redfish::new(
+            &machine.bmc,
+            creds()?,
+            redfish::Tls::from_site(site, &fleet.root),
+            opts.state_timeout,
+        )?),
+        BmcDriver::Ipmi => Box::new(ipmi::Ipmi::new(
+            &machine.bmc.address,
+            creds()?,
+            opts.state_timeout,
+        )),
+        BmcDriver::Qemu => Box::new(qemu::Qemu::new(&machine.bmc.address)),
+        BmcDriver::Manual => Box::new(manual::Manual::new(
+            machine.name.as_str(),
+            &machine.bmc.address,
+        )),
+    })
+}
+
+/// What [`run`] does to each machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Status,
+    On,
+    Off,
+    Cycle,
+    /// Boot from the network once, then power-cycle (or power on).
+    PxeOnce,
+    /// Boot from disk from now on.
+    Disk,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Operations at once per site.
+    pub per_site: usize,
+    /// How long to wait for a power state change to show.
+    pub state_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// The outcome for one machine.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub machine: String,
+    pub site: String,
+    pub bmc: String,
+    pub ok: bool,
+    /// The power state after the action, when known.
+    pub state: Option<PowerState>,
+    pub error: Option<String>,
+    pub duration_ms: u128,
+}
+
+async fn retrying<T, F, Fut>(policy: &RetryPolicy, what: &str, mut op: F) -> Result<T, DriverError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DriverError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(e) if e.retryable() && attempt < policy.retries => {
+                let pause = policy
+                    .base_delay
+                    .saturating_mul(1 << attempt.min(16))
+                    .min(policy.max_delay);
+                tracing::warn!("{what}: {e}; retrying in {pause:.1?}");
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn act(
+    driver: &dyn PowerDriver,
+    action: Action,
+    retry: &RetryPolicy,
+    who: &str,
+) -> Result<PowerState, (String, DriverError)> {
+    let step = |name: &'static str| move |e| (name.to_string(), e);
+    let status = || async { retrying(retry, who, || driver.status()).await };
+    match action {
+        Action::Status => status().await.map_err(step("status")),
+        Action::On => {
+            retrying(retry, who, || driver.power_on())
+                .await
+                .map_err(step("power on"))?;
+            Ok(PowerState::On)
+        }
+        Action::Off => {
+            retrying(retry, who, || driver.power_off())
+                .await
+                .map_err(step("power off"))?;
+            Ok(PowerState::Off)
+        }
+        Action::Cycle => {
+            retrying(retry, who, || driver.power_cycle())
+                .await
+                .map_err(step("power cycle"))?;
+            Ok(PowerState::On)
+        }
+        Action::PxeOnce => {
+            retrying(retry, who, || driver.set_next_boot(BootTarget::NetworkOnce))
+                .await
+                .map_err(step("set next boot to network"))?;
+            match status().await.map_err(step("status"))? {
+                PowerState::On => retrying(retry, who, || driver.power_cycle())
+                    .await
+                    .map_err(step("power cycle"))?,
+                PowerState::Off => retrying(retry, who, || driver.power_on())
+                    .await
+                    .map_err(step("power on"))?,
+            }
+            Ok(PowerState::On)
+        }
+        Action::Disk => {
+            retrying(retry, who, || driver.set_next_boot(BootTarget::Disk))
+                .await
+                .map_err(step("set next boot to disk"))?;
+            status().await.map_err(step("status"))
+        }
+    }
+}
+
+/// Runs `action` on every machine in `targets`: one task per machine, one
+/// operation at a time per BMC address, `opts.per_site` at a time per site.
+/// Every outcome is returned, in `targets` order.
+pub async fn run(
+    fleet: &Fleet,
+    targets: &[(&Site, &Machine)],
+    action: Action,
+    opts: &Options,
+) -> Vec<Outcome> {
+    let mut per_bmc: HashMap<String, Arc<Semaphore>> = HashMap::new();
+    let mut per_site: HashMap<String, Arc<Semaphore>> = HashMap::new();
+    let mut tasks = Vec::new();
+    for (site, machine) in targets {
+        let bmc_limit = per_bmc
+            .entry(machine.bmc.address.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+            .clone();
+        let site_limit = per_site
+            .entry(site.name.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(opts.per_site.max(1))))
+            .clone();
+        let driver = driver_for(fleet, site, machine, opts);
+        let (name, site_name, address) = (
+            machine.name.to_string(),
+            site.name.to_string(),
+            machine.bmc.address.clone(),
+        );
+        let retry = opts.retry;
+        tasks.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = match driver {
+                Err(e) => Err(("connect".to_string(), e)),
+                Ok(driver) => {
+                    let _site = site_limit.acquire_owned().await;
+                    let _bmc = bmc_limit.acquire_owned().await;
+                    tracing::debug!("{name}: {action:?} via {address}");
+                    act(driver.as_ref(), action, &retry, &name).await
+                }
+            };
+            let (ok, state, error) = match result {
+                Ok(state) => (true, Some(state), None),
+                Err((step, source)) => {
+                    let e = PowerError {
+                        machine: name.clone(),
+                        address: address.clone(),
+                        step,
+                        source,
+                    };
+                    (false, None, Some(e.to_string()))
+                }
+            };
+            Outcome {
+                machine: name,
+                site: site_name,
+                bmc: address,
+                ok,
+                state,
+                error,
+                duration_ms: started.elapsed().as_millis(),
+            }
+        }));
+    }
+    let mut out = Vec::new();
+    for (task, (site, machine)) in tasks.into_iter().zip(targets) {
+        out.push(task.await.unwrap_or_else(|e| Outcome {
+            machine: machine.name.to_string(),
+            site: site.name.to_string(),
+            bmc: machine.bmc.address.clone(),
+            ok: false,
+            state: None,
+            error: Some(format!("the task failed: {e}")),
+            duration_ms: 0,
+        }));
+    }
+    out
+}
