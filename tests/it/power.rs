@@ -460,3 +460,15 @@ fn qemu_over_qmp() {
     assert_eq!(run("pxe-once"), "on");
     assert_eq!(run("status"), "on");
 }
+
+#[test]
+fn the_manual_driver_asks_a_person_and_refuses_without_a_terminal() {
+    let fleet = fleet_with_bmcs(|_| "{ driver: manual, address: \"rack 12, unit 7\" }".to_string());
+    let out = metalherd_env(fleet.path(), &["power", "on", "fra-cp-01"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("fra-cp-01 (BMC rack 12, unit 7): power on: manual BMC: a person must power the machine on on fra-cp-01 (rack 12, unit 7); run this at a terminal"),
+        "{said}"
+    );
+}
