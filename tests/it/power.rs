@@ -219,12 +219,21 @@ fn redfish_pxe_once_and_cycle_on_three_systems_in_parallel() {
 fn redfish_requires_auth_and_names_machine_bmc_and_step() {
     let (_emu, port) = sushy(&["fra-cp-01", "fra-cp-02", "fra-cp-03"]);
     let fleet = fleet_with_bmcs(|_| format!("{{ address: \"http://127.0.0.1:{port}\" }}"));
+    // The emulator really demands authentication.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut raw, b"GET /redfish/v1/Systems HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut raw, &mut answer).unwrap();
+    assert!(answer.contains(" 401 "), "{answer}");
+
     let out = power(
         fleet.path(),
         &["status", "fra-cp-01"],
         "admin:wrong-password",
     );
     assert_eq!(out.status.code(), Some(1));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains("wrong-password"), "{all}");
     let doc = json(&out);
     let err = doc["results"][0]["error"].as_str().unwrap();
     assert!(
