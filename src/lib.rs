@@ -7,6 +7,7 @@
 
 pub mod assets;
 pub mod cli;
+pub mod errfmt;
 pub mod example;
 pub mod fleet;
 pub mod fsutil;

@@ -114,7 +114,7 @@ impl Fetcher {
                 .get(url)
                 .send()
                 .await
-                .map_err(|e| Attempt::Retry(describe(&e)))?;
+                .map_err(|e| Attempt::Retry(crate::errfmt::chain(&e)))?;
             let status = resp.status();
             if !status.is_success() {
                 return Err(classify(url, status));
@@ -122,7 +122,7 @@ impl Fetcher {
             let body = resp
                 .bytes()
                 .await
-                .map_err(|e| Attempt::Retry(describe(&e)))?;
+                .map_err(|e| Attempt::Retry(crate::errfmt::chain(&e)))?;
             Ok(body.to_vec())
         })
         .await
@@ -151,7 +151,10 @@ impl Fetcher {
         if have > 0 {
             req = req.header(RANGE, format!("bytes={have}-"));
         }
-        let resp = req.send().await.map_err(|e| Attempt::Retry(describe(&e)))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Attempt::Retry(crate::errfmt::chain(&e)))?;
         let status = resp.status();
         let (mut file, mut done) = match status {
             StatusCode::PARTIAL_CONTENT => {
@@ -198,7 +201,7 @@ impl Fetcher {
                     file.flush().map_err(io)?;
                     return Err(Attempt::Retry(format!(
                         "connection lost after {done} bytes: {}",
-                        describe(&e)
+                        crate::errfmt::chain(&e)
                     )));
                 }
             }
@@ -227,19 +230,6 @@ fn classify(url: &str, status: StatusCode) -> Attempt {
             status,
         })
     }
-}
-
-/// reqwest's Display names only the outermost layer ("error sending
-/// request"); the cause (connection refused, timeout) is below it.
-fn describe(e: &reqwest::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = std::error::Error::source(e);
-    while let Some(inner) = cur {
-        parts.push(inner.to_string());
-        cur = inner.source();
-    }
-    parts.dedup();
-    parts.join(": ")
 }
 
 /// Progress of one download: an indicatif bar on a TTY, otherwise a line

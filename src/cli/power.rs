@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde_json::json;
 
 use super::{load_fleet, print_json, Cli, Output};
@@ -15,7 +15,7 @@ use crate::power::{self, Action, Options};
 pub struct PowerArgs {
     /// What to do.
     #[arg(value_enum)]
-    action: PowerAction,
+    action: Action,
     /// One machine; or use --site.
     #[arg(
         value_name = "MACHINE",
@@ -40,22 +40,6 @@ pub struct PowerArgs {
     retry_delay_ms: u64,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum PowerAction {
-    /// Read the power state.
-    Status,
-    /// Power on and wait until the BMC reports on.
-    On,
-    /// Power off (hard) and wait until the BMC reports off.
-    Off,
-    /// Power-cycle (or power on if off).
-    Cycle,
-    /// Boot from the network once, then power-cycle or power on.
-    PxeOnce,
-    /// Boot from disk from now on (after provisioning).
-    Disk,
-}
-
 pub fn run(cli: &Cli, args: &PowerArgs) -> anyhow::Result<()> {
     let fleet = load_fleet(cli)?;
     let targets: Vec<_> = match (&args.machine, &args.site) {
@@ -70,14 +54,7 @@ pub fn run(cli: &Cli, args: &PowerArgs) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("name a machine or --site"),
     };
-    let action = match args.action {
-        PowerAction::Status => Action::Status,
-        PowerAction::On => Action::On,
-        PowerAction::Off => Action::Off,
-        PowerAction::Cycle => Action::Cycle,
-        PowerAction::PxeOnce => Action::PxeOnce,
-        PowerAction::Disk => Action::Disk,
-    };
+    let action = args.action;
     let opts = Options {
         per_site: args.parallel,
         state_timeout: Duration::from_secs(args.timeout),

@@ -3,7 +3,7 @@
 //! `IPMI_PASSWORD`), never argv, where any user could read it in `ps`.
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::process::Command;
 
@@ -91,21 +91,13 @@ impl Ipmi {
     }
 
     async fn wait_for(&self, wanted: PowerState) -> Result<(), DriverError> {
-        let started = Instant::now();
-        loop {
-            let current = self.status().await?;
-            if current == wanted {
-                return Ok(());
-            }
-            if started.elapsed() >= self.state_timeout {
-                return Err(DriverError::StateTimeout {
-                    current: current.to_string(),
-                    wanted,
-                    waited: started.elapsed(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        super::wait_for_state(
+            || self.status(),
+            wanted,
+            self.state_timeout,
+            Duration::from_millis(500),
+        )
+        .await
     }
 }
 

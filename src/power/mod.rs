@@ -148,17 +148,50 @@ pub fn driver_for(
 }
 
 /// What [`run`] does to each machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
+    /// Read the power state.
     Status,
+    /// Power on and wait until the BMC reports on.
     On,
+    /// Power off (hard) and wait until the BMC reports off.
     Off,
+    /// Power-cycle (or power on if off).
     Cycle,
-    /// Boot from the network once, then power-cycle (or power on).
+    /// Boot from the network once, then power-cycle or power on.
     PxeOnce,
-    /// Boot from disk from now on.
+    /// Boot from disk from now on (after provisioning).
     Disk,
+}
+
+/// Polls `status` every `poll` until it reports `wanted`: BMCs accept a
+/// power change at once and apply it seconds later.
+pub(crate) async fn wait_for_state<F, Fut>(
+    mut status: F,
+    wanted: PowerState,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<(), DriverError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<PowerState, DriverError>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        let current = status().await?;
+        if current == wanted {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(DriverError::StateTimeout {
+                current: current.to_string(),
+                wanted,
+                waited: started.elapsed(),
+            });
+        }
+        tokio::time::sleep(poll).await;
+    }
 }
 
 #[derive(Clone, Debug)]

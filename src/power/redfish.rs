@@ -4,7 +4,7 @@
 //! them. Name URLs that redirect to UUID URLs are followed.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -111,14 +111,14 @@ impl Redfish {
             if e.is_timeout() {
                 DriverError::Timeout(Duration::from_secs(30))
             } else {
-                DriverError::Connection(chain(&e))
+                DriverError::Connection(crate::errfmt::chain(&e))
             }
         })?;
         let status = resp.status();
         let text = resp
             .text()
             .await
-            .map_err(|e| DriverError::Connection(chain(&e)))?;
+            .map_err(|e| DriverError::Connection(crate::errfmt::chain(&e)))?;
         if !status.is_success() {
             return Err(DriverError::Status {
                 status: status.as_u16(),
@@ -166,28 +166,8 @@ impl Redfish {
             .map(|_| ())
     }
 
-    /// Polls until the BMC reports `wanted`.
     async fn wait_for(&self, wanted: PowerState) -> Result<(), DriverError> {
-        let started = Instant::now();
-        let want = if wanted == PowerState::On {
-            "On"
-        } else {
-            "Off"
-        };
-        loop {
-            let current = self.power_state().await?;
-            if current == want {
-                return Ok(());
-            }
-            if started.elapsed() >= self.state_timeout {
-                return Err(DriverError::StateTimeout {
-                    current,
-                    wanted,
-                    waited: started.elapsed(),
-                });
-            }
-            tokio::time::sleep(self.poll).await;
-        }
+        super::wait_for_state(|| self.status(), wanted, self.state_timeout, self.poll).await
     }
 }
 
@@ -203,17 +183,6 @@ fn redfish_message(body: &str) -> Option<String> {
         .as_str()
         .or_else(|| err["message"].as_str())
         .map(str::to_string)
-}
-
-fn chain(e: &reqwest::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = std::error::Error::source(e);
-    while let Some(inner) = cur {
-        parts.push(inner.to_string());
-        cur = inner.source();
-    }
-    parts.dedup();
-    parts.join(": ")
 }
 
 #[async_trait::async_trait]

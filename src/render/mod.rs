@@ -214,7 +214,7 @@ pub fn load_templates(root: &Path) -> Result<Tera, RenderError> {
         sources.push((name, text));
     }
     tera.add_raw_templates(sources)
-        .map_err(|e| RenderError::Templates(error_chain(&e)))?;
+        .map_err(|e| RenderError::Templates(crate::errfmt::chain(&e)))?;
     Ok(tera)
 }
 
@@ -233,17 +233,6 @@ fn collect_files(dir: &Path, name: &str, out: &mut Vec<(String, PathBuf)>) -> st
         }
     }
     Ok(())
-}
-
-/// Tera's own message is only the outermost line; the cause is below.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        parts.push(inner.to_string());
-        cur = inner.source();
-    }
-    parts.join(": ")
 }
 
 /// Renders the selected part of `fleet` for cluster generation
@@ -329,7 +318,7 @@ impl Renderer<'_> {
             .map_err(|e| RenderError::Template {
                 template: name.to_string(),
                 machine: machine.to_string(),
-                message: error_chain(&e),
+                message: crate::errfmt::chain(&e),
             })
     }
 
@@ -349,7 +338,7 @@ impl Renderer<'_> {
             }
             self.tera
                 .render(&name, ctx)
-                .map_err(|e| format!("{name}: {}", error_chain(&e)))
+                .map_err(|e| format!("{name}: {}", crate::errfmt::chain(&e)))
         };
         let mut config =
             butane::transpile(&yaml, self.fleet.os.flavor.butane_variant(), &mut resolve).map_err(
