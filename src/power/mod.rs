@@ -298,19 +298,42 @@ pub async fn run(
     action: Action,
     opts: &Options,
 ) -> Vec<Outcome> {
+    run_with(targets, action, opts, |site, machine| {
+        driver_for(fleet, site, machine, opts)
+    })
+    .await
+}
+
+/// [`run`] with the drivers made by `make` (tests pass fakes).
+pub async fn run_with<F>(
+    targets: &[(&Site, &Machine)],
+    action: Action,
+    opts: &Options,
+    make: F,
+) -> Vec<Outcome>
+where
+    F: Fn(&Site, &Machine) -> Result<Box<dyn PowerDriver>, DriverError>,
+{
     let mut per_bmc: HashMap<String, Arc<Semaphore>> = HashMap::new();
     let mut per_site: HashMap<String, Arc<Semaphore>> = HashMap::new();
     let mut tasks = Vec::new();
     for (site, machine) in targets {
+        // A BMC is its address plus the system it manages: one Redfish
+        // service may front several systems, each its own "BMC" here.
+        let bmc_key = format!(
+            "{} {}",
+            machine.bmc.address,
+            machine.bmc.system.as_deref().unwrap_or("")
+        );
         let bmc_limit = per_bmc
-            .entry(machine.bmc.address.clone())
+            .entry(bmc_key)
             .or_insert_with(|| Arc::new(Semaphore::new(1)))
             .clone();
         let site_limit = per_site
             .entry(site.name.to_string())
             .or_insert_with(|| Arc::new(Semaphore::new(opts.per_site.max(1))))
             .clone();
-        let driver = driver_for(fleet, site, machine, opts);
+        let driver = make(site, machine);
         let (name, site_name, address) = (
             machine.name.to_string(),
             site.name.to_string(),
@@ -318,12 +341,14 @@ pub async fn run(
         );
         let retry = opts.retry;
         tasks.push(tokio::spawn(async move {
-            let started = std::time::Instant::now();
+            // Timed from when the limits let the operation start.
+            let mut started = std::time::Instant::now();
             let result = match driver {
                 Err(e) => Err(("connect".to_string(), e)),
                 Ok(driver) => {
                     let _site = site_limit.acquire_owned().await;
                     let _bmc = bmc_limit.acquire_owned().await;
+                    started = std::time::Instant::now();
                     tracing::debug!("{name}: {action:?} via {address}");
                     act(driver.as_ref(), action, &retry, &name).await
                 }
@@ -364,4 +389,103 @@ pub async fn run(
         }));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts how many operations run at once on each BMC.
+    struct Fake {
+        busy: Arc<AtomicUsize>,
+        peak: Arc<AtomicUsize>,
+    }
+
+    #[async_trait::async_trait]
+    impl PowerDriver for Fake {
+        async fn status(&self) -> Result<PowerState, DriverError> {
+            Ok(PowerState::On)
+        }
+        async fn set_next_boot(&self, _: BootTarget) -> Result<(), DriverError> {
+            Ok(())
+        }
+        async fn power_on(&self) -> Result<(), DriverError> {
+            let now = self.busy.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.busy.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn power_off(&self) -> Result<(), DriverError> {
+            self.busy.fetch_add(1, Ordering::SeqCst);
+            Err(DriverError::Status {
+                status: 404,
+                detail: "no".into(),
+                retry: false,
+            })
+        }
+        async fn power_cycle(&self) -> Result<(), DriverError> {
+            Ok(())
+        }
+    }
+
+    fn opts(per_site: usize) -> Options {
+        Options {
+            per_site,
+            state_timeout: Duration::from_secs(1),
+            retry: RetryPolicy {
+                retries: 2,
+                base_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(2),
+            },
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_operation_per_bmc_and_a_limit_per_site() {
+        let fleet = crate::fleet::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let fra = fleet.site("fra").unwrap();
+        let targets: Vec<_> = fra.machines.iter().map(|m| (fra, m)).collect();
+        // Every machine on one BMC: strictly one at a time.
+        let (busy, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let shared = |_: &Site, _: &Machine| -> Result<Box<dyn PowerDriver>, DriverError> {
+            Ok(Box::new(Fake {
+                busy: busy.clone(),
+                peak: peak.clone(),
+            }))
+        };
+        let mut one_bmc: Vec<Machine> = fra.machines.clone();
+        for m in &mut one_bmc {
+            m.bmc.address = "https://10.10.1.99".into();
+        }
+        let same: Vec<_> = one_bmc.iter().map(|m| (fra, m)).collect();
+        let out = run_with(&same, Action::On, &opts(8), shared).await;
+        assert!(out.iter().all(|o| o.ok));
+        assert_eq!(peak.load(Ordering::SeqCst), 1);
+        // Six BMCs, a site limit of 2: two at a time.
+        peak.store(0, Ordering::SeqCst);
+        let out = run_with(&targets, Action::On, &opts(2), shared).await;
+        assert_eq!(out.len(), 6);
+        assert_eq!(peak.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_4xx_is_not_retried_and_is_reported_with_machine_bmc_and_step() {
+        let fleet = crate::fleet::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let (site, machine) = fleet.machine("ber-wk-01").unwrap();
+        let (busy, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let make = |_: &Site, _: &Machine| -> Result<Box<dyn PowerDriver>, DriverError> {
+            Ok(Box::new(Fake {
+                busy: busy.clone(),
+                peak: peak.clone(),
+            }))
+        };
+        let out = run_with(&[(site, machine)], Action::Off, &opts(1), make).await;
+        assert_eq!(
+            out[0].error.as_deref(),
+            Some("ber-wk-01 (BMC https://10.20.1.14): power off: the BMC answered 404: no")
+        );
+        assert_eq!(busy.load(Ordering::SeqCst), 1, "tried once, not retried");
+    }
 }
