@@ -15,3 +15,4 @@ pub mod keys;
 pub mod parallel;
 pub mod power;
 pub mod render;
+pub mod serve;

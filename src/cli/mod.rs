@@ -13,6 +13,7 @@ mod init;
 mod inventory;
 mod power;
 mod render;
+mod serve;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -78,6 +79,10 @@ pub enum Command {
     Assets(assets::AssetsArgs),
     /// Power control through the machines' BMCs (Redfish, IPMI, QEMU, manual).
     Power(power::PowerArgs),
+    /// The boot server: iPXE scripts, one-time-token Ignition, OS images.
+    Serve(serve::ServeArgs),
+    /// Print (or write) a site's rendered dnsmasq config.
+    Dnsmasq(serve::DnsmasqArgs),
     /// Start a fleet repository of your own from the shipped example.
     Init(init::InitArgs),
     /// Print a shell completion script.
@@ -112,6 +117,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Init(args) => init::run(cli, args),
         Command::Assets(args) => assets::run(cli, args),
         Command::Power(args) => power::run(cli, args),
+        Command::Serve(args) => serve::run(cli, args),
+        Command::Dnsmasq(args) => serve::dnsmasq(cli, args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,

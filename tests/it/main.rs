@@ -12,6 +12,7 @@ mod httpd;
 mod ignition_apply;
 mod power;
 mod render;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

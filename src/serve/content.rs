@@ -1,0 +1,76 @@
+//! What the boot server hands out, rendered once at start-up (and on
+//! reload) and held in memory: per machine its iPXE script, split where
+//! the one-time token goes, and its Ignition. No templating and no disk
+//! reads per request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::fleet::{Fleet, MacAddr, SiteName};
+use crate::keys;
+use crate::render::{self, Selection};
+
+pub struct MachineContent {
+    pub name: String,
+    pub site: String,
+    pub mac: MacAddr,
+    /// The iPXE script before and after the point where `&token=…` goes
+    /// (the end of the Ignition URL); `None` if the script has no such URL.
+    pub ipxe: (String, Option<String>),
+    pub ignition: Arc<[u8]>,
+}
+
+pub struct Content {
+    pub by_mac: HashMap<MacAddr, Arc<MachineContent>>,
+    pub require_token: bool,
+    pub machines: usize,
+}
+
+/// Renders every machine of `sites` (all when empty) of `fleet`.
+pub fn build(fleet: &Fleet, sites: &[SiteName]) -> anyhow::Result<Content> {
+    let (keys, created) = keys::ensure(fleet, &fleet.state_dir())?;
+    if created > 0 {
+        tracing::info!("generated {created} SSH key(s)");
+    }
+    let mut by_mac = HashMap::new();
+    for site in &fleet.sites {
+        if !sites.is_empty() && !sites.contains(&site.name) {
+            continue;
+        }
+        let selection = Selection {
+            site: Some(site.name.clone()),
+            machine: None,
+        };
+        let rendered = render::render(fleet, &keys, &selection, 1)?;
+        for (m, machine) in rendered.machines.into_iter().zip(&site.machines) {
+            let url = format!(
+                "{}/ignition?mac={}",
+                site.boot_server.as_str().trim_end_matches('/'),
+                machine.mac.hexhyp()
+            );
+            let ipxe = match m.ipxe.find(&url) {
+                Some(at) => {
+                    let cut = at + url.len();
+                    (m.ipxe[..cut].to_string(), Some(m.ipxe[cut..].to_string()))
+                }
+                None => (m.ipxe.clone(), None),
+            };
+            by_mac.insert(
+                machine.mac,
+                Arc::new(MachineContent {
+                    name: m.name.to_string(),
+                    site: m.site.to_string(),
+                    mac: machine.mac,
+                    ipxe,
+                    ignition: Arc::from(m.ignition.into_bytes()),
+                }),
+            );
+        }
+    }
+    let machines = by_mac.len();
+    Ok(Content {
+        by_mac,
+        require_token: fleet.boot.require_token,
+        machines,
+    })
+}

@@ -1,0 +1,386 @@
+//! `metalherd serve`: the boot server. Machines chain from `/boot.ipxe` to
+//! their own `/ipxe` script, whose Ignition URL carries a fresh one-time
+//! token; `/ignition` honours a token once, for its MAC only, within a TTL.
+//! Everything served is rendered at start-up ([`content`]) and on SIGHUP;
+//! a fleet that fails to load on reload leaves the previous one serving.
+//!
+//! Logs: one line per request at info (method, path without the query —
+//! so never a token —, status, MAC, duration).
+
+pub mod content;
+mod files;
+pub mod metrics;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::{ConnectInfo, MatchedPath, Path as UrlPath, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::{self, MacAddr, SiteName};
+use content::Content;
+use metrics::Metrics;
+
+pub struct Options {
+    pub fleet_root: PathBuf,
+    pub listen: SocketAddr,
+    pub sites: Vec<SiteName>,
+    pub assets_dir: PathBuf,
+    pub token_ttl: Duration,
+}
+
+/// Where a machine is in its boot, as seen from here.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    IpxeServed,
+    IgnitionServed,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct Seen {
+    last_request_unix: u64,
+    client: String,
+    stage: Stage,
+}
+
+struct Token {
+    mac: MacAddr,
+    issued: Instant,
+    used: bool,
+}
+
+/// Outstanding tokens are bounded: a flood of `/ipxe` requests cannot
+/// grow memory without limit.
+const MAX_TOKENS: usize = 100_000;
+
+pub struct Shared {
+    content: RwLock<Arc<Content>>,
+    tokens: Mutex<HashMap<String, Token>>,
+    seen: Mutex<HashMap<String, Seen>>,
+    pub metrics: Metrics,
+    assets: PathBuf,
+    ttl: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn content(&self) -> Arc<Content> {
+        self.content
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn issue_token(&self, mac: MacAddr) -> String {
+        let mut bytes = [0u8; 16];
+        OsRng.fill_bytes(&mut bytes);
+        let token = hex::encode(bytes);
+        let mut tokens = lock(&self.tokens);
+        if tokens.len() >= MAX_TOKENS {
+            let ttl = self.ttl;
+            tokens.retain(|_, t| !t.used && t.issued.elapsed() < ttl);
+            if tokens.len() >= MAX_TOKENS {
+                // Still full of live tokens: drop the oldest.
+                if let Some(oldest) = tokens
+                    .iter()
+                    .min_by_key(|(_, t)| t.issued)
+                    .map(|(k, _)| k.clone())
+                {
+                    tokens.remove(&oldest);
+                }
+            }
+        }
+        tokens.insert(
+            token.clone(),
+            Token {
+                mac,
+                issued: Instant::now(),
+                used: false,
+            },
+        );
+        token
+    }
+
+    fn saw(&self, machine: &str, client: SocketAddr, stage: Stage) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        lock(&self.seen).insert(
+            machine.to_string(),
+            Seen {
+                last_request_unix: now,
+                client: client.ip().to_string(),
+                stage,
+            },
+        );
+    }
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/boot.ipxe", get(boot_ipxe))
+        .route("/ipxe", get(ipxe))
+        .route("/ignition", get(ignition))
+        .route("/assets/{*path}", get(assets).head(assets))
+        .route("/api/v1/machines", get(machines))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(middleware::from_fn_with_state(shared.clone(), observe))
+        .with_state(shared)
+}
+
+/// Per-request log line and metrics, for every route.
+async fn observe(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("other".to_string(), |m| m.as_str().to_string());
+    let mac = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("mac=")))
+        .map(|m| m.chars().take(20).collect::<String>())
+        .unwrap_or_default();
+    let resp = next.run(req).await;
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    shared.metrics.request(&endpoint, status, took);
+    let shown: String = path.chars().take(200).collect();
+    tracing::info!(
+        "{method} {shown} {status} mac={mac} {:.1}ms",
+        took.as_secs_f64() * 1000.0
+    );
+    resp
+}
+
+async fn boot_ipxe() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain")],
+        "#!ipxe\nchain /ipxe?mac=${mac:hexhyp}&uuid=${uuid}\n",
+    )
+}
+
+#[derive(Deserialize)]
+struct MacQuery {
+    mac: Option<String>,
+    token: Option<String>,
+}
+
+fn bad(status: StatusCode, msg: &str) -> Response {
+    (status, format!("{msg}\n")).into_response()
+}
+
+/// The content a request was answered from, and the machine in it.
+type Found = (Arc<Content>, Arc<content::MachineContent>);
+
+/// The machine asked for, or the status and reason to answer instead.
+fn lookup(
+    shared: &Shared,
+    q: &MacQuery,
+    client: SocketAddr,
+) -> Result<Found, (StatusCode, &'static str)> {
+    let raw = q
+        .mac
+        .as_deref()
+        .ok_or((StatusCode::BAD_REQUEST, "missing mac"))?;
+    let mac = raw
+        .parse::<MacAddr>()
+        .map_err(|_| (StatusCode::BAD_REQUEST, "malformed mac"))?;
+    let content = shared.content();
+    match content.by_mac.get(&mac).cloned() {
+        Some(machine) => Ok((content, machine)),
+        None => {
+            shared.metrics.unknown_mac();
+            tracing::warn!("unknown MAC {mac} from {}", client.ip());
+            Err((StatusCode::NOT_FOUND, "unknown machine"))
+        }
+    }
+}
+
+async fn ipxe(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Query(q): Query<MacQuery>,
+) -> Response {
+    let machine = match lookup(&shared, &q, client) {
+        Ok((_, machine)) => machine,
+        Err((status, why)) => return bad(status, why),
+    };
+    let mac = machine.mac;
+    let script = match &machine.ipxe {
+        (before, Some(after)) => {
+            let token = shared.issue_token(mac);
+            format!("{before}&token={token}{after}")
+        }
+        (whole, None) => whole.clone(),
+    };
+    shared.saw(&machine.name, client, Stage::IpxeServed);
+    ([(header::CONTENT_TYPE, "text/plain")], script).into_response()
+}
+
+async fn ignition(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Query(q): Query<MacQuery>,
+) -> Response {
+    let (content, machine) = match lookup(&shared, &q, client) {
+        Ok(found) => found,
+        Err((status, why)) => return bad(status, why),
+    };
+    let mac = machine.mac;
+    match q.token.as_deref() {
+        None if content.require_token => {
+            tracing::warn!(
+                "{}: Ignition requested without a token from {}",
+                machine.name,
+                client.ip()
+            );
+            return bad(StatusCode::FORBIDDEN, "token required");
+        }
+        None => {}
+        Some(token) => {
+            let mut tokens = lock(&shared.tokens);
+            let verdict = match tokens.get_mut(token) {
+                None => Err("unknown token"),
+                Some(t) if t.mac != mac => Err("token issued to another machine"),
+                Some(t) if t.used => {
+                    shared.metrics.replay();
+                    Err("token already used (possible replay)")
+                }
+                Some(t) if t.issued.elapsed() > shared.ttl => Err("token expired"),
+                Some(t) => {
+                    t.used = true;
+                    Ok(())
+                }
+            };
+            if let Err(why) = verdict {
+                tracing::warn!(
+                    "{}: Ignition refused to {}: {why}",
+                    machine.name,
+                    client.ip()
+                );
+                return bad(StatusCode::FORBIDDEN, why);
+            }
+        }
+    }
+    shared.saw(&machine.name, client, Stage::IgnitionServed);
+    (
+        [
+            (header::CONTENT_TYPE, "application/vnd.coreos.ignition+json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        axum::body::Bytes::copy_from_slice(&machine.ignition),
+    )
+        .into_response()
+}
+
+async fn assets(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(path): UrlPath<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    files::serve(&shared.assets, &path, &method, &headers).await
+}
+
+async fn machines(State(shared): State<Arc<Shared>>) -> Response {
+    let content = shared.content();
+    let seen = lock(&shared.seen).clone();
+    let mut list: Vec<serde_json::Value> = content
+        .by_mac
+        .values()
+        .map(|m| {
+            let s = seen.get(&m.name);
+            serde_json::json!({
+                "machine": m.name,
+                "site": m.site,
+                "mac": m.mac,
+                "last_request_unix": s.map(|s| s.last_request_unix),
+                "client": s.map(|s| s.client.clone()),
+                "stage": s.map(|s| s.stage),
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| a["machine"].as_str().cmp(&b["machine"].as_str()));
+    axum::Json(serde_json::json!({ "machines": list })).into_response()
+}
+
+async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        shared.metrics.render(),
+    )
+        .into_response()
+}
+
+fn load(opts: &Options) -> anyhow::Result<Content> {
+    let fleet = fleet::load(&opts.fleet_root)?;
+    content::build(&fleet, &opts.sites)
+}
+
+/// Serves until SIGINT or SIGTERM; SIGHUP re-renders.
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let content = load(&opts)?;
+    tracing::info!("serving {} machines on {}", content.machines, opts.listen);
+    let shared = Arc::new(Shared {
+        content: RwLock::new(Arc::new(content)),
+        tokens: Mutex::new(HashMap::new()),
+        seen: Mutex::new(HashMap::new()),
+        metrics: Metrics::default(),
+        assets: opts.assets_dir.clone(),
+        ttl: opts.token_ttl,
+    });
+    let listener = tokio::net::TcpListener::bind(opts.listen).await?;
+    let app = router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+
+    let reloader = shared.clone();
+    let opts = Arc::new(opts);
+    let reload_opts = opts.clone();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let o = reload_opts.clone();
+            match tokio::task::spawn_blocking(move || load(&o)).await {
+                Ok(Ok(content)) => {
+                    tracing::info!("reloaded: serving {} machines", content.machines);
+                    *reloader.content.write().unwrap_or_else(|p| p.into_inner()) =
+                        Arc::new(content);
+                }
+                Ok(Err(e)) => tracing::error!(
+                    "reload failed, still serving the previous fleet: {}",
+                    crate::errfmt::chain(e.as_ref())
+                ),
+                Err(e) => tracing::error!("reload failed: {e}"),
+            }
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,428 @@
+//! `metalherd serve`, the real binary on loopback, spoken to over raw
+//! HTTP/1.1: MAC spellings, unknown MACs, one-time tokens (replay, wrong
+//! MAC, expiry), `/assets` (traversal, Range, ETag), a malformed-request
+//! flood, metrics, reload; and `metalherd dnsmasq` checked by dnsmasq.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{example_fleet, metalherd, require, text};
+
+struct Server {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(fleet: &Path, extra: &[&str]) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = fleet.join("serve.log");
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["serve", "--listen", &listen];
+    args.extend_from_slice(extra);
+    let child = Command::new(env!("CARGO_BIN_EXE_metalherd"))
+        .args(&args)
+        .current_dir(fleet)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let server = Server { child, port, log };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, _, _)) = try_get(port, "/healthz", &[]) {
+            return server;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not start: {}",
+            std::fs::read_to_string(&server.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends raw bytes; returns (status, head, body).
+fn raw(port: u16, request: &[u8]) -> std::io::Result<(u16, String, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(request)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |i| i + 4);
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, head, buf[split..].to_vec()))
+}
+
+fn try_get(port: u16, path: &str, headers: &[&str]) -> std::io::Result<(u16, String, Vec<u8>)> {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    raw(port, req.as_bytes())
+}
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    let (status, _, body) = try_get(port, path, &[]).unwrap();
+    (status, String::from_utf8_lossy(&body).to_string())
+}
+
+fn token_of(script: &str) -> String {
+    script
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn metric(port: u16, line_prefix: &str) -> u64 {
+    let (_, text) = get(port, "/metrics");
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn macs_in_any_spelling_and_unknown_macs() {
+    let fleet = example_fleet();
+    let s = start(fleet.path(), &[]);
+    let (status, chain) = get(s.port, "/boot.ipxe");
+    assert_eq!(status, 200);
+    assert!(
+        chain.contains("chain /ipxe?mac=${mac:hexhyp}&uuid=${uuid}"),
+        "{chain}"
+    );
+    for spelling in [
+        "52:54:00:fa:00:01",
+        "52-54-00-FA-00-01",
+        "525400fa0001",
+        "5254.00fa.0001",
+    ] {
+        let (status, script) = get(s.port, &format!("/ipxe?mac={spelling}&uuid=abc"));
+        assert_eq!(status, 200, "{spelling}");
+        assert!(
+            script.starts_with("#!ipxe\n# fra-cp-01 "),
+            "{spelling}: {script}"
+        );
+        assert!(
+            script.contains(
+                "ignition.config.url=http://10.10.0.2:8080/ignition?mac=52-54-00-fa-00-01&token="
+            ),
+            "{script}"
+        );
+    }
+    let (status, _) = get(s.port, "/ipxe?mac=02:00:00:00:00:99");
+    assert_eq!(status, 404);
+    assert_eq!(
+        get(s.port, "/ignition?mac=02:00:00:00:00:99&token=x").0,
+        404
+    );
+    assert_eq!(get(s.port, "/ipxe?mac=not-a-mac").0, 400);
+    assert_eq!(get(s.port, "/ipxe").0, 400);
+    assert_eq!(metric(s.port, "metalherd_unknown_mac_total"), 2);
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    assert!(
+        log.contains("unknown MAC 02:00:00:00:00:99 from 127.0.0.1"),
+        "{log}"
+    );
+}
+
+#[test]
+fn tokens_are_one_time_per_mac_and_expire() {
+    let fleet = example_fleet();
+    let s = start(fleet.path(), &["--token-ttl", "2"]);
+    let (_, script) = get(s.port, "/ipxe?mac=52:54:00:be:00:04");
+    let token = token_of(&script);
+    assert_eq!(token.len(), 32, "128-bit tokens");
+    // Wrong MAC for the token.
+    assert_eq!(
+        get(
+            s.port,
+            &format!("/ignition?mac=52:54:00:be:00:05&token={token}")
+        )
+        .0,
+        403
+    );
+    let (status, ign) = get(
+        s.port,
+        &format!("/ignition?mac=52-54-00-be-00-04&token={token}"),
+    );
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&ign).unwrap();
+    assert_eq!(doc["ignition"]["version"], "3.3.0");
+    // Replay.
+    assert_eq!(
+        get(
+            s.port,
+            &format!("/ignition?mac=52-54-00-be-00-04&token={token}")
+        )
+        .0,
+        403
+    );
+    assert_eq!(metric(s.port, "metalherd_ignition_replays_total"), 1);
+    // No token at all (the fleet requires one), and a made-up one.
+    assert_eq!(get(s.port, "/ignition?mac=52-54-00-be-00-04").0, 403);
+    assert_eq!(
+        get(
+            s.port,
+            "/ignition?mac=52-54-00-be-00-04&token=00000000000000000000000000000000"
+        )
+        .0,
+        403
+    );
+    // Expiry.
+    let (_, script) = get(s.port, "/ipxe?mac=52:54:00:be:00:04");
+    let late = token_of(&script);
+    std::thread::sleep(Duration::from_millis(2300));
+    assert_eq!(
+        get(
+            s.port,
+            &format!("/ignition?mac=52-54-00-be-00-04&token={late}")
+        )
+        .0,
+        403
+    );
+
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    assert!(
+        log.contains("token already used (possible replay)"),
+        "{log}"
+    );
+    assert!(log.contains("token expired"), "{log}");
+    assert!(
+        !log.contains(&token) && !log.contains(&late),
+        "tokens never reach the log"
+    );
+
+    let (_, machines) = get(s.port, "/api/v1/machines");
+    let doc: serde_json::Value = serde_json::from_str(&machines).unwrap();
+    let m = doc["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["machine"] == "ber-wk-01")
+        .unwrap();
+    assert_eq!(m["stage"], "ipxe-served");
+    assert_eq!(m["site"], "ber");
+}
+
+#[test]
+fn tokens_can_be_optional_when_the_fleet_says_so() {
+    let fleet = example_fleet();
+    let yaml = fleet.path().join("inventory/fleet.yaml");
+    let text = std::fs::read_to_string(&yaml)
+        .unwrap()
+        .replace("require_token: true", "require_token: false");
+    std::fs::write(&yaml, text).unwrap();
+    let s = start(fleet.path(), &[]);
+    assert_eq!(get(s.port, "/ignition?mac=52:54:00:3c:00:01").0, 200);
+}
+
+#[test]
+fn assets_are_served_with_range_and_etag_and_never_outside() {
+    let fleet = example_fleet();
+    let dir = fleet.path().join("assets/flatcar/4081.2.0");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("flatcar_production_pxe.vmlinuz"), &data).unwrap();
+    std::fs::write(fleet.path().join("secret.txt"), "do not serve").unwrap();
+    let s = start(fleet.path(), &[]);
+    let path = "/assets/flatcar/4081.2.0/flatcar_production_pxe.vmlinuz";
+
+    let (status, head, body) = try_get(s.port, path, &[]).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, data);
+    assert!(
+        head.to_lowercase().contains("content-length: 100000"),
+        "{head}"
+    );
+    let etag = head
+        .lines()
+        .find(|l| l.to_lowercase().starts_with("etag:"))
+        .unwrap()
+        .split_once(':')
+        .unwrap()
+        .1
+        .trim()
+        .to_string();
+
+    let (status, head, body) = try_get(s.port, path, &["Range: bytes=1000-1999"]).unwrap();
+    assert_eq!(status, 206);
+    assert_eq!(body, &data[1000..2000]);
+    assert!(
+        head.to_lowercase()
+            .contains("content-range: bytes 1000-1999/100000"),
+        "{head}"
+    );
+    let (status, _, body) = try_get(s.port, path, &["Range: bytes=-10"]).unwrap();
+    assert_eq!((status, body.as_slice()), (206, &data[99_990..]));
+    assert_eq!(
+        try_get(s.port, path, &["Range: bytes=200000-"]).unwrap().0,
+        416
+    );
+    assert_eq!(
+        try_get(s.port, path, &[&format!("If-None-Match: {etag}")])
+            .unwrap()
+            .0,
+        304
+    );
+
+    let (status, head, body) = raw(
+        s.port,
+        format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.is_empty() && head.to_lowercase().contains("content-length: 100000"),
+        "{head}"
+    );
+
+    for evil in [
+        "/assets/../secret.txt",
+        "/assets/%2e%2e/secret.txt",
+        "/assets/%2E%2E%2Fsecret.txt",
+        "/assets/flatcar/../../secret.txt",
+        "/assets//etc/passwd",
+        "/assets/%2Fetc%2Fpasswd",
+        "/assets/..%2f..%2fetc%2fpasswd",
+        "/assets/.partial/x",
+    ] {
+        let (status, _, body) = try_get(s.port, evil, &[]).unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(status == 404 || status == 400, "{evil}: {status}");
+        assert!(
+            !body.contains("do not serve") && !body.contains("root:"),
+            "{evil} leaked a file"
+        );
+    }
+}
+
+#[test]
+fn a_flood_of_malformed_requests_gets_no_5xx_and_the_server_lives() {
+    let fleet = example_fleet();
+    let s = start(fleet.path(), &[]);
+    let junk: [&[u8]; 8] = [
+        b"GARBAGE\r\n\r\n",
+        b"GET /ipxe?mac=%zz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /ignition?mac=52:54:00:fa:00:01&token=%00%ff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /assets/%00 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"POST /ipxe HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /ipxe?mac=52:54:00:fa:00:01&mac=x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ];
+    let started = Instant::now();
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..10_000 {
+        let req = junk[i % junk.len()];
+        if let Ok((status, _, _)) = raw(s.port, req) {
+            *statuses.entry(status).or_insert(0) += 1;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "bounded in time"
+        );
+    }
+    assert!(statuses.keys().all(|s| *s < 500), "no 5xx: {statuses:?}");
+    let (status, script) = get(s.port, "/ipxe?mac=52:54:00:fa:00:01");
+    assert_eq!(status, 200, "a legitimate boot still works");
+    assert!(script.contains("token="));
+}
+
+#[test]
+fn sighup_reloads_and_a_broken_fleet_keeps_the_previous_one() {
+    let fleet = example_fleet();
+    let s = start(fleet.path(), &[]);
+    let inv = fleet.path().join("inventory/muc.yaml");
+    let good = std::fs::read_to_string(&inv).unwrap();
+    std::fs::write(
+        &inv,
+        good.replace("mac: \"52:54:00:3c:00:05\"", "mac: \"52:54:00:3c:00:55\""),
+    )
+    .unwrap();
+    let hup = |pid: u32| {
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success())
+    };
+    hup(s.child.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(s.port, "/ipxe?mac=52:54:00:3c:00:55").0 != 200 {
+        assert!(Instant::now() < deadline, "reload did not happen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get(s.port, "/ipxe?mac=52:54:00:3c:00:05").0, 404);
+
+    std::fs::write(
+        &inv,
+        good.replace("mac: \"52:54:00:3c:00:05\"", "mac: \"bogus\""),
+    )
+    .unwrap();
+    hup(s.child.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&s.log)
+        .unwrap()
+        .contains("reload failed, still serving the previous fleet")
+    {
+        assert!(Instant::now() < deadline, "no reload failure logged");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        get(s.port, "/ipxe?mac=52:54:00:3c:00:55").0,
+        200,
+        "the previous fleet still serves"
+    );
+}
+
+#[test]
+fn the_dnsmasq_command_prints_a_config_dnsmasq_accepts() {
+    let dnsmasq = require("dnsmasq", "dnsmasq-base");
+    let fleet = example_fleet();
+    for site in ["fra", "ber", "muc"] {
+        let out = metalherd(fleet.path(), &["dnsmasq", "--site", site]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let conf = fleet.path().join(format!("{site}.conf"));
+        std::fs::write(&conf, &out.stdout).unwrap();
+        let r = Command::new(&dnsmasq)
+            .arg("--test")
+            .arg("-C")
+            .arg(&conf)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{site}: {}", text(&r.stderr));
+    }
+}
