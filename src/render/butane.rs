@@ -176,6 +176,23 @@ pub fn data_url(bytes: &[u8]) -> String {
     )
 }
 
+/// Encodes `bytes` as a percent-encoded `data:` URL: letters, digits and
+/// `-._~` stay as they are, so a marker made of them can be found (and
+/// replaced) in the encoded text.
+pub fn data_url_plain(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2 + 6);
+    out.push_str("data:,");
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 struct Conv<'r, 'a> {
     errors: Vec<ButaneError>,
     resolve: &'r mut Resolve<'a>,

@@ -286,6 +286,30 @@ pub fn render(
     Ok(out)
 }
 
+/// Where the boot server puts each boot's report secret (32 hex digits).
+pub const REPORT_SECRET_PLACEHOLDER: &str = "metalherdreportsecretplaceholder";
+
+/// The first-boot callback: posts the host key's fingerprint with the
+/// per-boot secret, retrying until the boot server answers.
+fn report_unit(url: &str) -> String {
+    let post = format!(
+        "fp=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d\" \" -f2); \
+         curl -fsS -m 30 --retry 20 --retry-all-errors \
+         -H \"Authorization: Bearer $(cat /etc/metalherd/report-secret)\" \
+         -H \"Content-Type: application/json\" \
+         -d \"{{\\\"host_key_fingerprint\\\":\\\"$fp\\\"}}\" {url}"
+    );
+    format!(
+        "[Unit]\nDescription=Tell metalherd this machine has booted\n\
+         Wants=network-online.target\nAfter=network-online.target\n\
+         ConditionPathExists=/etc/metalherd/report-secret\n\n\
+         [Service]\nType=oneshot\nExecStart=/bin/sh -c '{}'\n\n\
+         [Install]\nWantedBy=multi-user.target\n",
+        // systemd expands `$` itself; `$$` passes one to the shell.
+        post.replace('$', "$$")
+    )
+}
+
 /// What `{{ final_ignition_source }}` renders to in `install.yaml`; the
 /// renderer replaces it with the final config as a data URL.
 const FINAL_CONFIG_PLACEHOLDER: &str = "data:,metalherd-final-ignition";
@@ -328,7 +352,9 @@ impl Renderer<'_> {
         &self,
         role_file: &str,
         ctx: &Context,
+        site: &Site,
         machine: &Machine,
+        report: bool,
     ) -> Result<ign::Config, RenderError> {
         let yaml = self.template(role_file, ctx, machine.name.as_str())?;
         let mut resolve = |local: &str| -> Result<String, String> {
@@ -348,7 +374,7 @@ impl Renderer<'_> {
                     errors,
                 },
             )?;
-        self.add_identity(&mut config, machine)?;
+        self.add_identity(&mut config, site, machine, report)?;
         Ok(config)
     }
 
@@ -360,7 +386,7 @@ impl Renderer<'_> {
     ) -> Result<RenderedMachine, RenderError> {
         let ctx = context::machine_context(site_ctx, site, machine);
         let role_file = format!("ignition/{}.yaml", machine.role.as_str());
-        let final_config = to_json(&self.ignition(&role_file, &ctx, machine)?);
+        let final_config = to_json(&self.ignition(&role_file, &ctx, site, machine, true)?);
 
         let installs = machine.install_disk.is_some() && self.fleet.os.flavor == OsFlavor::Flatcar;
         let (ignition, final_ignition) = if installs {
@@ -369,8 +395,11 @@ impl Renderer<'_> {
             // else a machine needs.
             let mut install_ctx = ctx.clone();
             install_ctx.insert("final_ignition_source", FINAL_CONFIG_PLACEHOLDER);
-            let mut install = self.ignition("ignition/install.yaml", &install_ctx, machine)?;
-            let source = butane::data_url(final_config.as_bytes());
+            let mut install =
+                self.ignition("ignition/install.yaml", &install_ctx, site, machine, false)?;
+            // Percent-encoded, not base64: the report-secret placeholder
+            // must stay findable in the served bytes.
+            let source = butane::data_url_plain(final_config.as_bytes());
             let embedded = install
                 .storage
                 .iter_mut()
@@ -403,7 +432,17 @@ impl Renderer<'_> {
 
     /// Hostname, pinned SSH host key and the `core` user's keys: what
     /// every later step relies on, so the code adds it, not the templates.
-    fn add_identity(&self, config: &mut ign::Config, machine: &Machine) -> Result<(), RenderError> {
+    /// With `report`, also the first-boot callback: a unit that posts the
+    /// host key's fingerprint to `/report/<machine>` with the per-boot
+    /// secret the boot server splices in where [`REPORT_SECRET_PLACEHOLDER`]
+    /// stands.
+    fn add_identity(
+        &self,
+        config: &mut ign::Config,
+        site: &Site,
+        machine: &Machine,
+        report: bool,
+    ) -> Result<(), RenderError> {
         let key = self
             .keys
             .host
@@ -422,7 +461,7 @@ impl Renderer<'_> {
             });
             f
         };
-        let identity = [
+        let mut identity = vec![
             file("/etc/hostname", &format!("{}\n", machine.name), 0o644),
             file(
                 "/etc/ssh/ssh_host_ed25519_key",
@@ -435,6 +474,32 @@ impl Renderer<'_> {
                 0o644,
             ),
         ];
+        if report {
+            // Plain (not base64) so the placeholder stays visible, also
+            // inside an install stage that embeds this config.
+            let mut secret = ign::File::new("/etc/metalherd/report-secret".into());
+            secret.mode = Some(0o600);
+            secret.overwrite = Some(true);
+            secret.contents = Some(ign::Resource {
+                source: Some(format!("data:,{REPORT_SECRET_PLACEHOLDER}")),
+                ..Default::default()
+            });
+            identity.push(secret);
+            let url = format!(
+                "{}/report/{}",
+                context::trim_slash(&site.boot_server),
+                machine.name
+            );
+            let mut unit = ign::Unit::new("metalherd-report.service".into());
+            unit.enabled = Some(true);
+            unit.contents = Some(report_unit(&url));
+            let units = config
+                .systemd
+                .get_or_insert_with(Default::default)
+                .units
+                .get_or_insert_with(Vec::new);
+            units.push(unit);
+        }
         let storage = config.storage.get_or_insert_with(Default::default);
         let files = storage.files.get_or_insert_with(Vec::new);
         for f in &identity {

@@ -18,6 +18,21 @@ pub struct MachineContent {
     /// (the end of the Ignition URL); `None` if the script has no such URL.
     pub ipxe: (String, Option<String>),
     pub ignition: Arc<[u8]>,
+    /// Where each boot's report secret goes in `ignition`.
+    pub secret_at: Vec<usize>,
+    /// The SSH host key fingerprint metalherd generated for the machine.
+    pub host_key_fingerprint: String,
+}
+
+impl MachineContent {
+    /// This boot's Ignition: a copy with `secret` in every placeholder.
+    pub fn ignition_with(&self, secret: &str) -> Vec<u8> {
+        let mut bytes = self.ignition.to_vec();
+        for &at in &self.secret_at {
+            bytes[at..at + secret.len()].copy_from_slice(secret.as_bytes());
+        }
+        bytes
+    }
 }
 
 pub struct Content {
@@ -55,6 +70,19 @@ pub fn build(fleet: &Fleet, sites: &[SiteName]) -> anyhow::Result<Content> {
                 }
                 None => (m.ipxe.clone(), None),
             };
+            let placeholder = render::REPORT_SECRET_PLACEHOLDER.as_bytes();
+            let ignition = m.ignition.into_bytes();
+            let secret_at: Vec<usize> = ignition
+                .windows(placeholder.len())
+                .enumerate()
+                .filter(|(_, w)| *w == placeholder)
+                .map(|(i, _)| i)
+                .collect();
+            let host_key_fingerprint = keys
+                .host
+                .get(&machine.name)
+                .map(|k| k.fingerprint().to_string())
+                .unwrap_or_default();
             by_mac.insert(
                 machine.mac,
                 Arc::new(MachineContent {
@@ -62,7 +90,9 @@ pub fn build(fleet: &Fleet, sites: &[SiteName]) -> anyhow::Result<Content> {
                     site: m.site.to_string(),
                     mac: machine.mac,
                     ipxe,
-                    ignition: Arc::from(m.ignition.into_bytes()),
+                    ignition: Arc::from(ignition),
+                    secret_at,
+                    host_key_fingerprint,
                 }),
             );
         }

@@ -21,7 +21,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Path as UrlPath, Query, Request, S
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,7 @@ pub struct Options {
 pub enum Stage {
     IpxeServed,
     IgnitionServed,
+    Reported,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -51,6 +52,10 @@ struct Seen {
     last_request_unix: u64,
     client: String,
     stage: Stage,
+    /// What the machine reported, and whether it differs from the key
+    /// metalherd generated.
+    host_key_fingerprint: Option<String>,
+    host_key_mismatch: bool,
 }
 
 struct Token {
@@ -63,10 +68,22 @@ struct Token {
 /// grow memory without limit.
 const MAX_TOKENS: usize = 100_000;
 
+/// A report is a fingerprint in a small JSON document.
+const MAX_REPORT_BYTES: usize = 4096;
+
+/// 128 random bits, hex: tokens and report secrets.
+fn random_hex() -> String {
+    let mut bytes = [0u8; 16];
+    OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
 pub struct Shared {
     content: RwLock<Arc<Content>>,
     tokens: Mutex<HashMap<String, Token>>,
     seen: Mutex<HashMap<String, Seen>>,
+    /// Per machine, the report secret of its latest Ignition.
+    report_secrets: Mutex<HashMap<String, String>>,
     pub metrics: Metrics,
     assets: PathBuf,
     ttl: Duration,
@@ -85,9 +102,7 @@ impl Shared {
     }
 
     fn issue_token(&self, mac: MacAddr) -> String {
-        let mut bytes = [0u8; 16];
-        OsRng.fill_bytes(&mut bytes);
-        let token = hex::encode(bytes);
+        let token = random_hex();
         let mut tokens = lock(&self.tokens);
         if tokens.len() >= MAX_TOKENS {
             let ttl = self.ttl;
@@ -118,14 +133,17 @@ impl Shared {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        lock(&self.seen).insert(
-            machine.to_string(),
-            Seen {
-                last_request_unix: now,
-                client: client.ip().to_string(),
-                stage,
-            },
-        );
+        let mut seen = lock(&self.seen);
+        let entry = seen.entry(machine.to_string()).or_insert(Seen {
+            last_request_unix: now,
+            client: String::new(),
+            stage,
+            host_key_fingerprint: None,
+            host_key_mismatch: false,
+        });
+        entry.last_request_unix = now;
+        entry.client = client.ip().to_string();
+        entry.stage = stage;
     }
 }
 
@@ -135,6 +153,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/ipxe", get(ipxe))
         .route("/ignition", get(ignition))
         .route("/assets/{*path}", get(assets).head(assets))
+        .route(
+            "/report/{machine}",
+            post(report).layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT_BYTES)),
+        )
         .route("/api/v1/machines", get(machines))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -280,14 +302,84 @@ async fn ignition(
         }
     }
     shared.saw(&machine.name, client, Stage::IgnitionServed);
+    let secret = random_hex();
+    let body = machine.ignition_with(&secret);
+    lock(&shared.report_secrets).insert(machine.name.clone(), secret);
     (
         [
             (header::CONTENT_TYPE, "application/vnd.coreos.ignition+json"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        axum::body::Bytes::copy_from_slice(&machine.ignition),
+        body,
     )
         .into_response()
+}
+
+#[derive(Deserialize)]
+struct Report {
+    host_key_fingerprint: String,
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// `POST /report/{machine}`: the first-boot callback, authenticated by the
+/// secret of the machine's latest Ignition.
+async fn report(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let content = shared.content();
+    let Some(machine) = content.by_mac.values().find(|m| m.name == name).cloned() else {
+        return bad(StatusCode::NOT_FOUND, "unknown machine");
+    };
+    let offered = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = lock(&shared.report_secrets).get(&name).cloned();
+    if !expected.as_deref().is_some_and(|e| same(e, offered)) {
+        tracing::warn!(
+            "{name}: report from {} refused: wrong or missing report secret",
+            client.ip()
+        );
+        return bad(StatusCode::UNAUTHORIZED, "wrong or missing report secret");
+    }
+    let Ok(report) = serde_json::from_slice::<Report>(&body) else {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            "expected {\"host_key_fingerprint\": \"SHA256:...\"}",
+        );
+    };
+    let reported: String = report.host_key_fingerprint.chars().take(80).collect();
+    let mismatch = reported != machine.host_key_fingerprint;
+    if mismatch {
+        tracing::warn!(
+            "{name}: reported host key {reported:?} but metalherd generated {}",
+            machine.host_key_fingerprint
+        );
+    }
+    shared.saw(&name, client, Stage::Reported);
+    if let Some(seen) = lock(&shared.seen).get_mut(&name) {
+        seen.host_key_fingerprint = Some(reported);
+        seen.host_key_mismatch = mismatch;
+    }
+    let said = if mismatch {
+        "recorded; host key MISMATCH\n"
+    } else {
+        "recorded\n"
+    };
+    (StatusCode::OK, said).into_response()
 }
 
 async fn assets(
@@ -314,6 +406,8 @@ async fn machines(State(shared): State<Arc<Shared>>) -> Response {
                 "last_request_unix": s.map(|s| s.last_request_unix),
                 "client": s.map(|s| s.client.clone()),
                 "stage": s.map(|s| s.stage),
+                "host_key_fingerprint": s.and_then(|s| s.host_key_fingerprint.clone()),
+                "host_key_mismatch": s.map(|s| s.host_key_mismatch),
             })
         })
         .collect();
@@ -342,6 +436,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         content: RwLock::new(Arc::new(content)),
         tokens: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
+        report_secrets: Mutex::new(HashMap::new()),
         metrics: Metrics::default(),
         assets: opts.assets_dir.clone(),
         ttl: opts.token_ttl,

@@ -36,6 +36,22 @@ fn render_example() -> Rendered {
     render::render(&fleet, &keys, &Selection::default(), 1).expect("example fleet renders")
 }
 
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Pretty JSON with every `data:` URL decoded, so a snapshot diff shows
 /// what changed in the files, not in base64.
 fn readable(ignition: &str) -> String {
@@ -44,11 +60,16 @@ fn readable(ignition: &str) -> String {
             serde_json::Value::Object(map) => {
                 for (k, v) in map.iter_mut() {
                     if k == "source" {
-                        if let Some(b64) = v.as_str().and_then(|s| s.strip_prefix("data:;base64,"))
-                        {
-                            let bytes = base64::engine::general_purpose::STANDARD
-                                .decode(b64)
-                                .unwrap();
+                        let text = v.as_str().unwrap_or("").to_string();
+                        let bytes = match text.strip_prefix("data:;base64,") {
+                            Some(b64) => Some(
+                                base64::engine::general_purpose::STANDARD
+                                    .decode(b64)
+                                    .unwrap(),
+                            ),
+                            None => text.strip_prefix("data:,").map(percent_decode),
+                        };
+                        if let Some(bytes) = bytes {
                             let decoded = String::from_utf8(bytes).unwrap();
                             *v = match serde_json::from_str::<serde_json::Value>(&decoded) {
                                 Ok(mut inner) if inner.get("ignition").is_some() => {
@@ -115,7 +136,7 @@ fn installing_machines_carry_their_final_config() {
             .final_ignition
             .as_ref()
             .expect("every example machine installs to disk");
-        let encoded = base64::engine::general_purpose::STANDARD.encode(fin.as_bytes());
+        let encoded = metalherd::render::butane::data_url_plain(fin.as_bytes());
         assert!(
             m.ignition.contains(&encoded),
             "{}: install stage embeds the final config",

@@ -426,3 +426,153 @@ fn the_dnsmasq_command_prints_a_config_dnsmasq_accepts() {
         assert!(r.status.success(), "{site}: {}", text(&r.stderr));
     }
 }
+
+fn post(port: u16, path: &str, auth: Option<&str>, body: &str) -> (u16, String) {
+    let mut req = format!("POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    if let Some(a) = auth {
+        req.push_str(&format!("Authorization: Bearer {a}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    let (status, _, body) = raw(port, req.as_bytes()).unwrap();
+    (status, String::from_utf8_lossy(&body).to_string())
+}
+
+/// The report secret in a served final config.
+fn report_secret(ignition: &str) -> String {
+    let doc: serde_json::Value = serde_json::from_str(ignition).unwrap();
+    let file = doc["storage"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/etc/metalherd/report-secret")
+        .unwrap();
+    file["contents"]["source"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("data:,")
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn reports_need_the_per_boot_secret_and_host_key_mismatches_are_flagged() {
+    let fleet = example_fleet();
+    // A RAM-only machine is served its final config directly.
+    let inv = fleet.path().join("inventory/ber.yaml");
+    let text = std::fs::read_to_string(&inv).unwrap();
+    std::fs::write(&inv, text.replacen("    install_disk: /dev/sda\n", "", 1)).unwrap();
+    let s = start(fleet.path(), &[]);
+    let boot = |mac: &str| {
+        let (_, script) = get(s.port, &format!("/ipxe?mac={mac}"));
+        let (status, ign) = get(
+            s.port,
+            &format!("/ignition?mac={mac}&token={}", token_of(&script)),
+        );
+        assert_eq!(status, 200);
+        ign
+    };
+    let ign = boot("52:54:00:be:00:01");
+    let secret = report_secret(&ign);
+    assert_eq!(secret.len(), 32);
+    assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()), "{secret}");
+    assert_ne!(
+        report_secret(&boot("52:54:00:be:00:01")),
+        secret,
+        "a fresh secret per boot"
+    );
+    let ign = boot("52:54:00:be:00:01");
+    let secret = report_secret(&ign);
+
+    let pubkey = std::fs::read_to_string(
+        fleet
+            .path()
+            .join(".metalherd/state/hostkeys/ber/ber-cp-01/ssh_host_ed25519_key.pub"),
+    )
+    .unwrap();
+    let fingerprint = ssh_key::PublicKey::from_openssh(pubkey.trim())
+        .unwrap()
+        .fingerprint(ssh_key::HashAlg::Sha256)
+        .to_string();
+    let good = format!("{{\"host_key_fingerprint\":\"{fingerprint}\"}}");
+    assert_eq!(post(s.port, "/report/ber-cp-01", None, &good).0, 401);
+    assert_eq!(
+        post(
+            s.port,
+            "/report/ber-cp-01",
+            Some("00000000000000000000000000000000"),
+            &good
+        )
+        .0,
+        401
+    );
+    assert_eq!(post(s.port, "/report/nobody", Some(&secret), &good).0, 404);
+    assert_eq!(
+        post(
+            s.port,
+            "/report/ber-cp-01",
+            Some(&secret),
+            &"x".repeat(5000)
+        )
+        .0,
+        413
+    );
+    assert_eq!(
+        post(s.port, "/report/ber-cp-01", Some(&secret), "{}").0,
+        400
+    );
+    assert_eq!(
+        post(s.port, "/report/ber-cp-01", Some(&secret), &good),
+        (200, "recorded\n".to_string())
+    );
+
+    let (_, machines) = get(s.port, "/api/v1/machines");
+    let doc: serde_json::Value = serde_json::from_str(&machines).unwrap();
+    let m = doc["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["machine"] == "ber-cp-01")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (m["stage"].as_str(), m["host_key_mismatch"].as_bool()),
+        (Some("reported"), Some(false)),
+        "{m}"
+    );
+
+    let forged =
+        "{\"host_key_fingerprint\":\"SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}";
+    let (status, said) = post(s.port, "/report/ber-cp-01", Some(&secret), forged);
+    assert_eq!(
+        (status, said.as_str()),
+        (200, "recorded; host key MISMATCH\n")
+    );
+    let (_, machines) = get(s.port, "/api/v1/machines");
+    assert!(
+        machines.contains("\"host_key_mismatch\":true"),
+        "{machines}"
+    );
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    assert!(log.contains("ber-cp-01: reported host key"), "{log}");
+    assert!(!log.contains(&secret), "report secrets never reach the log");
+
+    // A machine with an install stage gets the secret inside its embedded config.
+    let (_, script) = get(s.port, "/ipxe?mac=52:54:00:fa:00:02");
+    let (_, install) = get(
+        s.port,
+        &format!(
+            "/ignition?mac=52:54:00:fa:00:02&token={}",
+            token_of(&script)
+        ),
+    );
+    assert!(!install.contains("metalherdreportsecretplaceholder"));
+    let embedded = install
+        .split("data:,")
+        .find(|p| p.contains("report-secret"))
+        .unwrap();
+    assert!(
+        embedded.contains("%2Fetc%2Fmetalherd%2Freport-secret"),
+        "the final config is embedded percent-encoded"
+    );
+}
