@@ -105,7 +105,7 @@ pub async fn serve(root: &Path, rel: &str, method: &Method, headers: &HeaderMap)
     if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    let stream = ReaderStream::with_capacity(file.take(count), 256 * 1024);
+    let stream = ReaderStream::with_capacity(file.take(count), 2 << 20);
     builder.body(Body::from_stream(stream)).unwrap_or_default()
 }
 

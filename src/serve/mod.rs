@@ -64,6 +64,46 @@ struct Token {
     used: bool,
 }
 
+/// Tokens in the order they were issued, which is also the order they
+/// expire in: the oldest are dropped first, in O(1), when the table is
+/// full or they have expired. Used tokens stay until then, so a replay is
+/// recognised as one.
+#[derive(Default)]
+struct Tokens {
+    map: HashMap<String, Token>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Tokens {
+    fn insert(&mut self, token: String, mac: MacAddr, ttl: Duration) {
+        while let Some(oldest) = self.order.front() {
+            let expired = self
+                .map
+                .get(oldest)
+                .is_none_or(|t| t.issued.elapsed() > ttl * 2);
+            if !expired && self.map.len() < MAX_TOKENS {
+                break;
+            }
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+        self.order.push_back(token.clone());
+        self.map.insert(
+            token,
+            Token {
+                mac,
+                issued: Instant::now(),
+                used: false,
+            },
+        );
+    }
+
+    fn get_mut(&mut self, token: &str) -> Option<&mut Token> {
+        self.map.get_mut(token)
+    }
+}
+
 /// Outstanding tokens are bounded: a flood of `/ipxe` requests cannot
 /// grow memory without limit.
 const MAX_TOKENS: usize = 100_000;
@@ -80,7 +120,7 @@ fn random_hex() -> String {
 
 pub struct Shared {
     content: RwLock<Arc<Content>>,
-    tokens: Mutex<HashMap<String, Token>>,
+    tokens: Mutex<Tokens>,
     seen: Mutex<HashMap<String, Seen>>,
     /// Per machine, the report secret of its latest Ignition.
     report_secrets: Mutex<HashMap<String, String>>,
@@ -103,29 +143,7 @@ impl Shared {
 
     fn issue_token(&self, mac: MacAddr) -> String {
         let token = random_hex();
-        let mut tokens = lock(&self.tokens);
-        if tokens.len() >= MAX_TOKENS {
-            let ttl = self.ttl;
-            tokens.retain(|_, t| !t.used && t.issued.elapsed() < ttl);
-            if tokens.len() >= MAX_TOKENS {
-                // Still full of live tokens: drop the oldest.
-                if let Some(oldest) = tokens
-                    .iter()
-                    .min_by_key(|(_, t)| t.issued)
-                    .map(|(k, _)| k.clone())
-                {
-                    tokens.remove(&oldest);
-                }
-            }
-        }
-        tokens.insert(
-            token.clone(),
-            Token {
-                mac,
-                issued: Instant::now(),
-                used: false,
-            },
-        );
+        lock(&self.tokens).insert(token.clone(), mac, self.ttl);
         token
     }
 
@@ -434,7 +452,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     tracing::info!("serving {} machines on {}", content.machines, opts.listen);
     let shared = Arc::new(Shared {
         content: RwLock::new(Arc::new(content)),
-        tokens: Mutex::new(HashMap::new()),
+        tokens: Mutex::new(Tokens::default()),
         seen: Mutex::new(HashMap::new()),
         report_secrets: Mutex::new(HashMap::new()),
         metrics: Metrics::default(),
