@@ -497,3 +497,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_table_stays_bounded_and_drops_the_oldest_first() {
+        let mut t = Tokens::default();
+        let mac: MacAddr = "52:54:00:fa:00:01".parse().unwrap();
+        for i in 0..MAX_TOKENS + 10 {
+            t.insert(format!("t{i}"), mac, Duration::from_secs(60));
+        }
+        assert_eq!(t.map.len(), MAX_TOKENS);
+        assert!(t.get_mut("t0").is_none() && t.get_mut("t9").is_none());
+        assert!(t.get_mut("t10").is_some() && t.get_mut(&format!("t{}", MAX_TOKENS + 9)).is_some());
+    }
+}
