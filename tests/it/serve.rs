@@ -93,6 +93,19 @@ fn get(port: u16, path: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).to_string())
 }
 
+/// One machine's entry in `/api/v1/machines`.
+fn machine_status(port: u16, name: &str) -> serde_json::Value {
+    let (_, machines) = get(port, "/api/v1/machines");
+    let doc: serde_json::Value = serde_json::from_str(&machines).unwrap();
+    doc["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["machine"] == name)
+        .unwrap()
+        .clone()
+}
+
 fn token_of(script: &str) -> String {
     script
         .split("token=")
@@ -225,14 +238,7 @@ fn tokens_are_one_time_per_mac_and_expire() {
         "tokens never reach the log"
     );
 
-    let (_, machines) = get(s.port, "/api/v1/machines");
-    let doc: serde_json::Value = serde_json::from_str(&machines).unwrap();
-    let m = doc["machines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["machine"] == "ber-wk-01")
-        .unwrap();
+    let m = machine_status(s.port, "ber-wk-01");
     assert_eq!(m["stage"], "ipxe-served");
     assert_eq!(m["site"], "ber");
 }
@@ -526,15 +532,7 @@ fn reports_need_the_per_boot_secret_and_host_key_mismatches_are_flagged() {
         (200, "recorded\n".to_string())
     );
 
-    let (_, machines) = get(s.port, "/api/v1/machines");
-    let doc: serde_json::Value = serde_json::from_str(&machines).unwrap();
-    let m = doc["machines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["machine"] == "ber-cp-01")
-        .unwrap()
-        .clone();
+    let m = machine_status(s.port, "ber-cp-01");
     assert_eq!(
         (m["stage"].as_str(), m["host_key_mismatch"].as_bool()),
         (Some("reported"), Some(false)),
