@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod fsutil;
 pub mod keys;
 pub mod parallel;
+pub mod pki;
 pub mod power;
 pub mod render;
 pub mod serve;

@@ -11,6 +11,7 @@ mod cli;
 mod httpd;
 mod ignition_apply;
 mod netboot;
+mod pki;
 mod power;
 mod render;
 mod serve;

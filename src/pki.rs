@@ -1,0 +1,374 @@
+//! The PKI of one cluster generation, made by metalherd (rcgen): an etcd
+//! CA with server, peer and client certificates per control-plane node, a
+//! Kubernetes CA with the API server, admin, controller-manager, scheduler
+//! and per-node kubelet client certificates, a front-proxy CA and client,
+//! the service-account key pair, and kubeconfigs. Clusters are replaced,
+//! not renewed, so validity is short (default 90 days).
+//!
+//! Everything is returned in memory as [`PkiFile`]s; private ones are
+//! written 0600 in 0700 directories and never printed (`Debug` shows
+//! names only). Storing a generation's PKI in the state store is the
+//! state-store issue's part; delivering it over SSH is the bootstrap's.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use time::{Duration, OffsetDateTime};
+use zeroize::Zeroizing;
+
+use crate::fleet::{Role, Site};
+use crate::fsutil::{create_dir_with_mode, write_atomic};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("generating {what}: {source}")]
+    Generate { what: String, source: rcgen::Error },
+    #[error("writing {}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One file of the PKI: its path relative to the generation's PKI
+/// directory, contents, and whether it is secret.
+pub struct PkiFile {
+    pub path: String,
+    pub contents: Zeroizing<String>,
+    pub private: bool,
+}
+
+impl fmt::Debug for PkiFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = if self.private {
+            "****"
+        } else {
+            "(certificate)"
+        };
+        f.debug_struct("PkiFile")
+            .field("path", &self.path)
+            .field("contents", &shown)
+            .finish()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ClusterPki {
+    pub files: Vec<PkiFile>,
+}
+
+impl ClusterPki {
+    pub fn get(&self, path: &str) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|f| f.path == path)
+            .map(|f| f.contents.as_str())
+    }
+
+    /// Writes every file under `dir`: private files 0600, certificates
+    /// 0644, directories 0700.
+    pub fn write_to(&self, dir: &Path) -> Result<(), PkiError> {
+        for f in &self.files {
+            let path = dir.join(&f.path);
+            if let Some(parent) = path.parent() {
+                create_dir_with_mode(parent, 0o700).map_err(|source| PkiError::Io {
+                    path: parent.into(),
+                    source,
+                })?;
+            }
+            let mode = if f.private { 0o600 } else { 0o644 };
+            write_atomic(&path, f.contents.as_bytes(), mode).map_err(|source| PkiError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A CA: its key and what signing with it needs.
+struct Ca {
+    key: KeyPair,
+    params: CertificateParams,
+    pem: String,
+}
+
+struct Builder {
+    /// The cluster's name and API server URL, for kubeconfigs.
+    cluster: String,
+    server: String,
+    now: OffsetDateTime,
+    validity: Duration,
+    out: ClusterPki,
+}
+
+fn gen_err(what: &str) -> impl FnOnce(rcgen::Error) -> PkiError + '_ {
+    move |source| PkiError::Generate {
+        what: what.to_string(),
+        source,
+    }
+}
+
+impl Builder {
+    fn push(&mut self, path: String, contents: String, private: bool) {
+        self.out.files.push(PkiFile {
+            path,
+            contents: Zeroizing::new(contents),
+            private,
+        });
+    }
+
+    fn params(&self, common_name: &str, sans: Vec<String>) -> Result<CertificateParams, PkiError> {
+        let mut p = CertificateParams::new(sans).map_err(gen_err(common_name))?;
+        p.distinguished_name.push(DnType::CommonName, common_name);
+        p.not_before = self.now - Duration::minutes(5);
+        p.not_after = self.now + self.validity;
+        p.use_authority_key_identifier_extension = true;
+        Ok(p)
+    }
+
+    fn ca(&mut self, dir: &str, common_name: &str) -> Result<Ca, PkiError> {
+        let key = KeyPair::generate().map_err(gen_err(common_name))?;
+        let mut params = self.params(common_name, Vec::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).map_err(gen_err(common_name))?;
+        let pem = cert.pem();
+        self.push(format!("{dir}/ca.crt"), pem.clone(), false);
+        self.push(format!("{dir}/ca.key"), key.serialize_pem(), true);
+        Ok(Ca { key, params, pem })
+    }
+
+    /// A leaf certificate signed by `ca`; returns (cert PEM, key PEM).
+    #[allow(clippy::too_many_arguments)]
+    fn leaf(
+        &mut self,
+        ca: &Ca,
+        path: &str,
+        common_name: &str,
+        organization: Option<&str>,
+        sans: Vec<String>,
+        usages: Vec<ExtendedKeyUsagePurpose>,
+    ) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate().map_err(gen_err(common_name))?;
+        let mut params = self.params(common_name, sans)?;
+        if let Some(o) = organization {
+            params.distinguished_name.push(DnType::OrganizationName, o);
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = usages;
+        let issuer = Issuer::from_params(&ca.params, &ca.key);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(gen_err(common_name))?;
+        let (crt, pem_key) = (cert.pem(), key.serialize_pem());
+        self.push(format!("{path}.crt"), crt.clone(), false);
+        self.push(format!("{path}.key"), pem_key.clone(), true);
+        Ok((crt, pem_key))
+    }
+
+    fn kubeconfig(&mut self, path: &str, ca: &Ca, user: &str, crt: &str, key: &str) {
+        use base64::Engine;
+        let (cluster, server) = (&self.cluster, &self.server);
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: {cluster}\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: {user}@{cluster}\n  context:\n    cluster: {cluster}\n    user: {user}\ncurrent-context: {user}@{cluster}\n",
+            b64(&ca.pem),
+            b64(crt),
+            b64(key)
+        );
+        self.push(path.to_string(), text, true);
+    }
+}
+
+/// The Kubernetes service's cluster IP: the first address of the
+/// service CIDR.
+fn first_service_ip(site: &Site) -> Option<IpAddr> {
+    match site.cluster.service_cidr.net().network() {
+        IpAddr::V4(v4) => u32::from(v4).checked_add(1).map(|x| IpAddr::V4(x.into())),
+        IpAddr::V6(v6) => u128::from(v6).checked_add(1).map(|x| IpAddr::V6(x.into())),
+    }
+}
+
+/// Makes the whole PKI of `site`'s cluster, valid from `now` for
+/// `validity_days`.
+pub fn generate(
+    site: &Site,
+    now: OffsetDateTime,
+    validity_days: i64,
+) -> Result<ClusterPki, PkiError> {
+    use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let cluster = site.cluster.name.as_str();
+    let endpoint = &site.cluster.api_endpoint;
+    let server = if endpoint.host.contains(':') {
+        format!("https://[{}]:{}", endpoint.host, endpoint.port)
+    } else {
+        format!("https://{}:{}", endpoint.host, endpoint.port)
+    };
+    let mut b = Builder {
+        cluster: cluster.to_string(),
+        server,
+        now,
+        validity: Duration::days(validity_days),
+        out: ClusterPki::default(),
+    };
+    let control_planes: Vec<_> = site
+        .machines
+        .iter()
+        .filter(|m| m.role == Role::ControlPlane)
+        .collect();
+
+    let etcd = b.ca("etcd", &format!("{cluster} etcd CA"))?;
+    for m in &control_planes {
+        let sans = vec![
+            m.ip.to_string(),
+            m.name.to_string(),
+            "localhost".into(),
+            "127.0.0.1".into(),
+        ];
+        let dir = format!("nodes/{}/etcd", m.name);
+        b.leaf(
+            &etcd,
+            &format!("{dir}/server"),
+            m.name.as_str(),
+            None,
+            sans.clone(),
+            vec![ServerAuth, ClientAuth],
+        )?;
+        b.leaf(
+            &etcd,
+            &format!("{dir}/peer"),
+            m.name.as_str(),
+            None,
+            sans,
+            vec![ServerAuth, ClientAuth],
+        )?;
+    }
+    b.leaf(
+        &etcd,
+        "etcd/client",
+        "metalherd",
+        None,
+        Vec::new(),
+        vec![ClientAuth],
+    )?;
+    b.leaf(
+        &etcd,
+        "etcd/apiserver-etcd-client",
+        "kube-apiserver-etcd-client",
+        None,
+        Vec::new(),
+        vec![ClientAuth],
+    )?;
+
+    let k8s = b.ca("kubernetes", &format!("{cluster} Kubernetes CA"))?;
+    let mut sans = vec![
+        endpoint.host.clone(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "kubernetes.default.svc.cluster.local".into(),
+    ];
+    sans.extend(first_service_ip(site).map(|ip| ip.to_string()));
+    sans.extend(control_planes.iter().map(|m| m.ip.to_string()));
+    sans.dedup();
+    b.leaf(
+        &k8s,
+        "kubernetes/apiserver",
+        "kube-apiserver",
+        None,
+        sans,
+        vec![ServerAuth],
+    )?;
+    b.leaf(
+        &k8s,
+        "kubernetes/apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
+        Some("system:masters"),
+        Vec::new(),
+        vec![ClientAuth],
+    )?;
+    for (path, cn, org) in [
+        (
+            "kubernetes/admin",
+            "kubernetes-admin",
+            Some("system:masters"),
+        ),
+        (
+            "kubernetes/controller-manager",
+            "system:kube-controller-manager",
+            None,
+        ),
+        ("kubernetes/scheduler", "system:kube-scheduler", None),
+    ] {
+        let (crt, key) = b.leaf(&k8s, path, cn, org, Vec::new(), vec![ClientAuth])?;
+        let user = path.rsplit('/').next().unwrap_or(path);
+        b.kubeconfig(&format!("{path}.conf"), &k8s, user, &crt, &key);
+    }
+    for m in &site.machines {
+        if m.role == Role::Spare {
+            continue;
+        }
+        let path = format!("nodes/{}/kubelet", m.name);
+        let (crt, key) = b.leaf(
+            &k8s,
+            &path,
+            &format!("system:node:{}", m.name),
+            Some("system:nodes"),
+            Vec::new(),
+            vec![ClientAuth],
+        )?;
+        let user = format!("system:node:{}", m.name);
+        b.kubeconfig(&format!("{path}.conf"), &k8s, &user, &crt, &key);
+    }
+
+    let proxy = b.ca("front-proxy", &format!("{cluster} front-proxy CA"))?;
+    b.leaf(
+        &proxy,
+        "front-proxy/client",
+        "front-proxy-client",
+        None,
+        Vec::new(),
+        vec![ClientAuth],
+    )?;
+
+    let sa = KeyPair::generate().map_err(gen_err("service-account key"))?;
+    b.push("kubernetes/sa.key".into(), sa.serialize_pem(), true);
+    b.push("kubernetes/sa.pub".into(), sa.public_key_pem(), false);
+    Ok(b.out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_private_material() {
+        let fleet = crate::fleet::load(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let pki = generate(fleet.site("fra").unwrap(), OffsetDateTime::now_utc(), 90).unwrap();
+        let shown = format!("{pki:?}");
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        assert!(pki
+            .get("kubernetes/sa.key")
+            .unwrap()
+            .contains("PRIVATE KEY"));
+        assert!(pki
+            .files
+            .iter()
+            .filter(|f| f.path.ends_with(".key"))
+            .all(|f| f.private));
+    }
+}
