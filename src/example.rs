@@ -52,6 +52,18 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../templates/kubernetes/kubelet.yaml"),
     ),
     (
+        "templates/kubernetes/manifests/kube-apiserver.yaml",
+        include_str!("../templates/kubernetes/manifests/kube-apiserver.yaml"),
+    ),
+    (
+        "templates/kubernetes/manifests/kube-controller-manager.yaml",
+        include_str!("../templates/kubernetes/manifests/kube-controller-manager.yaml"),
+    ),
+    (
+        "templates/kubernetes/manifests/kube-scheduler.yaml",
+        include_str!("../templates/kubernetes/manifests/kube-scheduler.yaml"),
+    ),
+    (
         "templates/network/node.network",
         include_str!("../templates/network/node.network"),
     ),

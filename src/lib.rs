@@ -6,14 +6,17 @@
 //! command modules in [`cli`] act on them.
 
 pub mod assets;
+pub mod bootstrap;
 pub mod cli;
 pub mod errfmt;
 pub mod example;
 pub mod fleet;
 pub mod fsutil;
+pub mod job;
 pub mod keys;
 pub mod parallel;
 pub mod pki;
 pub mod power;
 pub mod render;
 pub mod serve;
+pub mod ssh;

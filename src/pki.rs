@@ -7,8 +7,10 @@
 //!
 //! Everything is returned in memory as [`PkiFile`]s; private ones are
 //! written 0600 in 0700 directories and never printed (`Debug` shows
-//! names only). Storing a generation's PKI in the state store is the
-//! state-store issue's part; delivering it over SSH is the bootstrap's.
+//! names only). [`load_or_create`] keeps one PKI per site and generation
+//! in the local state directory (`pki/<site>/<generation>/`), written
+//! whole or not at all; the state-store issue moves it behind
+//! `StateStore`. Delivering it over SSH is `bootstrap`'s part.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -89,6 +91,87 @@ impl ClusterPki {
         }
         Ok(())
     }
+}
+
+/// Where the PKI of `site`'s generation `generation` lives in the local
+/// state directory.
+pub fn state_path(state_dir: &Path, site: &str, generation: u64) -> std::path::PathBuf {
+    state_dir
+        .join("pki")
+        .join(site)
+        .join(generation.to_string())
+}
+
+/// The stored PKI of `site`'s generation `generation`, or a new one made
+/// and stored first (whole: written to a staging directory that is then
+/// renamed into place). Returns the PKI and whether it was created.
+pub fn load_or_create(
+    state_dir: &Path,
+    site: &Site,
+    generation: u64,
+    validity_days: i64,
+) -> Result<(ClusterPki, bool), PkiError> {
+    let dir = state_path(state_dir, site.name.as_str(), generation);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PkiError::Io { path, source }
+    };
+    if dir.is_dir() {
+        return Ok((read_from(&dir)?, false));
+    }
+    let pki = generate(site, OffsetDateTime::now_utc(), validity_days)?;
+    let parent = dir.parent().unwrap_or(state_dir);
+    create_dir_with_mode(parent, 0o700).map_err(io(parent))?;
+    let staging = parent.join(format!(".{generation}.new"));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+    }
+    create_dir_with_mode(&staging, 0o700).map_err(io(&staging))?;
+    pki.write_to(&staging)?;
+    crate::fsutil::sync_filesystem(&staging).map_err(io(&staging))?;
+    std::fs::rename(&staging, &dir).map_err(io(&dir))?;
+    Ok((pki, true))
+}
+
+/// Reads a PKI written by [`ClusterPki::write_to`].
+pub fn read_from(dir: &Path) -> Result<ClusterPki, PkiError> {
+    let mut out = ClusterPki::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|source| PkiError::Io {
+            path: d.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let path = entry
+                .map_err(|source| PkiError::Io {
+                    path: d.clone(),
+                    source,
+                })?
+                .path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let contents = std::fs::read_to_string(&path).map_err(|source| PkiError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let rel = path
+                .strip_prefix(dir)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
+            let private = rel.ends_with(".key") || rel.ends_with(".conf");
+            out.files.push(PkiFile {
+                path: rel,
+                contents: Zeroizing::new(contents),
+                private,
+            });
+        }
+    }
+    out.files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
 }
 
 /// A CA: its key and what signing with it needs.

@@ -8,12 +8,14 @@
 //! [`Command`], a line in `dispatch`.
 
 mod assets;
+mod bootstrap;
 mod dev;
 mod init;
 mod inventory;
 mod power;
 mod render;
 mod serve;
+mod ssh;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -81,6 +83,13 @@ pub enum Command {
     Power(power::PowerArgs),
     /// The boot server: iPXE scripts, one-time-token Ignition, OS images.
     Serve(serve::ServeArgs),
+    /// Bootstrap a site's control plane over SSH: PKI, etcd quorum, API server.
+    #[command(subcommand)]
+    Bootstrap(bootstrap::BootstrapCommand),
+    /// Log in to a machine (or run one command) with its host key pinned.
+    Ssh(ssh::SshCommandArgs),
+    /// Run a command on many machines at once, with a summary.
+    Exec(ssh::ExecArgs),
     /// Print (or write) a site's rendered dnsmasq config.
     Dnsmasq(serve::DnsmasqArgs),
     /// Start a fleet repository of your own from the shipped example.
@@ -104,6 +113,9 @@ pub fn main() -> ExitCode {
     match dispatch(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            if let Some(Exit(code)) = err.downcast_ref::<Exit>() {
+                return ExitCode::from(*code);
+            }
             report_error(&cli, &err);
             ExitCode::from(1)
         }
@@ -119,6 +131,9 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Power(args) => power::run(cli, args),
         Command::Serve(args) => serve::run(cli, args),
         Command::Dnsmasq(args) => serve::dnsmasq(cli, args),
+        Command::Bootstrap(cmd) => bootstrap::run(cli, cmd),
+        Command::Ssh(args) => ssh::run_ssh(cli, args),
+        Command::Exec(args) => ssh::run_exec(cli, args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,
@@ -162,6 +177,17 @@ pub(crate) fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     writeln!(out)?;
     Ok(())
 }
+
+/// Whether to draw progress bars: on a terminal, in text mode, without
+/// `--verbose` (whose log lines would tear them).
+pub(crate) fn progress_bars(cli: &Cli) -> bool {
+    cli.output == Output::Text && cli.verbose == 0 && !cli.quiet && std::io::stderr().is_terminal()
+}
+
+/// The exit status of a remote command, passed through (`metalherd ssh`).
+#[derive(Debug, thiserror::Error)]
+#[error("the remote command exited with status {0}")]
+pub(crate) struct Exit(pub u8);
 
 /// A failure whose details the command has already printed (as its
 /// `--output json` document, or as text lines): only the exit code and a

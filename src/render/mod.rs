@@ -12,6 +12,7 @@
 
 pub mod butane;
 pub mod context;
+pub mod manifests;
 
 use std::fs;
 use std::path::{Path, PathBuf};

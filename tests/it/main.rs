@@ -10,6 +10,7 @@ mod broken_fleets;
 mod cli;
 mod httpd;
 mod ignition_apply;
+mod manifests;
 mod netboot;
 mod pki;
 mod power;

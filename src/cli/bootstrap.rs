@@ -1,0 +1,121 @@
+//! `metalherd bootstrap site S`: deliver the generation's PKI and
+//! configuration over SSH, form the etcd quorum, start the control plane
+//! (see `crate::bootstrap` for the phases).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::ssh::{fleet_and_keys, runtime, SshArgs};
+use super::{print_json, Cli, Output};
+use crate::bootstrap::{self, Options};
+use crate::fleet::SiteName;
+use crate::job::Reporter;
+use crate::ssh::Timeouts;
+
+#[derive(Subcommand, Debug)]
+pub enum BootstrapCommand {
+    /// Bootstrap the control plane of one site's cluster.
+    Site(SiteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SiteArgs {
+    /// The site whose machines have booted their Ignition.
+    site: SiteName,
+    /// The cluster generation (its PKI is made once and kept in the state).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    generation: u64,
+    /// Days the generation's certificates are valid (clusters are replaced, not renewed).
+    #[arg(long, default_value_t = 90, value_name = "DAYS")]
+    validity_days: i64,
+    /// Machines worked on at once in the site.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    parallel: usize,
+    /// Seconds each step on a machine may take.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    step_timeout: u64,
+    /// Seconds to wait for etcd quorum and for the API server's /readyz.
+    #[arg(long, default_value_t = 180, value_name = "SECS")]
+    ready_timeout: u64,
+    #[command(flatten)]
+    ssh: SshArgs,
+}
+
+pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
+    let BootstrapCommand::Site(args) = cmd;
+    let (fleet, keys) = fleet_and_keys(cli)?;
+    let site = fleet
+        .site(args.site.as_str())
+        .with_context(|| format!("no site `{}` in fleet {}", args.site, fleet.name))?;
+    let state_dir = fleet.state_dir();
+    let (pki, created) =
+        crate::pki::load_or_create(&state_dir, site, args.generation, args.validity_days)
+            .with_context(|| {
+                format!(
+                    "preparing the PKI of {} generation {}",
+                    site.name, args.generation
+                )
+            })?;
+    if created {
+        tracing::info!(
+            "{}: generated the PKI of generation {} in {}",
+            site.name,
+            args.generation,
+            crate::pki::state_path(&state_dir, site.name.as_str(), args.generation).display()
+        );
+    }
+    let opts = Options {
+        generation: args.generation,
+        user: args.ssh.user.clone(),
+        timeouts: Timeouts {
+            connect: Duration::from_secs(args.ssh.connect_timeout),
+            step: Duration::from_secs(args.step_timeout),
+        },
+        parallel: args.parallel,
+        ready_timeout: Duration::from_secs(args.ready_timeout),
+    };
+    let reporter = Reporter::new(super::progress_bars(cli));
+    let report = runtime()?.block_on(bootstrap::bootstrap_site(
+        &fleet, site, &keys, &pki, &opts, &reporter,
+    ))?;
+    if cli.output == Output::Json {
+        print_json(&serde_json::to_value(&report)?)?;
+    } else {
+        for p in &report.phases {
+            let status = if p.ok { "ok" } else { "FAILED" };
+            println!(
+                "{:<16} {status:<7} {:>8.1} s",
+                p.name,
+                p.duration_ms as f64 / 1000.0
+            );
+            for n in &p.notes {
+                println!("    {n}");
+            }
+        }
+    }
+    match &report.error {
+        None => {
+            if cli.output == Output::Text {
+                println!(
+                    "bootstrap of {} (generation {}): done",
+                    report.site, report.generation
+                );
+            }
+            Ok(())
+        }
+        Some(e) => {
+            if cli.output == Output::Text {
+                eprintln!("{e}");
+            }
+            Err(super::Reported(format!(
+                "bootstrap of {} (generation {}) failed: {}",
+                report.site,
+                report.generation,
+                e.lines().next().unwrap_or("")
+            ))
+            .into())
+        }
+    }
+}
