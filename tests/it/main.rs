@@ -6,8 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod assets;
+mod bootstrap;
 mod broken_fleets;
 mod cli;
+mod hosts;
 mod httpd;
 mod ignition_apply;
 mod manifests;
