@@ -439,6 +439,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_stored_generation_is_reused_whole() {
+        use std::os::unix::fs::MetadataExt;
+        let fleet = crate::fleet::load(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let site = fleet.site("muc").unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let (first, created) = load_or_create(state.path(), site, 4, 90).unwrap();
+        assert!(created);
+        let (again, created) = load_or_create(state.path(), site, 4, 90).unwrap();
+        assert!(!created);
+        let mut a: Vec<_> = first
+            .files
+            .iter()
+            .map(|f| (&f.path, f.contents.as_str(), f.private))
+            .collect();
+        a.sort();
+        let b: Vec<_> = again
+            .files
+            .iter()
+            .map(|f| (&f.path, f.contents.as_str(), f.private))
+            .collect();
+        assert_eq!(a, b);
+        let dir = state_path(state.path(), "muc", 4);
+        let key = std::fs::metadata(dir.join("etcd/ca.key")).unwrap();
+        assert_eq!(key.mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        // No staging directory is left behind; another generation is another PKI.
+        let entries: Vec<_> = std::fs::read_dir(dir.parent().unwrap()).unwrap().collect();
+        assert_eq!(entries.len(), 1);
+        let (other, _) = load_or_create(state.path(), site, 5, 90).unwrap();
+        assert_ne!(other.get("etcd/ca.crt"), first.get("etcd/ca.crt"));
+    }
+
+    #[test]
     fn debug_never_shows_private_material() {
         let fleet = crate::fleet::load(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
         let pki = generate(fleet.site("fra").unwrap(), OffsetDateTime::now_utc(), 90).unwrap();

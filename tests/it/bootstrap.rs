@@ -379,6 +379,33 @@ fn exec_and_bootstrap_name_a_host_that_is_down_and_the_others_finish() {
     assert_eq!(ssh.status.code(), Some(7), "{}", all(&ssh));
     assert_eq!(text(&ssh.stdout), "fra-cp-01\n");
 
+    // Without a command: the login shell, reading stdin (no terminal, no PTY).
+    let mut shell = hosts
+        .ctl_command(env!("CARGO_BIN_EXE_metalherd"))
+        .arg("--fleet")
+        .arg(f)
+        .args(["ssh", "fra-wk-01"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = shell.stdin.take().unwrap();
+        stdin
+            .write_all(b"echo \"I am $(whoami) on $(hostname)\"\nexit 3\n")
+            .unwrap();
+    }
+    let shell = shell.wait_with_output().unwrap();
+    assert_eq!(shell.status.code(), Some(3), "{}", all(&shell));
+    // (after the host's message of the day)
+    assert!(
+        text(&shell.stdout).ends_with("\nI am core on fra-wk-01\n"),
+        "{}",
+        all(&shell)
+    );
+
     // Bootstrap stops at the connect phase, names the host, exits 1.
     let boot = hosts.metalherd(&["bootstrap", "site", "fra", "--connect-timeout", "3"]);
     let said = all(&boot);

@@ -27,11 +27,13 @@
 //!   that starts units detached and records their pids in
 //!   `/var/lib/systemctl-standin/`. Finally it execs `sshd` on the
 //!   machine's IP, port 22, with the pinned host key.
-//! - Teardown: SIGTERM to each sshd and each stand-in pid, then every
-//!   process still in one of the harness's namespaces (`ip netns pids`,
-//!   so by pid, never by name) gets SIGTERM and, after a grace period,
-//!   SIGKILL; then the namespaces are deleted. The mounts die with the
-//!   last process of their mount namespace.
+//! - Teardown: SIGTERM to each sshd (by the pid we spawned) and SIGKILL to
+//!   each pid the stand-in recorded that is still in the host's namespace
+//!   (an etcd told to stop waits seconds for peers that are going away
+//!   too); then every process still in one of the harness's namespaces
+//!   (`ip netns pids`: by pid, never by name) gets SIGTERM and, after a
+//!   grace period, SIGKILL; then the namespaces are deleted. The mounts
+//!   die with the last process of their mount namespace.
 //!
 //! A `down` machine (and one after [`Hosts::link_down`]) has its link
 //! down, and the controller a permanent neighbour entry for its IP with
@@ -172,7 +174,8 @@ impl Hosts {
 
     /// OpenSSH, from the controller namespace, as `core` on `machine`
     /// with metalherd's key and the pinned host keys ([`Hosts::known_hosts`],
-    /// strict checking), running `remote_command`.
+    /// strict checking, batch mode, 5 s connect timeout), running
+    /// `remote_command`.
     pub fn ssh_command(&self, machine: &str, remote_command: &str) -> Command {
         let state = self.fleet.join(".metalherd/state");
         let mut cmd = self.ctl_command("ssh");

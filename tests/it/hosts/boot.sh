@@ -3,7 +3,7 @@
 # network namespace and a fresh private mount and UTS namespace
 # (`ip netns exec NS unshare --mount --uts --propagation private`), so every
 # mount below dies with the host's processes and never touches the real
-# machine. Environment (set by hosts.rs, otherwise empty):
+# machine. Environment (set by hosts.rs, besides PATH):
 #   HOST_DIR   this host's directory (upper/work dirs, logs, sshd_config)
 #   MACHINE    the machine's name, CONFIG its rendered final Ignition
 #   IGNITION   Debian's full ignition binary
