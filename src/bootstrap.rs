@@ -34,6 +34,7 @@ use crate::keys::Keys;
 use crate::pki::ClusterPki;
 use crate::render::manifests::{self, NodeFile};
 use crate::ssh::{Session, Timeouts};
+use crate::state::journal::Journal;
 
 /// How a bootstrap runs.
 #[derive(Clone, Debug)]
@@ -93,6 +94,7 @@ pub async fn bootstrap_site(
     pki: &ClusterPki,
     opts: &Options,
     reporter: &Reporter,
+    journal: Option<&mut Journal<'_>>,
 ) -> anyhow::Result<Report> {
     let tera = crate::render::load_templates(&fleet.root)?;
     let site_ctx = crate::render::context::site_context(fleet, site, opts.generation);
@@ -125,7 +127,7 @@ pub async fn bootstrap_site(
         phases: Vec::new(),
         error: None,
     };
-    if let Err(e) = run_phases(&ctx, &mut report).await {
+    if let Err(e) = run_phases(&ctx, &mut report, journal).await {
         report.error = Some(format!("{e:#}"));
         return Ok(report);
     }
@@ -148,7 +150,38 @@ fn targets<'a>(site: &Site, machines: impl Iterator<Item = &'a Machine>) -> Vec<
         .collect()
 }
 
-async fn run_phases(ctx: &Ctx<'_>, report: &mut Report) -> anyhow::Result<()> {
+/// Runs `work` as journal step `name` (skipped when an earlier run of
+/// the operation completed it), or plainly without a journal. Returns
+/// whether it ran.
+async fn step<Fut>(
+    journal: &mut Option<&mut Journal<'_>>,
+    name: &str,
+    work: Fut,
+) -> anyhow::Result<bool>
+where
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    match journal {
+        Some(j) => Ok(j.step(name, || work).await?.is_some()),
+        None => work.await.map(|()| true),
+    }
+}
+
+fn skipped(report: &mut Report, name: &str) {
+    report.phases.push(Phase {
+        name: name.to_string(),
+        ok: true,
+        duration_ms: 0,
+        notes: vec!["completed in an earlier run: skipped".into()],
+        machines: Vec::new(),
+    });
+}
+
+async fn run_phases(
+    ctx: &Ctx<'_>,
+    report: &mut Report,
+    mut journal: Option<&mut Journal<'_>>,
+) -> anyhow::Result<()> {
     let site = ctx.site;
     let nodes: Vec<&Machine> = site
         .machines
@@ -161,20 +194,23 @@ async fn run_phases(ctx: &Ctx<'_>, report: &mut Report) -> anyhow::Result<()> {
         .iter()
         .filter(|m| m.role == Role::Worker)
         .collect();
+    let j = &mut journal;
 
     // Every node's pinned host key is checked before anything is
     // uploaded anywhere: a mismatch on one node leaves all of them as
-    // they were.
+    // they were. (Never skipped: it is cheap and proves who we talk to.)
     fan_out(ctx, report, "connect", &nodes, |_, s, _| async move {
         s.close().await;
         Ok(())
     })
     .await?;
-    fan_out(ctx, report, "upload", &nodes, |m, s, t| {
+    let work = fan_out(ctx, report, "upload", &nodes, |m, s, t| {
         upload(ctx, m, s, t)
-    })
-    .await?;
-    fan_out(ctx, report, "start etcd", &cps, |_, s, t| async move {
+    });
+    if !step(j, "upload", async { work.await.map(|_| ()) }).await? {
+        skipped(report, "upload");
+    }
+    let work = fan_out(ctx, report, "start etcd", &cps, |_, s, t| async move {
         t.phase("systemctl start etcd.service");
         s.run(
             "start etcd",
@@ -183,31 +219,54 @@ async fn run_phases(ctx: &Ctx<'_>, report: &mut Report) -> anyhow::Result<()> {
         )
         .await?;
         Ok(())
-    })
-    .await?;
+    });
+    if !step(j, "start etcd", async { work.await.map(|_| ()) }).await? {
+        skipped(report, "start etcd");
+    }
+    // Quorum is checked on every run: later steps need it now.
     wait_quorum(ctx, report, &cps).await?;
-    let cp_kubelets = start_kubelets(ctx, report, "control plane", &cps).await?;
+    let work = control_plane(ctx, report, &cps);
+    if !step(j, "control plane", work).await? {
+        skipped(report, "control plane");
+    }
+    if !workers.is_empty() {
+        let work = start_workers(ctx, report, &workers);
+        if !step(j, "workers", work).await? {
+            skipped(report, "workers");
+        }
+    }
+    Ok(())
+}
+
+async fn control_plane(ctx: &Ctx<'_>, report: &mut Report, cps: &[&Machine]) -> anyhow::Result<()> {
+    let cp_kubelets = start_kubelets(ctx, report, "control plane", cps).await?;
     if cp_kubelets.is_empty() {
         note(
             report,
             "kubelet is not installed on any control plane (/opt/bin/kubelet): the API server was \
              not started; etcd and the rendered manifests are in place",
         );
+        Ok(())
     } else {
-        readyz_phase(ctx, report, &cp_kubelets).await?;
+        readyz_phase(ctx, report, &cp_kubelets).await
     }
-    if !workers.is_empty() {
-        let started = start_kubelets(ctx, report, "workers", &workers).await?;
-        if started.len() < workers.len() {
-            note(
-                report,
-                &format!(
-                    "kubelet is not installed on {} of {} workers; their kubeconfigs are in place",
-                    workers.len() - started.len(),
-                    workers.len()
-                ),
-            );
-        }
+}
+
+async fn start_workers(
+    ctx: &Ctx<'_>,
+    report: &mut Report,
+    workers: &[&Machine],
+) -> anyhow::Result<()> {
+    let started = start_kubelets(ctx, report, "workers", workers).await?;
+    if started.len() < workers.len() {
+        note(
+            report,
+            &format!(
+                "kubelet is not installed on {} of {} workers; their kubeconfigs are in place",
+                workers.len() - started.len(),
+                workers.len()
+            ),
+        );
     }
     Ok(())
 }

@@ -20,3 +20,4 @@ pub mod power;
 pub mod render;
 pub mod serve;
 pub mod ssh;
+pub mod state;

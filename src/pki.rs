@@ -8,9 +8,8 @@
 //! Everything is returned in memory as [`PkiFile`]s; private ones are
 //! written 0600 in 0700 directories and never printed (`Debug` shows
 //! names only). [`load_or_create`] keeps one PKI per site and generation
-//! in the local state directory (`pki/<site>/<generation>/`), written
-//! whole or not at all; the state-store issue moves it behind
-//! `StateStore`. Delivering it over SSH is `bootstrap`'s part.
+//! in the state store (`pki/<site>/<generation>/`, private files sealed
+//! with the state's key). Delivering it over SSH is `bootstrap`'s part.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -93,85 +92,69 @@ impl ClusterPki {
     }
 }
 
-/// Where the PKI of `site`'s generation `generation` lives in the local
-/// state directory.
+/// Where the PKI of `site`'s generation `generation` lives in a local
+/// state directory (the local backend keeps each object at its key).
 pub fn state_path(state_dir: &Path, site: &str, generation: u64) -> std::path::PathBuf {
-    state_dir
-        .join("pki")
-        .join(site)
-        .join(generation.to_string())
+    state_dir.join(state_prefix(site, generation))
+}
+
+/// The state-store key prefix of a generation's PKI.
+pub fn state_prefix(site: &str, generation: u64) -> String {
+    format!("pki/{site}/{generation}/")
+}
+
+/// Errors of [`load_or_create`]: making the PKI or storing it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredPkiError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 /// The stored PKI of `site`'s generation `generation`, or a new one made
-/// and stored first (whole: written to a staging directory that is then
-/// renamed into place). Returns the PKI and whether it was created.
-pub fn load_or_create(
-    state_dir: &Path,
+/// and stored first. Private files are sealed with the state's key when
+/// one is configured. The PKI counts as stored once its `complete` marker
+/// is written, after every file: a PKI cut short by a crash is made anew.
+/// Returns the PKI and whether it was created.
+pub async fn load_or_create(
+    store: &dyn crate::state::StateStore,
+    sealer: &crate::state::crypt::Sealer,
     site: &Site,
     generation: u64,
     validity_days: i64,
-) -> Result<(ClusterPki, bool), PkiError> {
-    let dir = state_path(state_dir, site.name.as_str(), generation);
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| PkiError::Io { path, source }
-    };
-    if dir.is_dir() {
-        return Ok((read_from(&dir)?, false));
-    }
-    let pki = generate(site, OffsetDateTime::now_utc(), validity_days)?;
-    let parent = dir.parent().unwrap_or(state_dir);
-    create_dir_with_mode(parent, 0o700).map_err(io(parent))?;
-    let staging = parent.join(format!(".{generation}.new"));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
-    }
-    create_dir_with_mode(&staging, 0o700).map_err(io(&staging))?;
-    pki.write_to(&staging)?;
-    crate::fsutil::sync_filesystem(&staging).map_err(io(&staging))?;
-    std::fs::rename(&staging, &dir).map_err(io(&dir))?;
-    Ok((pki, true))
-}
-
-/// Reads a PKI written by [`ClusterPki::write_to`].
-pub fn read_from(dir: &Path) -> Result<ClusterPki, PkiError> {
-    let mut out = ClusterPki::default();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|source| PkiError::Io {
-            path: d.clone(),
-            source,
-        })?;
-        for entry in entries {
-            let path = entry
-                .map_err(|source| PkiError::Io {
-                    path: d.clone(),
-                    source,
-                })?
-                .path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let contents = std::fs::read_to_string(&path).map_err(|source| PkiError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let rel = path
-                .strip_prefix(dir)
-                .unwrap_or(&path)
-                .to_string_lossy()
-                .into_owned();
-            let private = rel.ends_with(".key") || rel.ends_with(".conf");
+) -> Result<(ClusterPki, bool), StoredPkiError> {
+    use crate::state::Expect;
+    let prefix = state_prefix(site.name.as_str(), generation);
+    let marker = format!("pki/{}/{generation}.complete", site.name);
+    if store.get(&marker).await?.is_some() {
+        let mut out = ClusterPki::default();
+        for e in store.list(&prefix).await? {
+            let path = e.key[prefix.len()..].to_string();
+            let private = path.ends_with(".key") || path.ends_with(".conf");
+            let plain = sealer.open(&e.key, &e.value)?;
             out.files.push(PkiFile {
-                path: rel,
-                contents: Zeroizing::new(contents),
+                path,
+                contents: Zeroizing::new(String::from_utf8_lossy(&plain).into_owned()),
                 private,
             });
         }
+        return Ok((out, false));
     }
-    out.files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
+    let pki = generate(site, OffsetDateTime::now_utc(), validity_days)?;
+    for f in &pki.files {
+        let key = format!("{prefix}{}", f.path);
+        let stored = if f.private {
+            sealer.seal(&key, f.contents.as_bytes())?
+        } else {
+            f.contents.as_bytes().to_vec()
+        };
+        store.put(&key, &stored, Expect::Any).await?;
+    }
+    store
+        .put(&marker, crate::state::now_rfc3339().as_bytes(), Expect::Any)
+        .await?;
+    Ok((pki, true))
 }
 
 /// A CA: its key and what signing with it needs.
@@ -438,15 +421,17 @@ pub fn generate(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_stored_generation_is_reused_whole() {
+    #[tokio::test]
+    async fn a_stored_generation_is_reused_whole() {
         use std::os::unix::fs::MetadataExt;
         let fleet = crate::fleet::load(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
         let site = fleet.site("muc").unwrap();
         let state = tempfile::tempdir().unwrap();
-        let (first, created) = load_or_create(state.path(), site, 4, 90).unwrap();
+        let store = crate::state::local::LocalStore::open(state.path()).unwrap();
+        let sealer = crate::state::crypt::Sealer::none();
+        let (first, created) = load_or_create(&store, &sealer, site, 4, 90).await.unwrap();
         assert!(created);
-        let (again, created) = load_or_create(state.path(), site, 4, 90).unwrap();
+        let (again, created) = load_or_create(&store, &sealer, site, 4, 90).await.unwrap();
         assert!(!created);
         let mut a: Vec<_> = first
             .files
@@ -464,10 +449,7 @@ mod tests {
         let key = std::fs::metadata(dir.join("etcd/ca.key")).unwrap();
         assert_eq!(key.mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
-        // No staging directory is left behind; another generation is another PKI.
-        let entries: Vec<_> = std::fs::read_dir(dir.parent().unwrap()).unwrap().collect();
-        assert_eq!(entries.len(), 1);
-        let (other, _) = load_or_create(state.path(), site, 5, 90).unwrap();
+        let (other, _) = load_or_create(&store, &sealer, site, 5, 90).await.unwrap();
         assert_ne!(other.get("etcd/ca.crt"), first.get("etcd/ca.crt"));
     }
 

@@ -10,9 +10,11 @@ use clap::{Args, Subcommand};
 use super::ssh::{fleet_and_keys, runtime, SshArgs};
 use super::{print_json, Cli, Output};
 use crate::bootstrap::{self, Options};
-use crate::fleet::SiteName;
+use crate::fleet::{Role, Site, SiteName};
 use crate::job::Reporter;
 use crate::ssh::Timeouts;
+use crate::state::journal::Journal;
+use crate::state::{self, Expect, Holder, MachineRecord, MachineState, SiteRecord, StateStore};
 
 #[derive(Subcommand, Debug)]
 pub enum BootstrapCommand {
@@ -49,23 +51,6 @@ pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
     let site = fleet
         .site(args.site.as_str())
         .with_context(|| format!("no site `{}` in fleet {}", args.site, fleet.name))?;
-    let state_dir = fleet.state_dir();
-    let (pki, created) =
-        crate::pki::load_or_create(&state_dir, site, args.generation, args.validity_days)
-            .with_context(|| {
-                format!(
-                    "preparing the PKI of {} generation {}",
-                    site.name, args.generation
-                )
-            })?;
-    if created {
-        tracing::info!(
-            "{}: generated the PKI of generation {} in {}",
-            site.name,
-            args.generation,
-            crate::pki::state_path(&state_dir, site.name.as_str(), args.generation).display()
-        );
-    }
     let opts = Options {
         generation: args.generation,
         user: args.ssh.user.clone(),
@@ -77,9 +62,82 @@ pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
         ready_timeout: Duration::from_secs(args.ready_timeout),
     };
     let reporter = Reporter::new(super::progress_bars(cli));
-    let report = runtime()?.block_on(bootstrap::bootstrap_site(
-        &fleet, site, &keys, &pki, &opts, &reporter,
-    ))?;
+    let report = runtime()?.block_on(async {
+        let (store, sealer) = state::open(&fleet)?;
+        let store = store.as_ref();
+        let operation = format!("bootstrap site {}", site.name);
+        let holder = Holder::current(&operation);
+        // One operation at a time per site, fleet-wide.
+        let lock = store
+            .lock(
+                &format!("sites/{}", site.name),
+                &holder,
+                state::lock_ttl(&fleet),
+            )
+            .await?;
+        let mut journal =
+            Journal::begin(store, "bootstrap", &format!("site/{}", site.name), &holder).await?;
+        let pki = journal
+            .step("pki", || async {
+                let (pki, created) = crate::pki::load_or_create(
+                    store,
+                    &sealer,
+                    site,
+                    args.generation,
+                    args.validity_days,
+                )
+                .await
+                .with_context(|| {
+                    format!(
+                        "preparing the PKI of {} generation {}",
+                        site.name, args.generation
+                    )
+                })?;
+                if created {
+                    tracing::info!(
+                        "{}: generated the PKI of generation {} ({})",
+                        site.name,
+                        args.generation,
+                        store.describe()
+                    );
+                }
+                Ok(pki)
+            })
+            .await?;
+        // A resumed run skips the step but still needs the PKI: it is stored.
+        let pki = match pki {
+            Some(p) => p,
+            None => {
+                crate::pki::load_or_create(
+                    store,
+                    &sealer,
+                    site,
+                    args.generation,
+                    args.validity_days,
+                )
+                .await?
+                .0
+            }
+        };
+        let report = bootstrap::bootstrap_site(
+            &fleet,
+            site,
+            &keys,
+            &pki,
+            &opts,
+            &reporter,
+            Some(&mut journal),
+        )
+        .await?;
+        if report.ok {
+            journal
+                .step("record", || record(store, site, args.generation))
+                .await?;
+        }
+        journal.finish(report.error.clone()).await?;
+        lock.release().await?;
+        anyhow::Ok(report)
+    })?;
     if cli.output == Output::Json {
         print_json(&serde_json::to_value(&report)?)?;
     } else {
@@ -118,4 +176,35 @@ pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
             .into())
         }
     }
+}
+
+/// Records generation `generation` as running at `site` and its nodes as
+/// ready.
+async fn record(store: &dyn StateStore, site: &Site, generation: u64) -> anyhow::Result<()> {
+    let key = format!("sites/{}", site.name);
+    let now = state::now_rfc3339();
+    let (mut retired, expect) = match state::get_json::<SiteRecord>(store, &key).await? {
+        Some((old, rev)) => (old.retired, Expect::Revision(rev)),
+        None => (Vec::new(), Expect::Absent),
+    };
+    if let Some((old, _)) = state::get_json::<SiteRecord>(store, &key).await? {
+        if old.generation != generation && !retired.contains(&old.generation) {
+            retired.push(old.generation);
+        }
+    }
+    let record = SiteRecord {
+        generation,
+        updated: now.clone(),
+        retired,
+    };
+    state::put_json(store, &key, &record, expect).await?;
+    for m in site.machines.iter().filter(|m| m.role != Role::Spare) {
+        let record = MachineRecord {
+            state: MachineState::Ready,
+            since: now.clone(),
+            generation: Some(generation),
+        };
+        state::put_json(store, &format!("machines/{}", m.name), &record, Expect::Any).await?;
+    }
+    Ok(())
 }

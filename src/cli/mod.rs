@@ -2,7 +2,7 @@
 //! the `--help`), dispatch to one `run` per subcommand, and how results and
 //! errors are printed. Data goes to stdout (text or `--output json`), logs
 //! and errors to stderr. Exit codes: 0 success, 1 failure or invalid
-//! input, 2 usage error.
+//! input, 2 usage error, 3 a lock held by another run.
 //!
 //! To add a command: a module here with its `Args` and `run`, a variant in
 //! [`Command`], a line in `dispatch`.
@@ -16,6 +16,7 @@ mod power;
 mod render;
 mod serve;
 mod ssh;
+mod state;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -90,6 +91,9 @@ pub enum Command {
     Ssh(ssh::SshCommandArgs),
     /// Run a command on many machines at once, with a summary.
     Exec(ssh::ExecArgs),
+    /// metalherd's state: generations, machines, locks, the journal.
+    #[command(subcommand)]
+    State(state::StateCommand),
     /// Print (or write) a site's rendered dnsmasq config.
     Dnsmasq(serve::DnsmasqArgs),
     /// Start a fleet repository of your own from the shipped example.
@@ -117,7 +121,13 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(*code);
             }
             report_error(&cli, &err);
-            ExitCode::from(1)
+            // A lock held by another run is not a failure of this one:
+            // schedulers tell the two apart by the exit code.
+            let code = err
+                .chain()
+                .find_map(|e| e.downcast_ref::<crate::state::StateError>())
+                .map_or(1, |e| e.exit_code());
+            ExitCode::from(code)
         }
     }
 }
@@ -134,6 +144,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Bootstrap(cmd) => bootstrap::run(cli, cmd),
         Command::Ssh(args) => ssh::run_ssh(cli, args),
         Command::Exec(args) => ssh::run_exec(cli, args),
+        Command::State(cmd) => state::run(cli, cmd),
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,

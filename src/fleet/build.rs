@@ -276,7 +276,35 @@ impl Ctx {
                         "the etcd backend needs at least one endpoint",
                     );
                 }
-                Some(StateBackend::Etcd { endpoints })
+                if encryption_key.is_none() && raw.state.encryption_key.is_none() {
+                    self.err(
+                        raw.state.backend.span(),
+                        "state.encryption_key",
+                        "the etcd backend needs state.encryption_key: secrets in etcd are sealed",
+                    );
+                }
+                let path = |v: &Option<Text>| v.as_ref().map(|p| PathBuf::from(p.as_str()));
+                let tls = [
+                    &raw.state.ca_file,
+                    &raw.state.cert_file,
+                    &raw.state.key_file,
+                ];
+                if endpoints.iter().any(|u| u.scheme() == "https")
+                    && tls.iter().any(|v| v.is_none())
+                {
+                    self.err(
+                        raw.state.backend.span(),
+                        "state.ca_file",
+                        "https endpoints need state.ca_file, state.cert_file and state.key_file (client TLS)",
+                    );
+                }
+                Some(StateBackend::Etcd {
+                    endpoints,
+                    ca_file: path(&raw.state.ca_file),
+                    cert_file: path(&raw.state.cert_file),
+                    key_file: path(&raw.state.key_file),
+                    lock_ttl: raw.state.lock_ttl.unwrap_or(30),
+                })
             }
             _ => {
                 self.err(

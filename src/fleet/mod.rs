@@ -114,8 +114,18 @@ pub struct StateSettings {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "backend", rename_all = "lowercase")]
 pub enum StateBackend {
-    Local { path: PathBuf },
-    Etcd { endpoints: Vec<Url> },
+    Local {
+        path: PathBuf,
+    },
+    Etcd {
+        endpoints: Vec<Url>,
+        /// Client TLS, paths relative to the fleet.
+        ca_file: Option<PathBuf>,
+        cert_file: Option<PathBuf>,
+        key_file: Option<PathBuf>,
+        /// Seconds a crashed holder's lock outlives it (the lease TTL).
+        lock_ttl: u64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -58,6 +58,12 @@ pub struct RawState {
     pub path: Option<Text>,
     pub endpoints: Option<Vec<Text>>,
     pub encryption_key: Option<Text>,
+    /// etcd client TLS: CA, client certificate and key (paths).
+    pub ca_file: Option<Text>,
+    pub cert_file: Option<Text>,
+    pub key_file: Option<Text>,
+    /// How long a crashed holder keeps an etcd lock, in seconds.
+    pub lock_ttl: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -36,10 +36,12 @@
 //!   die with the last process of their mount namespace.
 //!
 //! A `down` machine (and one after [`Hosts::link_down`]) has its link
-//! down, and the controller a permanent neighbour entry for its IP with
-//! an unused MAC, so connecting from the controller times out (as for a
-//! machine gone behind a router) rather than failing fast with "no route
-//! to host".
+//! down, and the controller a host route for its IP into `nowhere` (a
+//! veth without ARP whose peer is down, so it drops every packet): so
+//! connecting from the controller times out, as for a machine gone
+//! behind a router, rather than failing fast with "no route to host"
+//! after ARP fails. (A permanent neighbour entry with a bogus MAC does
+//! not do: the kernel flushed it on the bridge's early carrier changes.)
 //!
 //! Ignition logs the whole config, private host key included: its output
 //! goes to a 0600 file and only ever reaches a failure message redacted.
@@ -63,8 +65,6 @@ const SYSTEMCTL: &str = include_str!("hosts/systemctl");
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// The directories each host gets an overlay of.
 const OVERLAID: [&str; 6] = ["etc", "home", "var", "opt", "usr/local", "root"];
-/// The MAC the controller sends a down host's traffic to: nobody has it.
-const NOWHERE_MAC: &str = "02:00:00:00:de:ad";
 /// How long starting the hosts (Ignition, sshd) may take.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -152,15 +152,19 @@ impl Hosts {
     /// `--fleet <fleet>` prepended, in the fleet directory, with a clean
     /// environment (PATH kept).
     pub fn metalherd(&self, args: &[&str]) -> Output {
+        self.metalherd_env(args, &[])
+    }
+
+    /// Like [`Hosts::metalherd`], with extra environment variables.
+    pub fn metalherd_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let path = std::env::var_os("PATH").unwrap_or(SYSTEM_PATH.into());
         let mut cmd = self.ctl_command(env!("CARGO_BIN_EXE_metalherd"));
         cmd.arg("--fleet")
             .arg(&self.fleet)
             .args(args)
             .current_dir(&self.fleet)
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or(SYSTEM_PATH.into()),
-            );
+            .env("PATH", path)
+            .envs(env.iter().copied());
         cmd.output().expect("run metalherd")
     }
 
@@ -274,6 +278,10 @@ impl Hosts {
             ip(&["-n", &ctl, "addr", "add", &gateway, "dev", "br0"]);
         }
         ip(&["-n", &ctl, "link", "set", "br0", "up"]);
+        ip(&[
+            "-n", &ctl, "link", "add", "nowhere", "type", "veth", "peer", "name", "nowhere1",
+        ]);
+        ip(&["-n", &ctl, "link", "set", "nowhere", "arp", "off", "up"]);
         let forward = self
             .ctl_command("sysctl")
             .args(["-q", "-w", "net.ipv4.ip_forward=1"])
@@ -308,21 +316,14 @@ impl Hosts {
         ip(&["-n", ns, "route", "add", "default", "via", &gateway]);
     }
 
-    /// The controller sends `addr`'s traffic to a MAC nobody has.
+    /// The controller drops `addr`'s traffic: its route leads `nowhere`.
     fn blackhole(&self, addr: IpAddr) {
-        let addr = addr.to_string();
+        let route = match addr {
+            IpAddr::V4(_) => format!("{addr}/32"),
+            IpAddr::V6(_) => format!("{addr}/128"),
+        };
         ip(&[
-            "-n",
-            &self.ctl,
-            "neigh",
-            "replace",
-            &addr,
-            "lladdr",
-            NOWHERE_MAC,
-            "dev",
-            "br0",
-            "nud",
-            "permanent",
+            "-n", &self.ctl, "route", "replace", &route, "dev", "nowhere",
         ]);
     }
 

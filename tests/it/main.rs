@@ -9,6 +9,7 @@ mod assets;
 mod bootstrap;
 mod broken_fleets;
 mod cli;
+mod etcd_cluster;
 mod hosts;
 mod httpd;
 mod ignition_apply;
@@ -18,6 +19,8 @@ mod pki;
 mod power;
 mod render;
 mod serve;
+mod state;
+mod state_etcd_smoke;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

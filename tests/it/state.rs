@@ -1,0 +1,494 @@
+//! The state store's behavioural suite, run against both backends: the
+//! `local` directory and `etcd` (a real three-member cluster with mutual
+//! TLS on loopback, [`super::etcd_cluster`]). Library-level checks
+//! (compare-and-swap, locks, sealed secrets) and process-level ones
+//! through the CLI (`state demo`, a hidden journaled operation, raced,
+//! killed with SIGKILL and resumed; `state locks`, `state unlock`).
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use metalherd::state::crypt::Sealer;
+use metalherd::state::etcd::EtcdStore;
+use metalherd::state::local::LocalStore;
+use metalherd::state::{Expect, Holder, StateError, StateStore};
+
+use super::etcd_cluster::EtcdCluster;
+use super::{example_fleet, text};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn all(out: &Output) -> String {
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
+/// An example fleet whose state lives in `cluster` (TLS, sealed secrets,
+/// a 3 s lock TTL), or locally when `cluster` is None.
+fn fleet_for(cluster: Option<&EtcdCluster>) -> tempfile::TempDir {
+    let fleet = example_fleet();
+    let f = fleet.path();
+    let (secret, _) = Sealer::generate_identity();
+    std::fs::write(f.join("state.key"), secret.as_bytes()).unwrap();
+    let path = f.join("inventory/fleet.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let state = match cluster {
+        None => {
+            "state:\n  backend: local\n  path: .metalherd/state\n  encryption_key: file:state.key\n"
+                .to_string()
+        }
+        Some(c) => {
+            let endpoints: Vec<String> = c.endpoints().iter().map(|u| format!("\"{u}\"")).collect();
+            format!(
+                "state:\n  backend: etcd\n  endpoints: [{}]\n  ca_file: {}\n  cert_file: {}\n  key_file: {}\n  encryption_key: file:state.key\n  lock_ttl: 3\n",
+                endpoints.join(", "),
+                c.ca_file().display(),
+                c.cert_file().display(),
+                c.key_file().display()
+            )
+        }
+    };
+    let start = yaml.find("state:\n").unwrap();
+    let end = yaml.find("traffic:\n").unwrap();
+    std::fs::write(&path, format!("{}{state}{}", &yaml[..start], &yaml[end..])).unwrap();
+    fleet
+}
+
+fn cli(fleet: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metalherd"));
+    cmd.arg("--fleet")
+        .arg(fleet)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("USER", "tester");
+    cmd
+}
+
+fn run(fleet: &Path, args: &[&str]) -> Output {
+    cli(fleet, args).output().unwrap()
+}
+
+fn demo(fleet: &Path, target: &str, steps: u32, step_ms: u64, marker: &Path) -> Command {
+    let mut cmd = cli(
+        fleet,
+        &[
+            "state",
+            "demo",
+            target,
+            "--steps",
+            &steps.to_string(),
+            "--step-ms",
+            &step_ms.to_string(),
+            "--marker",
+        ],
+    );
+    cmd.arg(marker)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn wait_for_lines(path: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lines(path).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} never reached {n} lines",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn kill9(child: &mut Child) {
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+// ---------------------------------------------------------------- library
+
+async fn compare_and_swap_conflicts_are_detected(store: &dyn StateStore) {
+    let r1 = store.put("suite/a", b"one", Expect::Absent).await.unwrap();
+    let again = store.put("suite/a", b"other", Expect::Absent).await;
+    assert!(
+        matches!(again, Err(StateError::Conflict { .. })),
+        "{again:?}"
+    );
+    let r2 = store
+        .put("suite/a", b"two", Expect::Revision(r1))
+        .await
+        .unwrap();
+    assert_ne!(r1, r2);
+    // A writer that read revision r1 lost the race.
+    let stale = store.put("suite/a", b"three", Expect::Revision(r1)).await;
+    let msg = stale.unwrap_err().to_string();
+    assert!(
+        msg.contains("suite/a") && msg.contains("changed concurrently"),
+        "{msg}"
+    );
+    let del = store.delete("suite/a", Expect::Revision(r1)).await;
+    assert!(matches!(del, Err(StateError::Conflict { .. })));
+    let got = store.get("suite/a").await.unwrap().unwrap();
+    assert_eq!((got.value.as_slice(), got.revision), (&b"two"[..], r2));
+    store.put("suite/b/c", b"x", Expect::Any).await.unwrap();
+    store.put("other/d", b"y", Expect::Any).await.unwrap();
+    let keys: Vec<String> = store
+        .list("suite/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(keys, ["suite/a", "suite/b/c"]);
+    store.delete("suite/a", Expect::Revision(r2)).await.unwrap();
+    assert!(store.get("suite/a").await.unwrap().is_none());
+    assert!(store.get("../etc/passwd").await.is_err());
+}
+
+async fn a_lock_has_one_holder(store: &dyn StateStore) {
+    let first = Holder::current("first");
+    let guard = store
+        .lock("sites/fra", &first, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let second = Holder::current("second");
+    match store
+        .lock("sites/fra", &second, Duration::from_secs(5))
+        .await
+    {
+        Err(StateError::Locked { holder, since, .. }) => {
+            assert_eq!(holder.operation, "first");
+            assert_eq!(since, first.since);
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("two holders of sites/fra"),
+    }
+    let listed = store.locks().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "sites/fra");
+    guard.release().await.unwrap();
+    assert!(store.locks().await.unwrap().is_empty());
+    let again = store
+        .lock("sites/fra", &second, Duration::from_secs(5))
+        .await
+        .unwrap();
+    again.release().await.unwrap();
+}
+
+/// Sealed PKI: unreadable in the raw store, round-trips with the key, a
+/// wrong key is a clear error.
+async fn secrets_are_sealed(store: &dyn StateStore) {
+    let fleet = metalherd::fleet::load(super::repo()).unwrap();
+    let site = fleet.site("fra").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sealer_at = |secret: &str, name: &str| {
+        std::fs::write(dir.path().join(name), secret).unwrap();
+        Sealer::from_ref(&metalherd::fleet::SecretRef::File(name.into()), dir.path()).unwrap()
+    };
+    let sealer = sealer_at(&Sealer::generate_identity().0, "right");
+    let (pki, created) = metalherd::pki::load_or_create(store, &sealer, site, 7, 90)
+        .await
+        .unwrap();
+    assert!(created);
+    for e in store.list("pki/fra/7/").await.unwrap() {
+        let raw = String::from_utf8_lossy(&e.value);
+        assert!(
+            !raw.contains("PRIVATE KEY"),
+            "{} is readable in the store",
+            e.key
+        );
+        if e.key.ends_with(".key") || e.key.ends_with(".conf") {
+            assert!(metalherd::state::crypt::is_sealed(&e.value), "{}", e.key);
+        } else {
+            assert!(raw.contains("-----BEGIN "), "{}", e.key);
+        }
+    }
+    let (again, created) = metalherd::pki::load_or_create(store, &sealer, site, 7, 90)
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(
+        again.get("kubernetes/sa.key").unwrap(),
+        pki.get("kubernetes/sa.key").unwrap()
+    );
+    let wrong = sealer_at(&Sealer::generate_identity().0, "wrong");
+    let err = metalherd::pki::load_or_create(store, &wrong, site, 7, 90)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot decrypt") && err.contains("file:wrong"),
+        "{err}"
+    );
+    assert!(!err.contains("AGE-SECRET-KEY"), "{err}");
+}
+
+#[test]
+fn local_store_behaviour() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    rt().block_on(async {
+        compare_and_swap_conflicts_are_detected(&store).await;
+        a_lock_has_one_holder(&store).await;
+        secrets_are_sealed(&store).await;
+    });
+}
+
+#[test]
+fn etcd_store_behaviour_and_member_loss() {
+    let mut cluster = EtcdCluster::start();
+    let store = EtcdStore::new(
+        cluster.endpoints(),
+        Some(cluster.tls()),
+        "/metalherd/suite/",
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    rt().block_on(async {
+        compare_and_swap_conflicts_are_detected(&store).await;
+        a_lock_has_one_holder(&store).await;
+        secrets_are_sealed(&store).await;
+    });
+    // One member down: everything keeps working.
+    cluster.stop_member(0);
+    rt().block_on(async {
+        compare_and_swap_conflicts_are_detected(&store).await;
+        a_lock_has_one_holder(&store).await;
+    });
+    // Quorum lost: a clear error, in bounded time, and nothing written.
+    cluster.stop_member(1);
+    // A write issued in the very instant quorum goes can sit in the
+    // leader's log and commit when the members return (etcd cannot tell
+    // then; metalherd reports such a timeout as failed). Once the last
+    // member has noticed (an election timeout later), nothing is proposed.
+    std::thread::sleep(Duration::from_secs(3));
+    let start = Instant::now();
+    let err = rt()
+        .block_on(store.put("quorum/x", b"lost", Expect::Any))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(err.contains("etcd"), "{err}");
+    cluster.start_member(0);
+    cluster.start_member(1);
+    cluster.wait_healthy(&[0, 1, 2], Duration::from_secs(30));
+    let after = rt().block_on(store.get("quorum/x")).unwrap();
+    assert!(after.is_none(), "a write that failed landed: {after:?}");
+}
+
+// ---------------------------------------------------------------- processes
+
+/// Two processes race for the same lock: exactly one wins, the other
+/// exits 3 with "locked by <holder> since <time>".
+fn race(fleet: &Path, marker_dir: &Path) {
+    let a = demo(fleet, "race", 3, 400, &marker_dir.join("a"))
+        .spawn()
+        .unwrap();
+    let b = demo(fleet, "race", 3, 400, &marker_dir.join("b"))
+        .spawn()
+        .unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let codes = [a.status.code(), b.status.code()];
+    assert!(
+        codes == [Some(0), Some(3)] || codes == [Some(3), Some(0)],
+        "{codes:?}: {} / {}",
+        all(&a),
+        all(&b)
+    );
+    let loser = if a.status.code() == Some(3) { &a } else { &b };
+    let said = text(&loser.stderr);
+    assert!(
+        said.contains("demo/race is locked by tester (pid ") && said.contains(" since 20"),
+        "{said}"
+    );
+}
+
+/// An operation killed after step k resumes at step k+1 and never repeats
+/// a completed step. Returns after the resumed run finished.
+fn kill_and_resume(fleet: &Path, marker: &Path, after_lock_gone: impl Fn()) {
+    let mut child = demo(fleet, "resume", 6, 250, marker).spawn().unwrap();
+    wait_for_lines(marker, 3);
+    kill9(&mut child);
+    let history = run(fleet, &["--output", "json", "state", "history"]);
+    assert!(history.status.success(), "{}", all(&history));
+    let doc: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let op = doc["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["target"] == "resume")
+        .unwrap()
+        .clone();
+    assert_eq!(op["status"], "running");
+    let completed: Vec<String> = op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["outcome"] == "ok")
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    // The third step wrote its mark; its end may not have been recorded.
+    assert!(completed.len() >= 2, "{op}");
+
+    after_lock_gone();
+    let rerun = demo(fleet, "resume", 6, 10, marker).output().unwrap();
+    assert!(rerun.status.success(), "{}", all(&rerun));
+    assert!(
+        text(&rerun.stderr).contains("resuming demo resume"),
+        "{}",
+        all(&rerun)
+    );
+    let marks = lines(marker);
+    for step in &completed {
+        assert_eq!(
+            marks.iter().filter(|m| *m == step).count(),
+            1,
+            "{step} ran twice: {marks:?}"
+        );
+    }
+    for i in 1..=6 {
+        assert!(marks.contains(&format!("step-{i}")), "{marks:?}");
+    }
+    // The resumed run's first step is the one after the last completed.
+    let history = run(fleet, &["--output", "json", "state", "history"]);
+    let doc: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let op = doc["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["target"] == "resume")
+        .unwrap()
+        .clone();
+    assert_eq!(op["status"], "succeeded");
+    let first_resumed = op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["run"] == 1)
+        .unwrap();
+    assert_eq!(
+        first_resumed["name"],
+        format!("step-{}", completed.len() + 1),
+        "{op}"
+    );
+}
+
+/// SIGKILL at arbitrary points of a loop of journal writes leaves no
+/// partially written object: everything reads back.
+fn kill_during_writes(fleet: &Path, marker: &Path, after_lock_gone: &dyn Fn()) {
+    for delay_ms in [150, 260, 330, 470] {
+        let mut child = demo(fleet, "writes", 400, 0, marker).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        kill9(&mut child);
+        let history = run(fleet, &["--output", "json", "state", "history"]);
+        assert!(
+            history.status.success(),
+            "after SIGKILL at {delay_ms} ms: {}",
+            all(&history)
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+        assert!(doc["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["id"].is_string()));
+        after_lock_gone();
+    }
+}
+
+#[test]
+fn local_processes_race_crash_and_resume() {
+    let fleet = fleet_for(None);
+    let f = fleet.path();
+    let marks = tempfile::tempdir().unwrap();
+    race(f, marks.path());
+
+    let unlock = || {
+        // The holder is gone: its lock is reported stale...
+        let locks = run(f, &["--output", "json", "state", "locks"]);
+        let doc: serde_json::Value = serde_json::from_slice(&locks.stdout).unwrap();
+        let lock = &doc["locks"][0];
+        assert_eq!(lock["stale"], true, "{doc}");
+        let name = lock["name"].as_str().unwrap().to_string();
+        // ...and refused until broken on purpose, with a reason.
+        let blocked = run(f, &["state", "unlock", &name]);
+        assert_eq!(blocked.status.code(), Some(2), "{}", all(&blocked));
+        let broke = run(
+            f,
+            &[
+                "state",
+                "unlock",
+                &name,
+                "--force",
+                "--reason",
+                "test: holder killed",
+            ],
+        );
+        assert!(broke.status.success(), "{}", all(&broke));
+    };
+    kill_and_resume(f, &marks.path().join("resume"), unlock);
+    kill_during_writes(f, &marks.path().join("writes"), &unlock);
+    // Breaking locks is audited.
+    let state = f.join(".metalherd/state/audit");
+    let audits = std::fs::read_dir(&state).unwrap().count();
+    assert!(audits >= 5, "{audits} audit records");
+    let any = std::fs::read_dir(&state)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(std::fs::read_to_string(any)
+        .unwrap()
+        .contains("test: holder killed"));
+}
+
+#[test]
+fn etcd_processes_race_crash_and_resume() {
+    let cluster = EtcdCluster::start();
+    let fleet = fleet_for(Some(&cluster));
+    let f = fleet.path();
+    let check = run(f, &["inventory", "check"]);
+    assert!(check.status.success(), "{}", all(&check));
+    let marks = tempfile::tempdir().unwrap();
+    race(f, marks.path());
+
+    // A crashed holder's lock frees itself within the lease TTL (3 s).
+    let lock_gone = || {
+        let start = Instant::now();
+        loop {
+            let locks = run(f, &["--output", "json", "state", "locks"]);
+            let doc: serde_json::Value = serde_json::from_slice(&locks.stdout).unwrap();
+            if doc["locks"].as_array().unwrap().is_empty() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(3 + 5),
+                "lock still held {:?} after the holder died: {doc}",
+                start.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    kill_and_resume(f, &marks.path().join("resume"), lock_gone);
+    kill_during_writes(f, &marks.path().join("writes"), &lock_gone);
+}
