@@ -34,6 +34,10 @@ pub enum KeyError {
     Generate(ssh_key::Error),
     #[error("a key-loading thread panicked")]
     Panicked,
+    #[error("state store: {0}")]
+    State(#[from] crate::state::StateError),
+    #[error("state key {key} is not a valid OpenSSH private key: {source}")]
+    ParseStored { key: String, source: ssh_key::Error },
 }
 
 /// An Ed25519 key pair. `Debug` never shows the private half.
@@ -144,6 +148,93 @@ impl KeyPair {
 pub struct Keys {
     pub host: HashMap<MachineName, KeyPair>,
     pub operator: KeyPair,
+}
+
+/// Loads every key the fleet needs from the fleet's state store,
+/// generating the missing ones; returns the keys and how many were made.
+/// A local store without `state.encryption_key` keeps plain OpenSSH key
+/// files (the fast path below, [`ensure`]); otherwise every private key is
+/// sealed and goes through the `StateStore` (etcd, or sealed local files).
+pub fn ensure_state(fleet: &Fleet) -> Result<(Keys, usize), KeyError> {
+    use crate::fleet::StateBackend;
+    if matches!(fleet.state.backend, StateBackend::Local { .. })
+        && fleet.state.encryption_key.is_none()
+    {
+        return ensure(fleet, &fleet.state_dir());
+    }
+    // Callers may be inside an async runtime or not: run on a thread of
+    // our own with a runtime of its own.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|source| KeyError::Io {
+                        path: fleet.root.clone(),
+                        source,
+                    })?;
+                runtime.block_on(ensure_in_store(fleet))
+            })
+            .join()
+            .unwrap_or(Err(KeyError::Panicked))
+    })
+}
+
+async fn stored_key(
+    store: &dyn crate::state::StateStore,
+    sealer: &crate::state::crypt::Sealer,
+    key: &str,
+    comment: &str,
+) -> Result<(KeyPair, bool), KeyError> {
+    use crate::state::{Expect, StateError};
+    let parse = |bytes: &[u8]| -> Result<KeyPair, KeyError> {
+        let err = |source| KeyError::ParseStored {
+            key: key.to_string(),
+            source,
+        };
+        let private = PrivateKey::from_openssh(bytes).map_err(err)?;
+        KeyPair::from_private(&private).map_err(err)
+    };
+    if let Some(e) = store.get(key).await? {
+        return Ok((parse(&sealer.open(key, &e.value)?)?, false));
+    }
+    let pair = KeyPair::generate(comment)?;
+    let sealed = sealer.seal(key, pair.private_openssh().as_bytes())?;
+    match store.put(key, &sealed, Expect::Absent).await {
+        Ok(_) => {}
+        // Another run made it first: use theirs.
+        Err(StateError::Conflict { .. }) => {
+            if let Some(e) = store.get(key).await? {
+                return Ok((parse(&sealer.open(key, &e.value)?)?, false));
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let public = format!("{}\n", pair.public_openssh());
+    store
+        .put(&format!("{key}.pub"), public.as_bytes(), Expect::Any)
+        .await?;
+    Ok((pair, true))
+}
+
+async fn ensure_in_store(fleet: &Fleet) -> Result<(Keys, usize), KeyError> {
+    let (store, sealer) = crate::state::open(fleet)?;
+    let store = store.as_ref();
+    let (operator, new) = stored_key(store, &sealer, "ssh/id_ed25519", "metalherd").await?;
+    let mut created = usize::from(new);
+    let mut host = HashMap::new();
+    for (site, machine) in fleet.machines() {
+        let key = format!(
+            "hostkeys/{}/{}/ssh_host_ed25519_key",
+            site.name, machine.name
+        );
+        let (pair, new) =
+            stored_key(store, &sealer, &key, &format!("root@{}", machine.name)).await?;
+        created += usize::from(new);
+        host.insert(machine.name.clone(), pair);
+    }
+    Ok((Keys { host, operator }, created))
 }
 
 /// Loads every key the fleet needs from `state_dir`, generating the

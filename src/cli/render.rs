@@ -57,7 +57,7 @@ pub fn run(cli: &Cli, args: &RenderArgs) -> anyhow::Result<()> {
     }
     tracing::debug!("loaded fleet {} in {:.2?}", fleet.name, started.elapsed());
     let state_dir = fleet.state_dir();
-    let (keys, created) = keys::ensure(&fleet, &state_dir)
+    let (keys, created) = keys::ensure_state(&fleet)
         .with_context(|| format!("preparing SSH keys in {}", state_dir.display()))?;
     if created > 0 {
         tracing::info!("generated {created} SSH key(s) in {}", state_dir.display());

@@ -74,7 +74,7 @@ pub fn dnsmasq(cli: &Cli, args: &DnsmasqArgs) -> anyhow::Result<()> {
         args.site,
         fleet.name
     );
-    let (keys, _) = keys::ensure(&fleet, &fleet.state_dir())?;
+    let (keys, _) = keys::ensure_state(&fleet)?;
     let selection = Selection {
         site: Some(args.site.clone()),
         machine: None,

@@ -89,7 +89,7 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub(crate) fn fleet_and_keys(cli: &Cli) -> anyhow::Result<(Fleet, Keys)> {
     let fleet = load_fleet(cli)?;
     let state_dir = fleet.state_dir();
-    let (keys, created) = keys::ensure(&fleet, &state_dir)
+    let (keys, created) = keys::ensure_state(&fleet)
         .with_context(|| format!("loading SSH keys from {}", state_dir.display()))?;
     if created > 0 {
         tracing::warn!(

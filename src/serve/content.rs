@@ -43,7 +43,7 @@ pub struct Content {
 
 /// Renders every machine of `sites` (all when empty) of `fleet`.
 pub fn build(fleet: &Fleet, sites: &[SiteName]) -> anyhow::Result<Content> {
-    let (keys, created) = keys::ensure(fleet, &fleet.state_dir())?;
+    let (keys, created) = keys::ensure_state(fleet)?;
     if created > 0 {
         tracing::info!("generated {created} SSH key(s)");
     }

@@ -415,10 +415,59 @@ fn kill_during_writes(fleet: &Path, marker: &Path, after_lock_gone: &dyn Fn()) {
     }
 }
 
+/// With `state.encryption_key`, every private key metalherd keeps (host
+/// keys, its own SSH key) is sealed at rest; rendering opens them; a
+/// wrong key is a clear error that shows no key.
+fn keys_are_sealed_at_rest(f: &Path, local: bool) {
+    let out = tempfile::tempdir().unwrap();
+    let render = run(f, &["render", "--out", out.path().to_str().unwrap()]);
+    assert!(render.status.success(), "{}", all(&render));
+    let ign = std::fs::read_to_string(out.path().join("fra/fra-cp-01.final.ign")).unwrap();
+    assert!(ign.contains("ssh_host_ed25519_key"));
+    let state = f.join(".metalherd/state");
+    if local {
+        let host_key = state.join("hostkeys/fra/fra-cp-01/ssh_host_ed25519_key");
+        assert!(metalherd::state::crypt::is_sealed(
+            &std::fs::read(&host_key).unwrap()
+        ));
+        let own = std::fs::read(state.join("ssh/id_ed25519")).unwrap();
+        assert!(metalherd::state::crypt::is_sealed(&own));
+    } else {
+        assert!(
+            !state.join("hostkeys").exists(),
+            "host keys written locally"
+        );
+    }
+    // The same keys on the next render: byte-identical output.
+    let again = tempfile::tempdir().unwrap();
+    let render = run(f, &["render", "--out", again.path().to_str().unwrap()]);
+    assert!(render.status.success(), "{}", all(&render));
+    assert_eq!(
+        std::fs::read(again.path().join("fra/fra-cp-01.final.ign")).unwrap(),
+        ign.as_bytes()
+    );
+    let key = f.join("state.key");
+    let right = std::fs::read(&key).unwrap();
+    std::fs::write(&key, Sealer::generate_identity().0.as_bytes()).unwrap();
+    let wrong = run(f, &["render", "--out", again.path().to_str().unwrap()]);
+    assert_eq!(wrong.status.code(), Some(1));
+    let said = all(&wrong);
+    assert!(
+        said.contains("cannot decrypt with the key from file:state.key"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("AGE-SECRET-KEY") && !said.contains("PRIVATE KEY"),
+        "{said}"
+    );
+    std::fs::write(&key, right).unwrap();
+}
+
 #[test]
 fn local_processes_race_crash_and_resume() {
     let fleet = fleet_for(None);
     let f = fleet.path();
+    keys_are_sealed_at_rest(f, true);
     let marks = tempfile::tempdir().unwrap();
     race(f, marks.path());
 
@@ -469,6 +518,7 @@ fn etcd_processes_race_crash_and_resume() {
     let f = fleet.path();
     let check = run(f, &["inventory", "check"]);
     assert!(check.status.success(), "{}", all(&check));
+    keys_are_sealed_at_rest(f, false);
     let marks = tempfile::tempdir().unwrap();
     race(f, marks.path());
 
