@@ -32,6 +32,9 @@ pub enum StateCommand {
     Unlock(UnlockArgs),
     /// Print a new age identity for `state.encryption_key`.
     Keygen,
+    /// Copy the local state into etcd, verify every object, then switch
+    /// fleet.yaml's `state` section to etcd.
+    Migrate(MigrateArgs),
     /// A journaled operation of N steps, for crash tests.
     #[command(hide = true)]
     Demo(DemoArgs),
@@ -47,6 +50,26 @@ pub struct UnlockArgs {
     /// Why; recorded in the audit log.
     #[arg(long, required = true, value_name = "TEXT")]
     reason: String,
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// The backend to move to.
+    #[arg(long, value_parser = ["etcd"])]
+    to: String,
+    /// The etcd endpoints, comma-separated.
+    #[arg(long, required = true, value_delimiter = ',', value_name = "URL,URL")]
+    endpoints: Vec<url::Url>,
+    /// Client TLS for etcd (paths relative to the fleet, as fleet.yaml keeps them).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    cert_file: Option<std::path::PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<std::path::PathBuf>,
+    /// Seconds a crashed holder's lock outlives it.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    lock_ttl: u64,
 }
 
 #[derive(Args, Debug)]
@@ -78,6 +101,7 @@ pub fn run(cli: &Cli, cmd: &StateCommand) -> anyhow::Result<()> {
             StateCommand::Locks => locks(cli, store).await,
             StateCommand::Unlock(args) => unlock(cli, store, args).await,
             StateCommand::Demo(args) => demo(&fleet, store, args).await,
+            StateCommand::Migrate(args) => migrate(cli, &fleet, store, args).await,
             StateCommand::Keygen => Ok(()),
         }
     })
@@ -252,5 +276,165 @@ async fn demo(
     }
     journal.finish(None).await?;
     lock.release().await?;
+    Ok(())
+}
+
+/// Whether the object `key` holds private key material (sealed in etcd).
+fn is_secret(key: &str) -> bool {
+    key.ends_with(".key")
+        || key.ends_with(".conf")
+        || key.ends_with("_key")
+        || key == "ssh/id_ed25519"
+}
+
+async fn migrate(
+    cli: &Cli,
+    fleet: &crate::fleet::Fleet,
+    source: &dyn state::StateStore,
+    args: &MigrateArgs,
+) -> anyhow::Result<()> {
+    use crate::fleet::StateBackend;
+    use crate::state::{Expect, StateStore};
+    anyhow::ensure!(
+        matches!(fleet.state.backend, StateBackend::Local { .. }),
+        "the state is already in {}",
+        source.describe()
+    );
+    let reference = fleet.state.encryption_key.as_ref().context(
+        "set state.encryption_key in fleet.yaml first (`metalherd state keygen`): secrets in etcd are sealed",
+    )?;
+    let sealer = state::crypt::Sealer::from_ref(reference, &fleet.root)?;
+    let read = |p: &Option<std::path::PathBuf>, what: &str| -> anyhow::Result<Option<String>> {
+        p.as_ref()
+            .map(|p| {
+                std::fs::read_to_string(fleet.root.join(p))
+                    .with_context(|| format!("reading {what} {}", p.display()))
+            })
+            .transpose()
+    };
+    let tls = match (
+        read(&args.ca_file, "--ca-file")?,
+        read(&args.cert_file, "--cert-file")?,
+        read(&args.key_file, "--key-file")?,
+    ) {
+        (Some(ca_pem), Some(cert_pem), Some(key)) => Some(state::etcd::EtcdTls {
+            ca_pem,
+            cert_pem,
+            key_pem: zeroize::Zeroizing::new(key),
+        }),
+        (None, None, None) => None,
+        _ => anyhow::bail!("--ca-file, --cert-file and --key-file go together"),
+    };
+    let target = state::etcd::EtcdStore::new(
+        args.endpoints.clone(),
+        tls,
+        &format!("/metalherd/{}/", fleet.name),
+        Duration::from_secs(args.lock_ttl),
+    )?;
+    // Nobody may change the local state while it is copied.
+    let holder = Holder::current("state migrate --to etcd");
+    let lock = source
+        .lock("state/migrate", &holder, Duration::from_secs(args.lock_ttl))
+        .await?;
+    for busy in source.locks().await? {
+        anyhow::ensure!(
+            busy.name == "state/migrate",
+            "{} is locked by {} since {}: migrate when no operation runs",
+            busy.name,
+            busy.holder,
+            busy.holder.since
+        );
+    }
+    let objects = source.list("").await?;
+    for e in &objects {
+        let value = if is_secret(&e.key) && !state::crypt::is_sealed(&e.value) {
+            sealer.seal(&e.key, &e.value)?
+        } else {
+            e.value.clone()
+        };
+        target.put(&e.key, &value, Expect::Any).await?;
+    }
+    // Verify: every object reads back from etcd with the same contents.
+    for e in &objects {
+        let copied = target
+            .get(&e.key)
+            .await?
+            .with_context(|| format!("{} is missing in etcd after the copy", e.key))?;
+        anyhow::ensure!(
+            *sealer.open(&e.key, &copied.value)? == *sealer.open(&e.key, &e.value)?,
+            "{} differs in etcd after the copy",
+            e.key
+        );
+    }
+    switch_fleet_yaml(fleet, args)?;
+    lock.release().await?;
+    state::audit(
+        &target,
+        "state migrate",
+        json!({ "from": source.describe(), "to": target.describe(), "objects": objects.len() }),
+    )
+    .await?;
+    if cli.output == Output::Json {
+        return print_json(
+            &json!({ "ok": true, "objects": objects.len(), "to": target.describe() }),
+        );
+    }
+    println!(
+        "copied and verified {} objects into {}; fleet.yaml now uses it (the local copy stays as a backup)",
+        objects.len(),
+        target.describe()
+    );
+    Ok(())
+}
+
+/// Replaces the `state:` section of inventory/fleet.yaml (up to the next
+/// top-level key) with the etcd settings, keeping the encryption key.
+fn switch_fleet_yaml(fleet: &crate::fleet::Fleet, args: &MigrateArgs) -> anyhow::Result<()> {
+    let path = fleet.root.join("inventory/fleet.yaml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let start = text
+        .find("\nstate:")
+        .map(|i| i + 1)
+        .or_else(|| text.starts_with("state:").then_some(0))
+        .with_context(|| format!("{}: no top-level state: section", path.display()))?;
+    // The section ends at the next line that starts a top-level key.
+    let body = text[start..]
+        .find('\n')
+        .map_or(text.len(), |i| start + i + 1);
+    let mut end = text.len();
+    let mut offset = body;
+    for line in text[body..].split_inclusive('\n') {
+        if !line.starts_with([' ', '\t', '#', '\n']) {
+            end = offset;
+            break;
+        }
+        offset += line.len();
+    }
+    let mut section = String::from("state:\n  backend: etcd\n  endpoints:\n");
+    for e in &args.endpoints {
+        section.push_str(&format!("    - \"{e}\"\n"));
+    }
+    for (name, value) in [
+        ("ca_file", &args.ca_file),
+        ("cert_file", &args.cert_file),
+        ("key_file", &args.key_file),
+    ] {
+        if let Some(v) = value {
+            section.push_str(&format!("  {name}: \"{}\"\n", v.display()));
+        }
+    }
+    if let Some(k) = &fleet.state.encryption_key {
+        section.push_str(&format!("  encryption_key: \"{k}\"\n"));
+    }
+    section.push_str(&format!("  lock_ttl: {}\n", args.lock_ttl));
+    let new = format!("{}{section}{}", &text[..start], &text[end..]);
+    crate::fsutil::write_atomic(&path, new.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // The new file must load; if not, put the old one back.
+    if let Err(e) = crate::fleet::load(&fleet.root) {
+        let _ = crate::fsutil::write_atomic(&path, text.as_bytes(), 0o644);
+        anyhow::bail!("the switched fleet.yaml does not load ({e}); left it as it was");
+    }
     Ok(())
 }

@@ -542,3 +542,89 @@ fn etcd_processes_race_crash_and_resume() {
     kill_and_resume(f, &marks.path().join("resume"), lock_gone);
     kill_during_writes(f, &marks.path().join("writes"), &lock_gone);
 }
+
+#[test]
+fn migrate_copies_local_state_into_etcd_verifies_and_switches() {
+    let cluster = EtcdCluster::start();
+    let fleet = fleet_for(None);
+    let f = fleet.path();
+    let out = tempfile::tempdir().unwrap();
+    let before = run(f, &["render", "--out", out.path().to_str().unwrap()]);
+    assert!(before.status.success(), "{}", all(&before));
+    let marks = tempfile::tempdir().unwrap();
+    let op = demo(f, "moved", 2, 1, &marks.path().join("m"))
+        .output()
+        .unwrap();
+    assert!(op.status.success(), "{}", all(&op));
+
+    let endpoints: Vec<String> = cluster.endpoints().iter().map(|u| u.to_string()).collect();
+    let migrate = run(
+        f,
+        &[
+            "state",
+            "migrate",
+            "--to",
+            "etcd",
+            "--endpoints",
+            &endpoints.join(","),
+            "--ca-file",
+            cluster.ca_file().to_str().unwrap(),
+            "--cert-file",
+            cluster.cert_file().to_str().unwrap(),
+            "--key-file",
+            cluster.key_file().to_str().unwrap(),
+            "--lock-ttl",
+            "3",
+        ],
+    );
+    assert!(migrate.status.success(), "{}", all(&migrate));
+    assert!(
+        text(&migrate.stdout).contains("copied and verified"),
+        "{}",
+        all(&migrate)
+    );
+    let yaml = std::fs::read_to_string(f.join("inventory/fleet.yaml")).unwrap();
+    assert!(yaml.contains("backend: etcd"), "{yaml}");
+    // Now served from etcd: the journal moved, the keys too (same output).
+    std::fs::rename(f.join(".metalherd"), f.join("local-backup")).unwrap();
+    let history = run(f, &["--output", "json", "state", "history"]);
+    assert!(history.status.success(), "{}", all(&history));
+    assert!(
+        text(&history.stdout).contains("\"moved\""),
+        "{}",
+        all(&history)
+    );
+    let after = tempfile::tempdir().unwrap();
+    let render = run(f, &["render", "--out", after.path().to_str().unwrap()]);
+    assert!(render.status.success(), "{}", all(&render));
+    assert_eq!(
+        std::fs::read(after.path().join("ber/ber-cp-02.final.ign")).unwrap(),
+        std::fs::read(out.path().join("ber/ber-cp-02.final.ign")).unwrap()
+    );
+    assert!(
+        !f.join(".metalherd").exists(),
+        "the etcd-backed fleet wrote local state"
+    );
+    // Secrets in etcd are sealed.
+    let raw = cluster_get(&cluster, "/metalherd/example/objects/ssh/id_ed25519");
+    assert!(
+        raw.contains("age-encryption.org") && !raw.contains("OPENSSH PRIVATE"),
+        "{raw}"
+    );
+}
+
+/// A raw read from etcd with the real etcdctl.
+fn cluster_get(cluster: &EtcdCluster, key: &str) -> String {
+    let out = Command::new(super::require("etcdctl", "etcd-client"))
+        .env_clear()
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", cluster.endpoint(0)))
+        .arg(format!("--cacert={}", cluster.ca_file().display()))
+        .arg(format!("--cert={}", cluster.cert_file().display()))
+        .arg(format!("--key={}", cluster.key_file().display()))
+        .args(["get", key, "--print-value-only"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", all(&out));
+    text(&out.stdout)
+}
