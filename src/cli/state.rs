@@ -35,7 +35,8 @@ pub enum StateCommand {
     /// Copy the local state into etcd, verify every object, then switch
     /// fleet.yaml's `state` section to etcd.
     Migrate(MigrateArgs),
-    /// A journaled operation of N steps, for crash tests.
+    /// A journaled operation of N steps holding the lock `sites/<target>`,
+    /// for crash tests.
     #[command(hide = true)]
     Demo(DemoArgs),
 }
@@ -252,7 +253,7 @@ async fn demo(
     let holder = Holder::current(&format!("demo {}", args.target));
     let lock = store
         .lock(
-            &format!("demo/{}", args.target),
+            &format!("sites/{}", args.target),
             &holder,
             state::lock_ttl(fleet),
         )

@@ -317,7 +317,7 @@ fn race(fleet: &Path, marker_dir: &Path) {
     let loser = if a.status.code() == Some(3) { &a } else { &b };
     let said = text(&loser.stderr);
     assert!(
-        said.contains("demo/race is locked by tester (pid ") && said.contains(" since 20"),
+        said.contains("sites/race is locked by tester (pid ") && said.contains(" since 20"),
         "{said}"
     );
 }
@@ -470,6 +470,33 @@ fn local_processes_race_crash_and_resume() {
     keys_are_sealed_at_rest(f, true);
     let marks = tempfile::tempdir().unwrap();
     race(f, marks.path());
+
+    // A bootstrap of a site another run holds is refused before it
+    // touches anything: exit 3, naming the holder.
+    let mut holder = demo(f, "fra", 40, 100, &marks.path().join("fra"))
+        .spawn()
+        .unwrap();
+    wait_for_lines(&marks.path().join("fra"), 1);
+    let refused = run(f, &["bootstrap", "site", "fra"]);
+    assert_eq!(refused.status.code(), Some(3), "{}", all(&refused));
+    assert!(
+        all(&refused).contains("sites/fra is locked by tester (pid "),
+        "{}",
+        all(&refused)
+    );
+    kill9(&mut holder);
+    let broke = run(
+        f,
+        &[
+            "state",
+            "unlock",
+            "sites/fra",
+            "--force",
+            "--reason",
+            "test",
+        ],
+    );
+    assert!(broke.status.success(), "{}", all(&broke));
 
     let unlock = || {
         // The holder is gone: its lock is reported stale...
