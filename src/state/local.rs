@@ -111,6 +111,39 @@ fn pid_alive(pid: u32) -> bool {
     )
 }
 
+/// Every regular file below `base` (which may be missing), as paths
+/// relative to it, skipping hidden names (temporary files, locks).
+fn files_below(base: &Path) -> Result<Vec<String>, StateError> {
+    let mut out = Vec::new();
+    let mut stack = vec![base.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(StateError::Io {
+                    path: dir,
+                    source: e,
+                })
+            }
+        };
+        for entry in entries {
+            let entry = entry.map_err(io(&dir))?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_type().map_err(io(&path))?.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(base) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 impl LocalStore {
     /// The store in `root`, created if missing.
     pub fn open(root: &Path) -> Result<LocalStore, StateError> {
@@ -246,42 +279,13 @@ impl StateStore for LocalStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StateError> {
         let mut out = Vec::new();
-        let mut stack = vec![self.root.clone()];
-        while let Some(dir) = stack.pop() {
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(StateError::Io {
-                        path: dir,
-                        source: e,
-                    })
-                }
-            };
-            for entry in entries {
-                let entry = entry.map_err(io(&dir))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') {
-                    continue; // temporary files, locks
-                }
-                let path = entry.path();
-                if entry.file_type().map_err(io(&path))?.is_dir() {
-                    stack.push(path);
-                    continue;
-                }
-                let key = path
-                    .strip_prefix(&self.root)
-                    .unwrap_or(&path)
-                    .to_string_lossy()
-                    .into_owned();
-                if key.starts_with(prefix) {
-                    if let Some(e) = self.get(&key).await? {
-                        out.push(e);
-                    }
+        for key in files_below(&self.root)? {
+            if key.starts_with(prefix) {
+                if let Some(e) = self.get(&key).await? {
+                    out.push(e);
                 }
             }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 
@@ -329,40 +333,15 @@ impl StateStore for LocalStore {
     async fn locks(&self) -> Result<Vec<LockInfo>, StateError> {
         let base = self.root.join(".locks");
         let mut out = Vec::new();
-        let mut stack = vec![base.clone()];
-        while let Some(dir) = stack.pop() {
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(StateError::Io {
-                        path: dir,
-                        source: e,
-                    })
-                }
-            };
-            for entry in entries {
-                let path = entry.map_err(io(&dir))?.path();
-                let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-                if file_name.is_some_and(|n| n.starts_with('.')) {
-                    continue;
-                }
-                if path.is_dir() {
-                    stack.push(path);
-                } else if let Some(holder) = Self::read_holder(&path)? {
-                    out.push(LockInfo {
-                        name: path
-                            .strip_prefix(&base)
-                            .unwrap_or(&path)
-                            .to_string_lossy()
-                            .into_owned(),
-                        stale: Self::is_stale(&holder),
-                        holder,
-                    });
-                }
+        for name in files_below(&base)? {
+            if let Some(holder) = Self::read_holder(&base.join(&name))? {
+                out.push(LockInfo {
+                    name,
+                    stale: Self::is_stale(&holder),
+                    holder,
+                });
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
