@@ -46,7 +46,8 @@ pub fn run(_cli: &Cli, cmd: &DevCommand) -> anyhow::Result<()> {
             write(path, text)?;
         }
     }
-    let capacity = 100 / (u32::from(args.sites) - 1) + 1;
+    // Any one site down, the others carry 100% (rounded up, at most 100).
+    let capacity = 100_u32.div_ceil(u32::from(args.sites) - 1).min(100);
     for s in 0..args.sites {
         let name = format!("s{s:02}");
         let n = u32::from(s) * 8;
