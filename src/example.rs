@@ -48,6 +48,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../templates/ipxe/flatcar.ipxe"),
     ),
     (
+        "templates/ipxe/lab.ipxe",
+        include_str!("../templates/ipxe/lab.ipxe"),
+    ),
+    (
         "templates/kubernetes/kubelet.yaml",
         include_str!("../templates/kubernetes/kubelet.yaml"),
     ),

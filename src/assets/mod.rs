@@ -132,6 +132,9 @@ async fn plan(
                 })
                 .collect())
         }
+        OsFlavor::Lab => Err(AssetError::Metadata(
+            "the lab's image is built, not fetched: run `metalherd lab image`".into(),
+        )),
         OsFlavor::Fcos => {
             let origin = "https://builds.coreos.fedoraproject.org";
             let stream_url = join(

@@ -77,48 +77,15 @@ pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
             .await?;
         let mut journal =
             Journal::begin(store, "bootstrap", &format!("site/{}", site.name), &holder).await?;
-        let pki = journal
-            .step("pki", || async {
-                let (pki, created) = crate::pki::load_or_create(
-                    store,
-                    &sealer,
-                    site,
-                    args.generation,
-                    args.validity_days,
-                )
-                .await
-                .with_context(|| {
-                    format!(
-                        "preparing the PKI of {} generation {}",
-                        site.name, args.generation
-                    )
-                })?;
-                if created {
-                    tracing::info!(
-                        "{}: generated the PKI of generation {} ({})",
-                        site.name,
-                        args.generation,
-                        store.describe()
-                    );
-                }
-                Ok(pki)
-            })
-            .await?;
-        // A resumed run skips the step but still needs the PKI: it is stored.
-        let pki = match pki {
-            Some(p) => p,
-            None => {
-                crate::pki::load_or_create(
-                    store,
-                    &sealer,
-                    site,
-                    args.generation,
-                    args.validity_days,
-                )
-                .await?
-                .0
-            }
-        };
+        let pki = pki_step(
+            &mut journal,
+            store,
+            &sealer,
+            site,
+            args.generation,
+            args.validity_days,
+        )
+        .await?;
         let report = bootstrap::bootstrap_site(
             &fleet,
             site,
@@ -141,17 +108,7 @@ pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
     if cli.output == Output::Json {
         print_json(&serde_json::to_value(&report)?)?;
     } else {
-        for p in &report.phases {
-            let status = if p.ok { "ok" } else { "FAILED" };
-            println!(
-                "{:<16} {status:<7} {:>8.1} s",
-                p.name,
-                p.duration_ms as f64 / 1000.0
-            );
-            for n in &p.notes {
-                println!("    {n}");
-            }
-        }
+        print_phases(&report.phases);
     }
     match &report.error {
         None => {
@@ -178,9 +135,73 @@ pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Journal step `pki`: the generation's PKI, made once and kept in the
+/// state (a resumed run that skips the step loads it).
+pub(super) async fn pki_step(
+    journal: &mut Journal<'_>,
+    store: &dyn StateStore,
+    sealer: &crate::state::crypt::Sealer,
+    site: &Site,
+    generation: u64,
+    validity_days: i64,
+) -> anyhow::Result<crate::pki::ClusterPki> {
+    let args_generation = generation;
+    let pki = journal
+        .step("pki", || async {
+            let (pki, created) =
+                crate::pki::load_or_create(store, sealer, site, args_generation, validity_days)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "preparing the PKI of {} generation {}",
+                            site.name, args_generation
+                        )
+                    })?;
+            if created {
+                tracing::info!(
+                    "{}: generated the PKI of generation {} ({})",
+                    site.name,
+                    args_generation,
+                    store.describe()
+                );
+            }
+            Ok(pki)
+        })
+        .await?;
+    // A resumed run skips the step but still needs the PKI: it is stored.
+    let pki = match pki {
+        Some(p) => p,
+        None => {
+            crate::pki::load_or_create(store, sealer, site, args_generation, validity_days)
+                .await?
+                .0
+        }
+    };
+    Ok(pki)
+}
+
+/// Prints the phases of a report, one line each with its duration.
+pub(super) fn print_phases(phases: &[bootstrap::Phase]) {
+    for p in phases {
+        let status = if p.ok { "ok" } else { "FAILED" };
+        println!(
+            "{:<16} {status:<7} {:>8.1} s",
+            p.name,
+            p.duration_ms as f64 / 1000.0
+        );
+        for n in &p.notes {
+            println!("    {n}");
+        }
+    }
+}
+
 /// Records generation `generation` as running at `site` and its nodes as
 /// ready.
-async fn record(store: &dyn StateStore, site: &Site, generation: u64) -> anyhow::Result<()> {
+pub(super) async fn record(
+    store: &dyn StateStore,
+    site: &Site,
+    generation: u64,
+) -> anyhow::Result<()> {
     let key = format!("sites/{}", site.name);
     let now = state::now_rfc3339();
     let (mut retired, expect) = match state::get_json::<SiteRecord>(store, &key).await? {

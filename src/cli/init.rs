@@ -15,6 +15,10 @@ use crate::fsutil::create_file;
 pub struct InitArgs {
     /// The directory to create (or an empty one).
     dir: PathBuf,
+    /// Write the example fleet as the lab runs it: `os.flavor: lab`, QEMU
+    /// BMCs, DHCP served by the lab's dnsmasq (see `metalherd lab --help`).
+    #[arg(long)]
+    lab: bool,
 }
 
 pub fn run(cli: &Cli, args: &InitArgs) -> anyhow::Result<()> {
@@ -41,7 +45,7 @@ pub fn run(cli: &Cli, args: &InitArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
     let staging = parent.join(format!(".{name}.init-{}", std::process::id()));
-    let result = write_fleet(&staging).and_then(|()| {
+    let result = write_fleet(&staging, args.lab).and_then(|()| {
         if dir.exists() {
             std::fs::remove_dir(dir)
                 .with_context(|| format!("replacing empty {}", dir.display()))?;
@@ -56,17 +60,34 @@ pub fn run(cli: &Cli, args: &InitArgs) -> anyhow::Result<()> {
     if cli.output == Output::Json {
         return print_json(&json!({ "ok": true, "dir": dir, "files": example::FILES.len() }));
     }
-    println!(
-        "wrote the example fleet ({} files) to {}; next: edit sites/ and inventory/, then `metalherd --fleet {} inventory check`",
-        example::FILES.len(),
-        dir.display(),
-        dir.display()
-    );
+    if args.lab {
+        println!(
+            "wrote the lab fleet ({} files) to {}; next, as root: `metalherd --fleet {} lab image`, `lab up --site fra`, `provision site fra`",
+            example::FILES.len(),
+            dir.display(),
+            dir.display()
+        );
+    } else {
+        println!(
+            "wrote the example fleet ({} files) to {}; next: edit sites/ and inventory/, then `metalherd --fleet {} inventory check`",
+            example::FILES.len(),
+            dir.display(),
+            dir.display()
+        );
+    }
     Ok(())
 }
 
-fn write_fleet(dir: &Path) -> anyhow::Result<()> {
-    for (path, text) in example::FILES {
+fn write_fleet(dir: &Path, lab: bool) -> anyhow::Result<()> {
+    let files: Vec<(&str, String)> = if lab {
+        crate::lab::fleet::files()
+    } else {
+        example::FILES
+            .iter()
+            .map(|(p, t)| (*p, t.to_string()))
+            .collect()
+    };
+    for (path, text) in &files {
         let target = dir.join(path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)

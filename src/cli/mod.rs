@@ -12,7 +12,9 @@ mod bootstrap;
 mod dev;
 mod init;
 mod inventory;
+mod lab;
 mod power;
+mod provision;
 mod render;
 mod serve;
 mod ssh;
@@ -84,6 +86,12 @@ pub enum Command {
     Power(power::PowerArgs),
     /// The boot server: iPXE scripts, one-time-token Ignition, OS images.
     Serve(serve::ServeArgs),
+    /// Provision a site end to end: network boot, reports, SSH, etcd quorum.
+    #[command(subcommand)]
+    Provision(provision::ProvisionCommand),
+    /// The lab: the fleet's sites as QEMU VMs in a network namespace.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
     /// Bootstrap a site's control plane over SSH: PKI, etcd quorum, API server.
     #[command(subcommand)]
     Bootstrap(bootstrap::BootstrapCommand),
@@ -137,6 +145,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Inventory(cmd) => inventory::run(cli, cmd),
         Command::Render(args) => render::run(cli, args),
         Command::Init(args) => init::run(cli, args),
+        Command::Provision(cmd) => provision::run(cli, cmd),
+        Command::Lab(cmd) => lab::run(cli, cmd),
         Command::Assets(args) => assets::run(cli, args),
         Command::Power(args) => power::run(cli, args),
         Command::Serve(args) => serve::run(cli, args),

@@ -88,6 +88,8 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// that were never rendered (their Ignition would not carry them).
 pub(crate) fn fleet_and_keys(cli: &Cli) -> anyhow::Result<(Fleet, Keys)> {
     let fleet = load_fleet(cli)?;
+    // A lab fleet's machines live in the lab's network namespace.
+    crate::lab::enter(&fleet)?;
     let state_dir = fleet.state_dir();
     let (keys, created) = keys::ensure_state(&fleet)
         .with_context(|| format!("loading SSH keys from {}", state_dir.display()))?;

@@ -233,6 +233,10 @@ impl Ctx {
     /// Everything of `fleet.yaml`; `sites` is filled in by `build`.
     fn fleet_settings(&mut self, raw: &RawFleet) -> Option<Fleet> {
         let flavor = self.parse_as::<OsFlavor>(&raw.os.flavor, "os.flavor");
+        let dhcp = match raw.boot.as_ref().and_then(|b| b.dhcp.as_ref()) {
+            Some(v) => self.parse_as::<DhcpMode>(v, "boot.dhcp"),
+            None => Some(DhcpMode::Proxy),
+        };
         let assets_url = self.url(&raw.os.assets_url, "os.assets_url", &["http", "https"]);
         let mut admins = Vec::new();
         for (i, a) in raw.admins.iter().enumerate() {
@@ -379,6 +383,7 @@ impl Ctx {
                     .and_then(|b| b.require_token.as_ref())
                     .map(|b| **b)
                     .unwrap_or(true),
+                dhcp: dhcp?,
             },
             alarms,
             windows: raw

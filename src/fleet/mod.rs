@@ -21,7 +21,8 @@ use url::Url;
 
 pub use diag::Diagnostic;
 pub use types::{
-    BmcDriver, Cidr, ClusterName, MacAddr, MachineName, OsFlavor, Role, SecretRef, SiteName,
+    BmcDriver, Cidr, ClusterName, DhcpMode, MacAddr, MachineName, OsFlavor, Role, SecretRef,
+    SiteName,
 };
 
 /// Why a fleet could not be loaded: one or more problems, in file order.
@@ -137,6 +138,7 @@ pub struct Traffic {
 #[derive(Clone, Debug, Serialize)]
 pub struct BootSettings {
     pub require_token: bool,
+    pub dhcp: DhcpMode,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -77,6 +77,7 @@ pub struct RawTraffic {
 #[serde(deny_unknown_fields)]
 pub struct RawBoot {
     pub require_token: Option<Spanned<bool>>,
+    pub dhcp: Option<Text>,
 }
 
 #[derive(Deserialize)]

@@ -248,6 +248,9 @@ impl fmt::Display for Role {
 pub enum OsFlavor {
     Flatcar,
     Fcos,
+    /// The lab's node image, built from Debian packages by `metalherd lab
+    /// image`; it runs live from RAM and reads Flatcar-variant role files.
+    Lab,
 }
 
 impl OsFlavor {
@@ -255,6 +258,7 @@ impl OsFlavor {
         match self {
             OsFlavor::Flatcar => "flatcar",
             OsFlavor::Fcos => "fcos",
+            OsFlavor::Lab => "lab",
         }
     }
 
@@ -263,6 +267,8 @@ impl OsFlavor {
         match self {
             OsFlavor::Flatcar => ("flatcar", "1.1.0"),
             OsFlavor::Fcos => ("fcos", "1.5.0"),
+            // The same role files serve Flatcar and the lab.
+            OsFlavor::Lab => ("flatcar", "1.1.0"),
         }
     }
 }
@@ -273,7 +279,10 @@ impl FromStr for OsFlavor {
         match s {
             "flatcar" => Ok(OsFlavor::Flatcar),
             "fcos" => Ok(OsFlavor::Fcos),
-            _ => Err(format!("unknown OS flavor {s:?}: expected flatcar or fcos")),
+            "lab" => Ok(OsFlavor::Lab),
+            _ => Err(format!(
+                "unknown OS flavor {s:?}: expected flatcar, fcos or lab"
+            )),
         }
     }
 }
@@ -528,6 +537,27 @@ mod tests {
         #[test]
         fn arbitrary_strings_are_never_secret_refs_unless_prefixed(s in "[^ef]\\PC{0,30}") {
             prop_assert!(s.parse::<SecretRef>().is_err());
+        }
+    }
+}
+
+/// How a site's dnsmasq answers DHCP: `proxy` beside the network's own DHCP
+/// server (only PXE answers), or `server`, handing out addresses itself
+/// (the lab, or a provisioning network with no other DHCP server).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    Proxy,
+    Server,
+}
+
+impl FromStr for DhcpMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "proxy" => Ok(DhcpMode::Proxy),
+            "server" => Ok(DhcpMode::Server),
+            _ => Err(format!("unknown DHCP mode {s:?}: expected proxy or server")),
         }
     }
 }

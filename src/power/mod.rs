@@ -139,7 +139,10 @@ pub fn driver_for(
             creds()?,
             opts.state_timeout,
         )),
-        BmcDriver::Qemu => Box::new(qemu::Qemu::new(&machine.bmc.address)),
+        BmcDriver::Qemu => Box::new(qemu::Qemu::new(&qemu::socket_path(
+            &machine.bmc.address,
+            &fleet.root,
+        ))),
         BmcDriver::Manual => Box::new(manual::Manual::new(
             machine.name.as_str(),
             &machine.bmc.address,

@@ -13,6 +13,18 @@ use tokio::net::UnixStream;
 
 use super::{BootTarget, DriverError, PowerDriver, PowerState};
 
+/// The QMP socket a BMC address names: `unix:` is optional, and a relative
+/// path is relative to the fleet directory (where `metalherd lab up` puts
+/// the sockets, under `.metalherd/lab/`).
+pub fn socket_path(address: &str, fleet_root: &std::path::Path) -> String {
+    let path = std::path::Path::new(address.trim_start_matches("unix:"));
+    if path.is_absolute() {
+        path.display().to_string()
+    } else {
+        fleet_root.join(path).display().to_string()
+    }
+}
+
 pub struct Qemu {
     socket: String,
 }

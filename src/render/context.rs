@@ -174,9 +174,31 @@ pub fn machine_context(site_ctx: &Context, site: &Site, machine: &Machine) -> Co
     ctx
 }
 
+/// How the site's dnsmasq answers DHCP (`fleet.yaml`'s `boot.dhcp`); in
+/// `server` mode it leases the upper half of the provisioning network.
+#[derive(Serialize)]
+struct DhcpView {
+    mode: crate::fleet::DhcpMode,
+    range_start: Option<IpAddr>,
+    range_end: Option<IpAddr>,
+}
+
+fn dhcp_view(fleet: &Fleet, site: &Site) -> DhcpView {
+    let cidr = &site.networks.provisioning.cidr;
+    let size = 1u32
+        .checked_shl(32 - u32::from(cidr.net().prefix_len()).min(32))
+        .unwrap_or(0);
+    DhcpView {
+        mode: fleet.boot.dhcp,
+        range_start: nth_host(cidr, size / 2),
+        range_end: size.checked_sub(2).and_then(|n| nth_host(cidr, n)),
+    }
+}
+
 /// The site's context plus every machine, for the boot server's DHCP.
-pub fn dnsmasq_context(site_ctx: &Context, site: &Site) -> Context {
+pub fn dnsmasq_context(fleet: &Fleet, site_ctx: &Context, site: &Site) -> Context {
     let mut ctx = site_ctx.clone();
+    ctx.insert("dhcp", &dhcp_view(fleet, site));
     let machines: Vec<MachineView> = site.machines.iter().map(machine_view).collect();
     ctx.insert("machines", &machines);
     ctx

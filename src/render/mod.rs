@@ -270,7 +270,7 @@ pub fn render(
         out.machines
             .extend(renderer.machines(site, &machines, &site_ctx)?);
         if selection.machine.is_none() {
-            let ctx = context::dnsmasq_context(&site_ctx, site);
+            let ctx = context::dnsmasq_context(renderer.fleet, &site_ctx, site);
             let conf =
                 renderer.template("templates/dnsmasq/dnsmasq.conf", &ctx, site.name.as_str())?;
             out.sites.push(RenderedSite {
@@ -290,24 +290,36 @@ pub fn render(
 /// Where the boot server puts each boot's report secret (32 hex digits).
 pub const REPORT_SECRET_PLACEHOLDER: &str = "metalherdreportsecretplaceholder";
 
-/// The first-boot callback: posts the host key's fingerprint with the
-/// per-boot secret, retrying until the boot server answers.
-fn report_unit(url: &str) -> String {
-    let post = format!(
-        "fp=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d\" \" -f2); \
-         curl -fsS -m 30 --retry 20 --retry-all-errors \
-         -H \"Authorization: Bearer $(cat /etc/metalherd/report-secret)\" \
-         -H \"Content-Type: application/json\" \
-         -d \"{{\\\"host_key_fingerprint\\\":\\\"$fp\\\"}}\" {url}"
-    );
+/// Where the first-boot callback's script goes on the machine.
+const REPORT_SCRIPT: &str = "/etc/metalherd/report.sh";
+
+/// The first-boot callback's script: posts the host key's fingerprint with
+/// the per-boot secret, retrying until the boot server answers. A file of
+/// its own, not an inline `sh -c`, so no JSON quote goes through systemd's
+/// unquoting (which once ate them: the lab caught it). The secret goes to
+/// curl on stdin as a header file, never in its argv.
+fn report_script(url: &str) -> String {
+    format!(
+        "#!/bin/sh\n\
+         # Tells metalherd's boot server that this machine booted, and which\n\
+         # SSH host key it runs with. Rendered by metalherd.\n\
+         set -eu\n\
+         fp=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)\n\
+         printf 'Authorization: Bearer %s\\n' \"$(cat /etc/metalherd/report-secret)\" |\n\
+         \tcurl -fsS -m 30 --retry 20 --retry-all-errors -H @- \\\n\
+         \t-H 'Content-Type: application/json' \\\n\
+         \t-d \"{{\\\"host_key_fingerprint\\\":\\\"$fp\\\"}}\" \\\n\
+         \t{url}\n"
+    )
+}
+
+fn report_unit() -> String {
     format!(
         "[Unit]\nDescription=Tell metalherd this machine has booted\n\
          Wants=network-online.target\nAfter=network-online.target\n\
          ConditionPathExists=/etc/metalherd/report-secret\n\n\
-         [Service]\nType=oneshot\nExecStart=/bin/sh -c '{}'\n\n\
-         [Install]\nWantedBy=multi-user.target\n",
-        // systemd expands `$` itself; `$$` passes one to the shell.
-        post.replace('$', "$$")
+         [Service]\nType=oneshot\nExecStart=/bin/sh {REPORT_SCRIPT}\n\n\
+         [Install]\nWantedBy=multi-user.target\n"
     )
 }
 
@@ -491,9 +503,10 @@ impl Renderer<'_> {
                 context::trim_slash(&site.boot_server),
                 machine.name
             );
+            identity.push(file(REPORT_SCRIPT, &report_script(&url), 0o755));
             let mut unit = ign::Unit::new("metalherd-report.service".into());
             unit.enabled = Some(true);
-            unit.contents = Some(report_unit(&url));
+            unit.contents = Some(report_unit());
             let units = config
                 .systemd
                 .get_or_insert_with(Default::default)

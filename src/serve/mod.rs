@@ -44,6 +44,8 @@ pub struct Options {
 pub enum Stage {
     IpxeServed,
     IgnitionServed,
+    /// An Ignition request for this machine was refused (`refused` says why).
+    IgnitionRefused,
     Reported,
 }
 
@@ -56,6 +58,10 @@ struct Seen {
     /// metalherd generated.
     host_key_fingerprint: Option<String>,
     host_key_mismatch: bool,
+    /// Why the latest refused Ignition request was refused.
+    refused: Option<String>,
+    /// Who got the machine's latest Ignition.
+    ignition_client: Option<String>,
 }
 
 struct Token {
@@ -158,10 +164,15 @@ impl Shared {
             stage,
             host_key_fingerprint: None,
             host_key_mismatch: false,
+            refused: None,
+            ignition_client: None,
         });
         entry.last_request_unix = now;
         entry.client = client.ip().to_string();
         entry.stage = stage;
+        if stage == Stage::IgnitionServed {
+            entry.ignition_client = Some(entry.client.clone());
+        }
     }
 }
 
@@ -315,6 +326,11 @@ async fn ignition(
                     machine.name,
                     client.ip()
                 );
+                drop(tokens);
+                shared.saw(&machine.name, client, Stage::IgnitionRefused);
+                if let Some(seen) = lock(&shared.seen).get_mut(machine.name.as_str()) {
+                    seen.refused = Some(why.to_string());
+                }
                 return bad(StatusCode::FORBIDDEN, why);
             }
         }
@@ -426,6 +442,8 @@ async fn machines(State(shared): State<Arc<Shared>>) -> Response {
                 "stage": s.map(|s| s.stage),
                 "host_key_fingerprint": s.and_then(|s| s.host_key_fingerprint.clone()),
                 "host_key_mismatch": s.map(|s| s.host_key_mismatch),
+                "refused": s.and_then(|s| s.refused.clone()),
+                "ignition_client": s.and_then(|s| s.ignition_client.clone()),
             })
         })
         .collect();

@@ -13,6 +13,7 @@ mod etcd_cluster;
 mod hosts;
 mod httpd;
 mod ignition_apply;
+mod lab;
 mod manifests;
 mod netboot;
 mod pki;

@@ -238,8 +238,12 @@ fn tokens_are_one_time_per_mac_and_expire() {
         "tokens never reach the log"
     );
 
+    // The machine's last request was the expired token: the boot server
+    // says so, and who got its Ignition before (what `provision` reads).
     let m = machine_status(s.port, "ber-wk-01");
-    assert_eq!(m["stage"], "ipxe-served");
+    assert_eq!(m["stage"], "ignition-refused");
+    assert_eq!(m["refused"], "token expired");
+    assert_eq!(m["ignition_client"], "127.0.0.1");
     assert_eq!(m["site"], "ber");
 }
 

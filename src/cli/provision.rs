@@ -1,0 +1,253 @@
+//! `metalherd provision site S`: the whole job on one site, from powered-off
+//! machines to a recorded cluster generation: network boot (see
+//! `crate::provision`), then the bootstrap (see `crate::bootstrap`).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::bootstrap::{pki_step, print_phases, record};
+use super::ssh::{fleet_and_keys, runtime, SshArgs};
+use super::{print_json, Cli, Output};
+use crate::assets::download::RetryPolicy;
+use crate::bootstrap::{self, Phase};
+use crate::fleet::SiteName;
+use crate::job::Reporter;
+use crate::provision::{self, Options};
+use crate::ssh::Timeouts;
+use crate::state::journal::Journal;
+use crate::state::{self, Expect, Holder, MachineRecord, MachineState};
+
+#[derive(Subcommand, Debug)]
+pub enum ProvisionCommand {
+    /// Provision one site: power on, network boot, report, SSH, etcd quorum.
+    Site(SiteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SiteArgs {
+    /// The site to provision (every machine but the spares).
+    site: SiteName,
+    /// The cluster generation to provision.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    generation: u64,
+    /// Days the generation's certificates are valid.
+    #[arg(long, default_value_t = 90, value_name = "DAYS")]
+    validity_days: i64,
+    /// Seconds a machine may take from power-on to its first-boot report.
+    #[arg(long, default_value_t = 900, value_name = "SECS")]
+    boot_timeout: u64,
+    /// Seconds each step on a machine may take (power, SSH commands).
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    step_timeout: u64,
+    /// Seconds to wait for etcd quorum and for the API server's /readyz.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    ready_timeout: u64,
+    /// Machines worked on at once in the site.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    parallel: usize,
+    #[command(flatten)]
+    ssh: SshArgs,
+}
+
+/// What `provision` did, for the summary and `--output json`.
+#[derive(Debug, Serialize)]
+struct Report {
+    site: String,
+    generation: u64,
+    ok: bool,
+    phases: Vec<Phase>,
+    error: Option<String>,
+    took_ms: u128,
+}
+
+pub fn run(cli: &Cli, cmd: &ProvisionCommand) -> anyhow::Result<()> {
+    let ProvisionCommand::Site(args) = cmd;
+    let started = std::time::Instant::now();
+    let (fleet, keys) = fleet_and_keys(cli)?;
+    let site = fleet
+        .site(args.site.as_str())
+        .with_context(|| format!("no site `{}` in fleet {}", args.site, fleet.name))?;
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(args.ssh.connect_timeout),
+        step: Duration::from_secs(args.step_timeout),
+    };
+    let opts = Options {
+        power: crate::power::Options {
+            per_site: args.parallel,
+            state_timeout: Duration::from_secs(args.step_timeout),
+            retry: RetryPolicy {
+                retries: 3,
+                base_delay: Duration::from_millis(500),
+                max_delay: Duration::from_secs(10),
+            },
+        },
+        boot_timeout: Duration::from_secs(args.boot_timeout),
+        ssh_timeout: Duration::from_secs(args.step_timeout),
+        user: args.ssh.user.clone(),
+        timeouts,
+        parallel: args.parallel,
+        poll: Duration::from_secs(1),
+    };
+    let boot_opts = bootstrap::Options {
+        generation: args.generation,
+        user: args.ssh.user.clone(),
+        timeouts,
+        parallel: args.parallel,
+        ready_timeout: Duration::from_secs(args.ready_timeout),
+    };
+    let reporter = Reporter::new(super::progress_bars(cli));
+    let mut report = Report {
+        site: site.name.to_string(),
+        generation: args.generation,
+        ok: false,
+        phases: Vec::new(),
+        error: None,
+        took_ms: 0,
+    };
+    runtime()?.block_on(async {
+        let (store, sealer) = state::open(&fleet)?;
+        let store = store.as_ref();
+        let holder = Holder::current(&format!("provision site {}", site.name));
+        let lock = store
+            .lock(
+                &format!("sites/{}", site.name),
+                &holder,
+                state::lock_ttl(&fleet),
+            )
+            .await?;
+        let mut journal =
+            Journal::begin(store, "provision", &format!("site/{}", site.name), &holder).await?;
+        let result = steps(
+            &fleet,
+            site,
+            &keys,
+            store,
+            &sealer,
+            args,
+            &opts,
+            &boot_opts,
+            &reporter,
+            &mut journal,
+            &mut report,
+        )
+        .await;
+        if let Err(e) = result {
+            report.error = Some(format!("{e:#}"));
+        }
+        report.ok = report.error.is_none();
+        journal.finish(report.error.clone()).await?;
+        lock.release().await?;
+        anyhow::Ok(())
+    })?;
+    report.took_ms = started.elapsed().as_millis();
+    if cli.output == Output::Json {
+        print_json(&serde_json::to_value(&report)?)?;
+    } else {
+        print_phases(&report.phases);
+        println!(
+            "{:<16} {:<7} {:>8.1} s",
+            "total",
+            if report.ok { "ok" } else { "FAILED" },
+            report.took_ms as f64 / 1000.0
+        );
+    }
+    match &report.error {
+        None => {
+            if cli.output == Output::Text {
+                println!(
+                    "provision of {} (generation {}): done; every machine ready",
+                    report.site, report.generation
+                );
+            }
+            Ok(())
+        }
+        Some(e) => {
+            if cli.output == Output::Text {
+                eprintln!("{e}");
+            }
+            Err(super::Reported(format!(
+                "provision of {} (generation {}) failed: {}",
+                report.site,
+                report.generation,
+                e.lines().next().unwrap_or("")
+            ))
+            .into())
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn steps(
+    fleet: &crate::fleet::Fleet,
+    site: &crate::fleet::Site,
+    keys: &crate::keys::Keys,
+    store: &dyn state::StateStore,
+    sealer: &crate::state::crypt::Sealer,
+    args: &SiteArgs,
+    opts: &Options,
+    boot_opts: &bootstrap::Options,
+    reporter: &Reporter,
+    journal: &mut Journal<'_>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    // Power on. A resumed run that completed this step does not power the
+    // machines again, and accepts the boot reports they made since.
+    let mut since = 0;
+    let mut phase = None;
+    let result = journal
+        .step("power on", || async {
+            for m in provision::machines(site) {
+                let record = MachineRecord {
+                    state: MachineState::Provisioning,
+                    since: state::now_rfc3339(),
+                    generation: Some(args.generation),
+                };
+                state::put_json(store, &format!("machines/{}", m.name), &record, Expect::Any)
+                    .await?;
+            }
+            let (p, t) = provision::power_on(fleet, site, opts).await;
+            since = t;
+            let result = provision::failed(&p);
+            phase = Some(p);
+            result
+        })
+        .await;
+    report.phases.extend(phase.take());
+    result?;
+
+    let mut phase = None;
+    let result = journal
+        .step("boot", || async {
+            let p = provision::wait_booted(site, keys, since, opts, reporter).await;
+            let result = provision::failed(&p);
+            phase = Some(p);
+            result
+        })
+        .await;
+    report.phases.extend(phase.take());
+    result?;
+
+    let pki = pki_step(
+        journal,
+        store,
+        sealer,
+        site,
+        args.generation,
+        args.validity_days,
+    )
+    .await?;
+    let boot =
+        bootstrap::bootstrap_site(fleet, site, keys, &pki, boot_opts, reporter, Some(journal))
+            .await?;
+    report.phases.extend(boot.phases);
+    if let Some(e) = boot.error {
+        anyhow::bail!(e);
+    }
+    journal
+        .step("record", || record(store, site, args.generation))
+        .await?;
+    Ok(())
+}

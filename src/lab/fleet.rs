@@ -1,0 +1,130 @@
+//! The lab fleet: the shipped example fleet (same sites, machines, MACs,
+//! addresses and role templates) with the three changes that put it on
+//! virtual machines: `os.flavor: lab` with the Debian suite as its version,
+//! `boot.dhcp: server` (the lab's dnsmasq is the only DHCP server), and
+//! each machine's BMC a QEMU QMP socket under `.metalherd/lab/qmp/`
+//! instead of Redfish, with no install disk (the lab runs from RAM).
+
+use crate::example;
+
+/// The Debian suite the lab image is built from.
+pub const SUITE: &str = "bookworm";
+
+/// Every file of the lab fleet: its path and contents.
+pub fn files() -> Vec<(&'static str, String)> {
+    example::FILES
+        .iter()
+        .map(|(path, text)| {
+            let text = if *path == "inventory/fleet.yaml" {
+                fleet_yaml(text)
+            } else if path.starts_with("inventory/") {
+                inventory(text)
+            } else {
+                text.to_string()
+            };
+            (*path, text)
+        })
+        .collect()
+}
+
+fn fleet_yaml(text: &str) -> String {
+    let mut out = String::new();
+    let mut section = "";
+    for line in text.lines() {
+        if !line.starts_with(' ') && !line.starts_with('#') && line.contains(':') {
+            section = line.split(':').next().unwrap_or("");
+        }
+        let key = line.trim_start().split(':').next().unwrap_or("");
+        match (section, key) {
+            ("os", "flavor") => {
+                out.push_str("  flavor: lab                # built by `metalherd lab image`\n")
+            }
+            ("os", "version") => out.push_str(&format!(
+                "  version: {SUITE}           # the Debian suite of the lab image\n"
+            )),
+            ("boot", "require_token") => {
+                out.push_str(line);
+                out.push_str("\n  dhcp: server               # the lab's dnsmasq leases the addresses itself\n");
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out.replacen(
+        "# Fleet-wide settings of the example fleet.",
+        "# Fleet-wide settings of the example fleet as the lab runs it (`metalherd init --lab`).",
+        1,
+    )
+}
+
+/// Drops `install_disk` lines and turns each machine's `bmc:` block into a
+/// QEMU socket named after the machine.
+fn inventory(text: &str) -> String {
+    let mut out = String::new();
+    let mut machine = String::new();
+    let mut in_bmc = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if let Some(name) = trimmed.strip_prefix("- name:") {
+            machine = name.trim().to_string();
+        }
+        if in_bmc {
+            if line.starts_with("      ") {
+                continue;
+            }
+            in_bmc = false;
+        }
+        if trimmed.starts_with("install_disk:") {
+            continue;
+        }
+        if trimmed == "bmc:" {
+            in_bmc = true;
+            out.push_str(&format!(
+                "    bmc: {{ driver: qemu, address: \"unix:.metalherd/lab/qmp/{machine}.qmp\" }}\n"
+            ));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lab_fleet_differs_only_where_it_must() {
+        let files = files();
+        assert_eq!(files.len(), example::FILES.len());
+        let fleet = &files
+            .iter()
+            .find(|(p, _)| *p == "inventory/fleet.yaml")
+            .unwrap()
+            .1;
+        assert!(fleet.contains("  flavor: lab"), "{fleet}");
+        assert!(fleet.contains(&format!("  version: {SUITE}")), "{fleet}");
+        assert!(fleet.contains("  dhcp: server"), "{fleet}");
+        assert!(
+            fleet.contains("version: v1.31.2"),
+            "kubernetes untouched: {fleet}"
+        );
+        let fra = &files
+            .iter()
+            .find(|(p, _)| *p == "inventory/fra.yaml")
+            .unwrap()
+            .1;
+        assert!(!fra.contains("install_disk"), "{fra}");
+        assert!(!fra.contains("redfish"), "{fra}");
+        assert!(
+            fra.contains(
+                "bmc: { driver: qemu, address: \"unix:.metalherd/lab/qmp/fra-cp-01.qmp\" }"
+            ),
+            "{fra}"
+        );
+        assert_eq!(fra.matches("driver: qemu").count(), 6);
+    }
+}

@@ -1,0 +1,160 @@
+#!/bin/sh
+# Builds metalherd's lab node image: a Debian kernel and an initrd whose
+# /init runs Debian's Ignition and then switch_roots into a Debian root
+# with systemd, OpenSSH and etcd. Run by src/lab/image.rs (as root):
+#
+#   sh build.sh SUITE MIRROR PACKAGES WORK OUT
+#
+# SUITE    Debian suite (bookworm)
+# MIRROR   Debian mirror URL
+# PACKAGES comma-separated packages for the root
+# WORK     empty scratch directory (holds `init`; the chroot goes here);
+#          the caller deletes it
+# OUT      directory that receives vmlinuz, initrd.img and packages.txt
+#
+# Progress: one line per step on stdout ("step NAME more words"); what the
+# programs print goes to stderr.
+set -eu
+
+suite=$1 mirror=$2 packages=$3 work=$4 out=$5
+exec 3>&1 1>&2
+step() { echo "step $*" >&3; }
+
+root=$work/root
+export LC_ALL=C.UTF-8
+
+step "mmdebstrap $suite (downloads ~200 MB)"
+# - No initramfs: the kernel's postinst would build one we do not use;
+#   update-initramfs is diverted to a no-op before the kernel is installed.
+# - Docs, man pages, locales, and kernel modules a QEMU VM without disks
+#   never needs are not unpacked: the root lives in RAM, compressed, on
+#   every VM. Dropped: these module directories, but for the ones kept.
+drop_modules="sound net/bluetooth net/mac80211 net/wireless
+	drivers/gpu drivers/media drivers/net/wireless drivers/net/ethernet
+	drivers/infiniband drivers/iio drivers/staging drivers/comedi drivers/isdn
+	drivers/bluetooth drivers/usb drivers/scsi drivers/hwmon drivers/platform
+	drivers/mtd drivers/mmc drivers/target drivers/nfc drivers/atm
+	drivers/firewire drivers/parport drivers/pcmcia drivers/memstick
+	drivers/thunderbolt fs"
+keep_modules="drivers/net/ethernet/intel/e1000/ drivers/net/ethernet/intel/e1000e/
+	drivers/scsi/scsi_mod.ko drivers/scsi/scsi_common.ko drivers/scsi/sd_mod.ko
+	drivers/scsi/virtio_scsi.ko fs/overlayfs/ fs/squashfs/ fs/ext4/ fs/jbd2/
+	fs/mbcache.ko fs/fat/ fs/isofs/ fs/fuse/ fs/nls/ fs/autofs/ fs/binfmt_misc.ko
+	fs/efivarfs/ fs/pstore/ fs/quota/ fs/fscache/ fs/netfs/ fs/9p/ fs/erofs/"
+set --
+for d in $drop_modules; do
+	set -- "$@" --dpkgopt="path-exclude=/lib/modules/*/kernel/$d/*"
+done
+for k in $keep_modules; do
+	case "$k" in */) k="$k*" ;; esac
+	set -- "$@" --dpkgopt="path-include=/lib/modules/*/kernel/$k"
+done
+mmdebstrap --variant=minbase --mode=root --format=directory \
+	--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+	--aptopt='APT::Install-Recommends "false"' \
+	--dpkgopt='path-exclude=/usr/share/man/*' \
+	--dpkgopt='path-exclude=/usr/share/doc/*' \
+	--dpkgopt='path-include=/usr/share/doc/*/copyright' \
+	--dpkgopt='path-exclude=/usr/share/locale/*' \
+	--dpkgopt='path-exclude=/usr/share/info/*' \
+	"$@" \
+	--essential-hook='chroot "$1" dpkg-divert --quiet --local --rename --divert /usr/sbin/update-initramfs.real --add /usr/sbin/update-initramfs && printf "#!/bin/sh\nexit 0\n" >"$1/usr/sbin/update-initramfs" && chmod 755 "$1/usr/sbin/update-initramfs"' \
+	--include="$packages" \
+	"$suite" "$root" "$mirror"
+
+step "configure root"
+set -- "$root"/usr/lib/modules/*
+[ $# -eq 1 ] || { echo "expected one kernel in $root/usr/lib/modules, found: $*"; exit 1; }
+kver=${1##*/}
+cp "$root/boot/vmlinuz-$kver" "$out/vmlinuz"
+rm -rf "$root"/boot/* "$root"/vmlinuz* "$root"/initrd.img*
+chroot "$root" depmod "$kver"
+chroot "$root" dpkg-query -W -f '${Package}=${Version}\n' >"$out/packages.txt"
+
+# Debian's Ignition relabels for SELinux after writing files: give it a
+# config to read and a setfiles that does nothing.
+mkdir -p "$root/etc/selinux"
+printf 'SELINUX=disabled\nSELINUXTYPE=targeted\n' >"$root/etc/selinux/config"
+printf '#!/bin/sh\n# metalherd lab: no SELinux here; Ignition calls this to relabel.\nexit 0\n' \
+	>"$root/usr/sbin/setfiles"
+chmod 755 "$root/usr/sbin/setfiles"
+
+# sshd: the keys Ignition writes, no passwords, and only the host key
+# Ignition delivers (openssh-server's install generated keys of its own).
+rm -f "$root"/etc/ssh/ssh_host_*
+cat >"$root/etc/ssh/sshd_config.d/metalherd.conf" <<'EOF'
+AuthorizedKeysFile .ssh/authorized_keys .ssh/authorized_keys.d/ignition
+PasswordAuthentication no
+HostKey /etc/ssh/ssh_host_ed25519_key
+EOF
+
+# First boot: systemd applies the presets (Ignition's enables its units)
+# only when the machine ID is "uninitialized".
+echo uninitialized >"$root/etc/machine-id"
+rm -f "$root/var/lib/dbus/machine-id"
+mkdir -p "$root/etc/systemd/system-preset"
+cat >"$root/etc/systemd/system-preset/80-metalherd-lab.preset" <<'EOF'
+enable systemd-networkd.service
+enable systemd-networkd.socket
+enable systemd-networkd-wait-online.service
+enable ssh.service
+enable getty@.service
+EOF
+echo 'disable *' >"$root/etc/systemd/system-preset/99-metalherd-lab-default.preset"
+# Presets on first boot only enable; what packages enabled at install
+# stays enabled. Debian's etcd.service would start an etcd of its own
+# (Ignition writes and enables the real one); the timers are not wanted
+# on a lab VM.
+chroot "$root" systemctl disable etcd.service apt-daily.timer apt-daily-upgrade.timer \
+	dpkg-db-backup.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer
+chroot "$root" systemctl enable systemd-networkd.service ssh.service
+chroot "$root" systemctl mask systemd-firstboot.service
+
+# metalherd's etcd unit runs /opt/bin/etcd (where Flatcar nodes have it).
+mkdir -p "$root/opt/bin"
+ln -s /usr/bin/etcd "$root/opt/bin/etcd"
+
+# Ignition creates the core user; it may use sudo without a password.
+echo 'core ALL=(ALL) NOPASSWD:ALL' >"$root/etc/sudoers.d/core"
+chmod 0440 "$root/etc/sudoers.d/core"
+
+# mmdebstrap copied these from the build host.
+echo metalherd-lab >"$root/etc/hostname"
+rm -f "$root/etc/resolv.conf"
+: >"$root/etc/resolv.conf"
+
+step "initrd"
+# The second cpio: busybox, the modules /init loads (with the root's kmod:
+# the build host needs none), /init. Assembled inside the root, then
+# moved out before the root is packed.
+init=$root/tmp/initrd
+mkdir -p "$init/bin" "$init/lib/modules/$kver"
+cp "$root/usr/bin/busybox" "$init/bin/busybox"
+cp "$work/init" "$init/init"
+chmod 755 "$init/init" "$init/bin/busybox"
+for m in virtio_pci virtio_net loop squashfs overlay; do
+	chroot "$root" modprobe -S "$kver" --show-depends "$m"
+done >"$work/modules.txt"
+while read -r kind path _; do
+	[ "$kind" = insmod ] || continue
+	rel=${path#/lib/modules/"$kver"/}
+	mkdir -p "$init/lib/modules/$kver/${rel%/*}"
+	cp "$root$path" "$init/lib/modules/$kver/$rel"
+done <"$work/modules.txt"
+cp "$root/usr/lib/modules/$kver/modules.builtin" "$root/usr/lib/modules/$kver/modules.order" \
+	"$init/lib/modules/$kver/"
+chroot "$root" depmod -b /tmp/initrd "$kver"
+mv "$init" "$work/cpio-init"
+init=$work/cpio-init
+
+step "squashfs"
+# The first cpio holds the root, uncompressed, as a zstd squashfs (level
+# 9: 6% larger than the default 15, built in a tenth of the time).
+mkdir "$work/cpio-root"
+mksquashfs "$root" "$work/cpio-root/root.squashfs" -comp zstd -Xcompression-level 9 -noappend -no-progress
+
+step "cpio"
+# An uncompressed cpio works only at a 4-byte-aligned offset: first.
+(cd "$work/cpio-root" && echo root.squashfs | cpio -o -H newc --quiet) >"$out/initrd.img"
+(cd "$init" && find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -9n) >>"$out/initrd.img"
+step "done"

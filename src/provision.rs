@@ -1,0 +1,300 @@
+//! Provisioning a site's machines up to the point where the bootstrap takes
+//! over: power each machine on to boot from the network once, follow it
+//! through the boot server (iPXE script, Ignition with its one-time token,
+//! first-boot report with the host key), then wait until it answers SSH
+//! with the host key metalherd generated for it.
+//!
+//! The boot server is the witness: its `/api/v1/machines` shows the stage
+//! each machine reached, who fetched its Ignition, and why a request was
+//! refused. A refused replay means someone else holds the machine's config
+//! (its private host key included): that machine fails, the others go on.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::bootstrap::{Phase, PhaseFailed};
+use crate::fleet::{Fleet, Machine, Site};
+use crate::job::{self, Outcome, Reporter, Task};
+use crate::keys::Keys;
+use crate::power::{self, Action};
+use crate::ssh::{Session, SshError, Timeouts};
+
+/// How a provision runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub power: power::Options,
+    /// How long a machine may take from power-on to its report.
+    pub boot_timeout: Duration,
+    /// How long SSH may take to answer after the report.
+    pub ssh_timeout: Duration,
+    pub user: String,
+    pub timeouts: Timeouts,
+    /// Machines worked on at once in the site.
+    pub parallel: usize,
+    /// How often the boot server is asked.
+    pub poll: Duration,
+}
+
+/// The machines that take part: every one but the spares.
+pub fn machines(site: &Site) -> Vec<&Machine> {
+    site.machines
+        .iter()
+        .filter(|m| m.role != crate::fleet::Role::Spare)
+        .collect()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Sets every machine to boot from the network once and powers it on (or
+/// cycles it). Returns the phase; `Err(PhaseFailed)` when any machine
+/// failed, with the summary.
+pub async fn power_on(fleet: &Fleet, site: &Site, opts: &Options) -> (Phase, u64) {
+    let started = Instant::now();
+    let since = unix_now();
+    let targets: Vec<(&Site, &Machine)> = machines(site).into_iter().map(|m| (site, m)).collect();
+    let outcomes = power::run(fleet, &targets, Action::PxeOnce, &opts.power).await;
+    let machines: Vec<Outcome<()>> = outcomes
+        .into_iter()
+        .map(|o| Outcome {
+            machine: o.machine,
+            site: o.site,
+            ok: o.ok,
+            result: o.ok.then_some(()),
+            error: o.error,
+            last_lines: Vec::new(),
+            duration_ms: o.duration_ms,
+        })
+        .collect();
+    let (ok, summary) = job::summary("power on (network boot once)", &machines);
+    (
+        Phase {
+            name: "power on".into(),
+            ok,
+            duration_ms: started.elapsed().as_millis(),
+            notes: if ok { Vec::new() } else { vec![summary] },
+            machines,
+        },
+        since,
+    )
+}
+
+/// One machine as the boot server saw it.
+#[derive(Clone, Debug, Deserialize)]
+struct Seen {
+    machine: String,
+    last_request_unix: Option<u64>,
+    stage: Option<String>,
+    client: Option<String>,
+    host_key_mismatch: Option<bool>,
+    host_key_fingerprint: Option<String>,
+    refused: Option<String>,
+    ignition_client: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Machines {
+    machines: Vec<Seen>,
+}
+
+async fn ask(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<Seen>> {
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("asking the boot server ({url})"))?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "the boot server ({url}) answered {}",
+        resp.status()
+    );
+    let body = resp.bytes().await?;
+    Ok(serde_json::from_slice::<Machines>(&body)
+        .with_context(|| format!("reading the boot server's answer ({url})"))?
+        .machines)
+}
+
+/// Waits until every machine has booted and reported (after `since`, unix
+/// seconds; 0 accepts earlier reports, for a resumed run) and answers SSH
+/// with its pinned host key.
+pub async fn wait_booted(
+    site: &Site,
+    keys: &Keys,
+    since: u64,
+    opts: &Options,
+    reporter: &Reporter,
+) -> Phase {
+    let started = Instant::now();
+    let list: Vec<&Machine> = machines(site);
+    let targets: Vec<job::Target> = list
+        .iter()
+        .map(|m| job::Target {
+            machine: m.name.to_string(),
+            site: site.name.to_string(),
+        })
+        .collect();
+    let url = format!(
+        "{}/api/v1/machines",
+        site.boot_server.as_str().trim_end_matches('/')
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
+    let outcomes = job::run(&targets, opts.parallel, reporter, |target, task| {
+        let machine = list
+            .iter()
+            .find(|m| m.name.as_str() == target.machine)
+            .copied();
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let machine = machine.context("machine vanished from the inventory")?;
+            wait_report(&client, &url, machine, since, opts, &task).await?;
+            wait_ssh(machine, keys, opts, &task).await
+        }
+    })
+    .await;
+    let (ok, summary) = job::summary("boot", &outcomes);
+    Phase {
+        name: "boot".into(),
+        ok,
+        duration_ms: started.elapsed().as_millis(),
+        notes: if ok { Vec::new() } else { vec![summary] },
+        machines: outcomes,
+    }
+}
+
+async fn wait_report(
+    client: &reqwest::Client,
+    url: &str,
+    machine: &Machine,
+    since: u64,
+    opts: &Options,
+    task: &Task,
+) -> anyhow::Result<()> {
+    task.phase("waiting for DHCP and iPXE");
+    let deadline = Instant::now() + opts.boot_timeout;
+    let mut last_stage = String::new();
+    let mut last_error: Option<String>;
+    loop {
+        match ask(client, url).await {
+            Ok(all) => {
+                last_error = None;
+                let seen = all
+                    .into_iter()
+                    .find(|s| s.machine == machine.name.as_str())
+                    .filter(|s| s.last_request_unix.unwrap_or(0) + 1 >= since);
+                if let Some(seen) = seen {
+                    let stage = seen.stage.clone().unwrap_or_default();
+                    if stage != last_stage {
+                        last_stage = stage.clone();
+                        match stage.as_str() {
+                            "ipxe-served" => {
+                                task.phase("iPXE script served; loading kernel and initrd")
+                            }
+                            "ignition-served" => task.phase(&format!(
+                                "Ignition served to {}; booting",
+                                seen.ignition_client.as_deref().unwrap_or("?")
+                            )),
+                            "ignition-refused" => {}
+                            "reported" => {}
+                            other => task.phase(other),
+                        }
+                    }
+                    if stage == "ignition-refused" {
+                        let why = seen.refused.clone().unwrap_or_default();
+                        if why.contains("already used") || why.contains("expired") {
+                            bail!(
+                                "the boot server refused its Ignition request from {}: {why}{}",
+                                seen.client.as_deref().unwrap_or("?"),
+                                match &seen.ignition_client {
+                                    Some(c) => format!(
+                                        "; the config was served to {c} first: treat this machine's host key as exposed"
+                                    ),
+                                    None => String::new(),
+                                }
+                            );
+                        }
+                    }
+                    if stage == "reported" {
+                        if seen.host_key_mismatch == Some(true) {
+                            bail!(
+                                "it reported host key {} but metalherd generated another: refusing it",
+                                seen.host_key_fingerprint.as_deref().unwrap_or("?")
+                            );
+                        }
+                        task.phase("reported; waiting for SSH");
+                        return Ok(());
+                    }
+                }
+            }
+            Err(e) => last_error = Some(format!("{e:#}")),
+        }
+        if Instant::now() > deadline {
+            let stage = if last_stage.is_empty() {
+                "none (no iPXE request: check power, DHCP and the boot order)".to_string()
+            } else {
+                last_stage
+            };
+            bail!(
+                "no report within {} s; last stage the boot server saw: {stage}{}",
+                opts.boot_timeout.as_secs(),
+                last_error
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(opts.poll).await;
+    }
+}
+
+async fn wait_ssh(
+    machine: &Machine,
+    keys: &Keys,
+    opts: &Options,
+    task: &Task,
+) -> anyhow::Result<()> {
+    let host_key = keys
+        .host
+        .get(&machine.name)
+        .with_context(|| format!("{}: no host key in the state", machine.name))?;
+    let target = crate::ssh::Target::new(machine.name.as_str(), machine.ip, host_key);
+    let deadline = Instant::now() + opts.ssh_timeout;
+    loop {
+        match Session::connect(&target, &opts.user, &keys.operator, opts.timeouts).await {
+            Ok(session) => {
+                let out = session
+                    .exec("systemd state", "systemctl is-system-running || true", None)
+                    .await;
+                let state = out
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .unwrap_or_default();
+                task.phase(&format!("SSH ready (systemd: {state})"));
+                return Ok(());
+            }
+            Err(e @ SshError::HostKeyMismatch { .. }) => return Err(e.into()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(anyhow::Error::from(e).context(format!(
+                    "SSH did not answer within {} s of the report",
+                    opts.ssh_timeout.as_secs()
+                )))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// The phase as an error, for the journal.
+pub fn failed(phase: &Phase) -> anyhow::Result<()> {
+    if phase.ok {
+        Ok(())
+    } else {
+        Err(PhaseFailed(phase.notes.join("\n")).into())
+    }
+}
