@@ -367,10 +367,12 @@ async fn upload(ctx: &Ctx<'_>, m: &Machine, s: Session, task: Task) -> anyhow::R
             mode: f.mode,
         }));
     }
-    for f in &files {
-        task.phase(&format!("upload {}", f.path));
-        s.upload(&f.path, f.contents.as_bytes(), f.mode).await?;
-    }
+    task.phase(&format!("upload {} files", files.len()));
+    let batch: Vec<(&str, &[u8], u32)> = files
+        .iter()
+        .map(|f| (f.path.as_str(), f.contents.as_bytes(), f.mode))
+        .collect();
+    s.upload_all(&batch).await?;
     task.output(&format!("uploaded {} files", files.len()));
     s.close().await;
     Ok(())

@@ -503,7 +503,14 @@ impl Renderer<'_> {
                 context::trim_slash(&site.boot_server),
                 machine.name
             );
-            identity.push(file(REPORT_SCRIPT, &report_script(&url), 0o755));
+            // Percent-encoded like the secret: the report URL stays
+            // findable in the served config.
+            let mut script = file(REPORT_SCRIPT, "", 0o755);
+            script.contents = Some(ign::Resource {
+                source: Some(butane::data_url_plain(report_script(&url).as_bytes())),
+                ..Default::default()
+            });
+            identity.push(script);
             let mut unit = ign::Unit::new("metalherd-report.service".into());
             unit.enabled = Some(true);
             unit.contents = Some(report_unit());

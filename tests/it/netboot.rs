@@ -42,7 +42,7 @@ base=${url%%/ignition*}
 echo "metalherd-test: fetching Ignition"
 if wget -q -O /tmp/ign.json "$url"; then
     secret=$(grep -o 'data:,[0-9a-f]\{32\}"},"mode":384,"overwrite":true,"path":"/etc/metalherd/report-secret"' /tmp/ign.json | cut -c7-38)
-    report=$(grep -o '/report/[a-z0-9-]*' /tmp/ign.json | head -n 1)
+    report=$(grep -o '%2Freport%2F[a-z0-9-]*' /tmp/ign.json | head -n 1 | sed 's,%2F,/,g')
     wget -q -O - --header "Authorization: Bearer $secret" --header "Content-Type: application/json" \
         --post-data '{"host_key_fingerprint":"SHA256:reported-by-the-test-vm"}' "$base$report" \
         && echo "metalherd-test: reported"
