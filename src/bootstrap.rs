@@ -496,6 +496,33 @@ async fn member_health(client: &reqwest::Client, ip: IpAddr) -> MemberHealth {
     }
 }
 
+/// One look at a site's etcd, as the blockers of a site operation need
+/// it: how many of its control planes' members answer healthy over TLS
+/// with the generation's CA and client certificate, and the errors of the
+/// others (`machine: error`).
+pub async fn etcd_health(site: &Site, pki: &ClusterPki) -> anyhow::Result<(usize, Vec<String>)> {
+    let ca = pki.get("etcd/ca.crt").context("the PKI has no etcd CA")?;
+    let identity = format!(
+        "{}{}",
+        pki.get("etcd/client.crt").context("no etcd client cert")?,
+        pki.get("etcd/client.key").context("no etcd client key")?
+    );
+    let client = tls_client(ca, Some(identity))?;
+    let cps: Vec<&Machine> = control_planes(site).collect();
+    let checks = cps.iter().map(|m| member_health(&client, m.ip));
+    let results = futures_util::future::join_all(checks).await;
+    let mut healthy = 0;
+    let mut errors = Vec::new();
+    for (m, h) in cps.iter().zip(results) {
+        if h.healthy {
+            healthy += 1;
+        } else {
+            errors.push(format!("{}: {}", m.name, h.error.unwrap_or_default()));
+        }
+    }
+    Ok((healthy, errors))
+}
+
 /// Polls every control plane's etcd until all are healthy and each lists
 /// every control plane as a started member.
 async fn wait_quorum(ctx: &Ctx<'_>, report: &mut Report, cps: &[&Machine]) -> anyhow::Result<()> {

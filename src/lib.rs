@@ -15,6 +15,7 @@ pub mod fsutil;
 pub mod job;
 pub mod keys;
 pub mod lab;
+pub mod lifecycle;
 pub mod parallel;
 pub mod pki;
 pub mod power;

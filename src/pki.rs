@@ -127,19 +127,8 @@ pub async fn load_or_create(
     use crate::state::Expect;
     let prefix = state_prefix(site.name.as_str(), generation);
     let marker = format!("pki/{}/{generation}.complete", site.name);
-    if store.get(&marker).await?.is_some() {
-        let mut out = ClusterPki::default();
-        for e in store.list(&prefix).await? {
-            let path = e.key[prefix.len()..].to_string();
-            let private = path.ends_with(".key") || path.ends_with(".conf");
-            let plain = sealer.open(&e.key, &e.value)?;
-            out.files.push(PkiFile {
-                path,
-                contents: Zeroizing::new(String::from_utf8_lossy(&plain).into_owned()),
-                private,
-            });
-        }
-        return Ok((out, false));
+    if let Some(pki) = load(store, sealer, site, generation).await? {
+        return Ok((pki, false));
     }
     let pki = generate(site, OffsetDateTime::now_utc(), validity_days)?;
     for f in &pki.files {
@@ -155,6 +144,33 @@ pub async fn load_or_create(
         .put(&marker, crate::state::now_rfc3339().as_bytes(), Expect::Any)
         .await?;
     Ok((pki, true))
+}
+
+/// The stored PKI of `site`'s generation `generation`, when it is complete
+/// (never made here).
+pub async fn load(
+    store: &dyn crate::state::StateStore,
+    sealer: &crate::state::crypt::Sealer,
+    site: &Site,
+    generation: u64,
+) -> Result<Option<ClusterPki>, StoredPkiError> {
+    let prefix = state_prefix(site.name.as_str(), generation);
+    let marker = format!("pki/{}/{generation}.complete", site.name);
+    if store.get(&marker).await?.is_none() {
+        return Ok(None);
+    }
+    let mut out = ClusterPki::default();
+    for e in store.list(&prefix).await? {
+        let path = e.key[prefix.len()..].to_string();
+        let private = path.ends_with(".key") || path.ends_with(".conf");
+        let plain = sealer.open(&e.key, &e.value)?;
+        out.files.push(PkiFile {
+            path,
+            contents: Zeroizing::new(String::from_utf8_lossy(&plain).into_owned()),
+            private,
+        });
+    }
+    Ok(Some(out))
 }
 
 /// A CA: its key and what signing with it needs.

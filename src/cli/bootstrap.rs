@@ -204,19 +204,22 @@ pub(super) async fn record(
 ) -> anyhow::Result<()> {
     let key = format!("sites/{}", site.name);
     let now = state::now_rfc3339();
-    let (mut retired, expect) = match state::get_json::<SiteRecord>(store, &key).await? {
-        Some((old, rev)) => (old.retired, Expect::Revision(rev)),
-        None => (Vec::new(), Expect::Absent),
-    };
-    if let Some((old, _)) = state::get_json::<SiteRecord>(store, &key).await? {
-        if old.generation != generation && !retired.contains(&old.generation) {
-            retired.push(old.generation);
+    let (mut retired, drained, expect) = match state::get_json::<SiteRecord>(store, &key).await? {
+        Some((old, rev)) => {
+            let mut retired = old.retired;
+            if old.generation != generation && !retired.contains(&old.generation) {
+                retired.push(old.generation);
+            }
+            (retired, old.drained, Expect::Revision(rev))
         }
-    }
+        None => (Vec::new(), None, Expect::Absent),
+    };
+    retired.retain(|g| *g != generation);
     let record = SiteRecord {
         generation,
         updated: now.clone(),
         retired,
+        drained,
     };
     state::put_json(store, &key, &record, expect).await?;
     for m in site.machines.iter().filter(|m| m.role != Role::Spare) {

@@ -45,32 +45,35 @@ pub fn run(cli: &Cli, args: &InitArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
     let staging = parent.join(format!(".{name}.init-{}", std::process::id()));
-    let result = write_fleet(&staging, args.lab).and_then(|()| {
-        if dir.exists() {
-            std::fs::remove_dir(dir)
-                .with_context(|| format!("replacing empty {}", dir.display()))?;
-        }
-        std::fs::rename(&staging, dir)
-            .with_context(|| format!("moving the fleet into {}", dir.display()))
-    });
+    let mut count = 0;
+    let result = write_fleet(&staging, args.lab)
+        .map(|n| count = n)
+        .and_then(|()| {
+            if dir.exists() {
+                std::fs::remove_dir(dir)
+                    .with_context(|| format!("replacing empty {}", dir.display()))?;
+            }
+            std::fs::rename(&staging, dir)
+                .with_context(|| format!("moving the fleet into {}", dir.display()))
+        });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&staging);
     }
     result?;
     if cli.output == Output::Json {
-        return print_json(&json!({ "ok": true, "dir": dir, "files": example::FILES.len() }));
+        return print_json(&json!({ "ok": true, "dir": dir, "files": count }));
     }
     if args.lab {
         println!(
             "wrote the lab fleet ({} files) to {}; next, as root: `metalherd --fleet {} lab image`, `lab up --site fra`, `provision site fra`",
-            example::FILES.len(),
+            count,
             dir.display(),
             dir.display()
         );
     } else {
         println!(
             "wrote the example fleet ({} files) to {}; next: edit sites/ and inventory/, then `metalherd --fleet {} inventory check`",
-            example::FILES.len(),
+            count,
             dir.display(),
             dir.display()
         );
@@ -78,7 +81,7 @@ pub fn run(cli: &Cli, args: &InitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_fleet(dir: &Path, lab: bool) -> anyhow::Result<()> {
+fn write_fleet(dir: &Path, lab: bool) -> anyhow::Result<usize> {
     let files: Vec<(&str, String)> = if lab {
         crate::lab::fleet::files()
     } else {
@@ -98,5 +101,6 @@ fn write_fleet(dir: &Path, lab: bool) -> anyhow::Result<()> {
     }
     let text =
         "# metalherd's local state holds private keys: never commit it.\n/.metalherd/\n/out/\n# Cached OS images: large, and fetched again by `metalherd assets fetch`.\n/assets/\n";
-    create_file(&dir.join(".gitignore"), text.as_bytes(), 0o644).context("writing .gitignore")
+    create_file(&dir.join(".gitignore"), text.as_bytes(), 0o644).context("writing .gitignore")?;
+    Ok(files.len())
 }

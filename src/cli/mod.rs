@@ -13,6 +13,7 @@ mod dev;
 mod init;
 mod inventory;
 mod lab;
+mod lifecycle;
 mod power;
 mod provision;
 mod render;
@@ -89,6 +90,20 @@ pub enum Command {
     /// Provision a site end to end: network boot, reports, SSH, etcd quorum.
     #[command(subcommand)]
     Provision(provision::ProvisionCommand),
+    /// What `replace` would do to a site, and which blockers hold now.
+    #[command(subcommand)]
+    Plan(lifecycle::PlanCommand),
+    /// Replace a site's cluster with a fresh generation, under the safety rules.
+    #[command(subcommand)]
+    Replace(lifecycle::ReplaceCommand),
+    /// The nightly job: replace sites in waves, one at a time, stopping at
+    /// the first failure.
+    Rebuild(lifecycle::RebuildArgs),
+    /// Release a quarantined machine (recorded with a reason).
+    #[command(subcommand)]
+    Release(lifecycle::ReleaseCommand),
+    /// The audit log: every operation, who ran it, overrides and their reasons.
+    Audit(lifecycle::AuditArgs),
     /// The lab: the fleet's sites as QEMU VMs in a network namespace.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -146,6 +161,11 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Render(args) => render::run(cli, args),
         Command::Init(args) => init::run(cli, args),
         Command::Provision(cmd) => provision::run(cli, cmd),
+        Command::Plan(cmd) => lifecycle::plan(cli, cmd),
+        Command::Replace(cmd) => lifecycle::replace(cli, cmd),
+        Command::Audit(args) => lifecycle::audit(cli, args),
+        Command::Rebuild(args) => lifecycle::rebuild(cli, args),
+        Command::Release(cmd) => lifecycle::release(cli, cmd),
         Command::Lab(cmd) => lab::run(cli, cmd),
         Command::Assets(args) => assets::run(cli, args),
         Command::Power(args) => power::run(cli, args),

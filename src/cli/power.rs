@@ -69,6 +69,21 @@ pub fn run(cli: &Cli, args: &PowerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if action != power::Action::Status {
+        let names: Vec<&str> = targets.iter().map(|(_, m)| m.name.as_str()).collect();
+        runtime.block_on(async {
+            let (store, _) = crate::state::open(&fleet)?;
+            crate::lifecycle::refuse_quarantined(
+                store.as_ref(),
+                &names,
+                &format!(
+                    "power {}",
+                    serde_json::to_value(action)?.as_str().unwrap_or("")
+                ),
+            )
+            .await
+        })?;
+    }
     let outcomes = runtime.block_on(power::run(&fleet, &targets, action, &opts));
     let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok).collect();
     let summary = if failed.is_empty() {

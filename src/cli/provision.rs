@@ -36,6 +36,13 @@ pub struct SiteArgs {
     /// Days the generation's certificates are valid.
     #[arg(long, default_value_t = 90, value_name = "DAYS")]
     validity_days: i64,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+/// How long each part of a provision may take, and how wide it fans out.
+#[derive(Args, Debug)]
+pub struct Tuning {
     /// Seconds a machine may take from power-on to its first-boot report.
     #[arg(long, default_value_t = 900, value_name = "SECS")]
     boot_timeout: u64,
@@ -52,15 +59,50 @@ pub struct SiteArgs {
     ssh: SshArgs,
 }
 
+impl Tuning {
+    /// The provision's and the bootstrap's options for `generation`.
+    pub(super) fn options(&self, generation: u64) -> (Options, bootstrap::Options) {
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(self.ssh.connect_timeout),
+            step: Duration::from_secs(self.step_timeout),
+        };
+        let opts = Options {
+            power: crate::power::Options {
+                per_site: self.parallel,
+                state_timeout: Duration::from_secs(self.step_timeout),
+                retry: RetryPolicy {
+                    retries: 3,
+                    base_delay: Duration::from_millis(500),
+                    max_delay: Duration::from_secs(10),
+                },
+            },
+            boot_timeout: Duration::from_secs(self.boot_timeout),
+            ssh_timeout: Duration::from_secs(self.step_timeout),
+            user: self.ssh.user.clone(),
+            timeouts,
+            parallel: self.parallel,
+            poll: Duration::from_secs(1),
+        };
+        let boot = bootstrap::Options {
+            generation,
+            user: self.ssh.user.clone(),
+            timeouts,
+            parallel: self.parallel,
+            ready_timeout: Duration::from_secs(self.ready_timeout),
+        };
+        (opts, boot)
+    }
+}
+
 /// What `provision` did, for the summary and `--output json`.
 #[derive(Debug, Serialize)]
-struct Report {
-    site: String,
-    generation: u64,
-    ok: bool,
-    phases: Vec<Phase>,
-    error: Option<String>,
-    took_ms: u128,
+pub(super) struct Report {
+    pub site: String,
+    pub generation: u64,
+    pub ok: bool,
+    pub phases: Vec<Phase>,
+    pub error: Option<String>,
+    pub took_ms: u128,
 }
 
 pub fn run(cli: &Cli, cmd: &ProvisionCommand) -> anyhow::Result<()> {
@@ -70,34 +112,7 @@ pub fn run(cli: &Cli, cmd: &ProvisionCommand) -> anyhow::Result<()> {
     let site = fleet
         .site(args.site.as_str())
         .with_context(|| format!("no site `{}` in fleet {}", args.site, fleet.name))?;
-    let timeouts = Timeouts {
-        connect: Duration::from_secs(args.ssh.connect_timeout),
-        step: Duration::from_secs(args.step_timeout),
-    };
-    let opts = Options {
-        power: crate::power::Options {
-            per_site: args.parallel,
-            state_timeout: Duration::from_secs(args.step_timeout),
-            retry: RetryPolicy {
-                retries: 3,
-                base_delay: Duration::from_millis(500),
-                max_delay: Duration::from_secs(10),
-            },
-        },
-        boot_timeout: Duration::from_secs(args.boot_timeout),
-        ssh_timeout: Duration::from_secs(args.step_timeout),
-        user: args.ssh.user.clone(),
-        timeouts,
-        parallel: args.parallel,
-        poll: Duration::from_secs(1),
-    };
-    let boot_opts = bootstrap::Options {
-        generation: args.generation,
-        user: args.ssh.user.clone(),
-        timeouts,
-        parallel: args.parallel,
-        ready_timeout: Duration::from_secs(args.ready_timeout),
-    };
+    let (opts, boot_opts) = args.tuning.options(args.generation);
     let reporter = Reporter::new(super::progress_bars(cli));
     let mut report = Report {
         site: site.name.to_string(),
@@ -126,7 +141,8 @@ pub fn run(cli: &Cli, cmd: &ProvisionCommand) -> anyhow::Result<()> {
             &keys,
             store,
             &sealer,
-            args,
+            args.generation,
+            args.validity_days,
             &opts,
             &boot_opts,
             &reporter,
@@ -179,20 +195,28 @@ pub fn run(cli: &Cli, cmd: &ProvisionCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The provision's journaled steps, shared with `replace`.
 #[allow(clippy::too_many_arguments)]
-async fn steps(
+pub(super) async fn steps(
     fleet: &crate::fleet::Fleet,
     site: &crate::fleet::Site,
     keys: &crate::keys::Keys,
     store: &dyn state::StateStore,
     sealer: &crate::state::crypt::Sealer,
-    args: &SiteArgs,
+    generation: u64,
+    validity_days: i64,
     opts: &Options,
     boot_opts: &bootstrap::Options,
     reporter: &Reporter,
     journal: &mut Journal<'_>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    let names: Vec<&str> = provision::machines(site)
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    crate::lifecycle::refuse_quarantined(store, &names, &format!("provision of {}", site.name))
+        .await?;
     // Power on. A resumed run that completed this step does not power the
     // machines again, and accepts the boot reports they made since.
     let mut since = 0;
@@ -203,7 +227,7 @@ async fn steps(
                 let record = MachineRecord {
                     state: MachineState::Provisioning,
                     since: state::now_rfc3339(),
-                    generation: Some(args.generation),
+                    generation: Some(generation),
                 };
                 state::put_json(store, &format!("machines/{}", m.name), &record, Expect::Any)
                     .await?;
@@ -230,15 +254,7 @@ async fn steps(
     report.phases.extend(phase.take());
     result?;
 
-    let pki = pki_step(
-        journal,
-        store,
-        sealer,
-        site,
-        args.generation,
-        args.validity_days,
-    )
-    .await?;
+    let pki = pki_step(journal, store, sealer, site, generation, validity_days).await?;
     let boot =
         bootstrap::bootstrap_site(fleet, site, keys, &pki, boot_opts, reporter, Some(journal))
             .await?;
@@ -247,7 +263,7 @@ async fn steps(
         anyhow::bail!(e);
     }
     journal
-        .step("record", || record(store, site, args.generation))
+        .step("record", || record(store, site, generation))
         .await?;
     Ok(())
 }

@@ -136,6 +136,7 @@ async fn show(
             "generation": record.as_ref().map(|(r, _)| r.generation),
             "updated": record.as_ref().map(|(r, _)| r.updated.clone()),
             "retired": record.as_ref().map(|(r, _)| r.retired.clone()).unwrap_or_default(),
+            "drained": record.as_ref().and_then(|(r, _)| r.drained.clone()),
             "machines": machines,
         }));
     }
@@ -151,8 +152,12 @@ async fn show(
             .as_u64()
             .map_or("none".to_string(), |g| g.to_string());
         println!(
-            "site {}: generation {generation}",
-            s["name"].as_str().unwrap_or("")
+            "site {}: generation {generation}{}",
+            s["name"].as_str().unwrap_or(""),
+            s["drained"]
+                .as_str()
+                .map(|why| format!(", DRAINED ({why})"))
+                .unwrap_or_default()
         );
         for m in s["machines"].as_array().into_iter().flatten() {
             println!(

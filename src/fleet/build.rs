@@ -390,6 +390,10 @@ impl Ctx {
                 .windows
                 .iter()
                 .flatten()
+                .filter(|w| {
+                    self.parse_as::<crate::lifecycle::window::Window>(w, "windows")
+                        .is_some()
+                })
                 .map(|w| w.to_string())
                 .collect(),
             rebuild,

@@ -10,9 +10,18 @@ use crate::example;
 /// The Debian suite the lab image is built from.
 pub const SUITE: &str = "bookworm";
 
+/// The lab's stand-in for a global load balancer: the traffic hooks call
+/// it, and it records each weight change in `.metalherd/lab/gslb.log`.
+const GSLB: &str = "#!/bin/sh\n\
+# The lab's global load balancer: records \"SITE WEIGHT\" with the time.\n\
+# A real fleet's traffic hooks call its GSLB's API here.\n\
+set -eu\n\
+mkdir -p .metalherd/lab\n\
+echo \"$(date -u +%Y-%m-%dT%H:%M:%SZ) $1 weight $2\" >> .metalherd/lab/gslb.log\n";
+
 /// Every file of the lab fleet: its path and contents.
 pub fn files() -> Vec<(&'static str, String)> {
-    example::FILES
+    let mut files: Vec<(&'static str, String)> = example::FILES
         .iter()
         .map(|(path, text)| {
             let text = if *path == "inventory/fleet.yaml" {
@@ -24,7 +33,9 @@ pub fn files() -> Vec<(&'static str, String)> {
             };
             (*path, text)
         })
-        .collect()
+        .collect();
+    files.push(("scripts/lab-gslb", GSLB.to_string()));
+    files
 }
 
 fn fleet_yaml(text: &str) -> String {
@@ -42,6 +53,12 @@ fn fleet_yaml(text: &str) -> String {
             ("os", "version") => out.push_str(&format!(
                 "  version: {SUITE}           # the Debian suite of the lab image\n"
             )),
+            ("traffic", "drain") => out.push_str(
+                "  drain: \"sh scripts/lab-gslb {site} 0\"      # the lab's stand-in GSLB\n",
+            ),
+            ("traffic", "restore") => {
+                out.push_str("  restore: \"sh scripts/lab-gslb {site} 100\"\n")
+            }
             ("boot", "require_token") => {
                 out.push_str(line);
                 out.push_str("\n  dhcp: server               # the lab's dnsmasq leases the addresses itself\n");
@@ -99,7 +116,8 @@ mod tests {
     #[test]
     fn the_lab_fleet_differs_only_where_it_must() {
         let files = files();
-        assert_eq!(files.len(), example::FILES.len());
+        assert_eq!(files.len(), example::FILES.len() + 1);
+        assert!(files.iter().any(|(p, _)| *p == "scripts/lab-gslb"));
         let fleet = &files
             .iter()
             .find(|(p, _)| *p == "inventory/fleet.yaml")

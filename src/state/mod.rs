@@ -277,6 +277,10 @@ pub struct SiteRecord {
     pub updated: String,
     /// Generations that ran there before, oldest first.
     pub retired: Vec<u64>,
+    /// Set while the site is drained (taken out of service), with why; a
+    /// failed replace leaves it set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained: Option<String>,
 }
 
 /// Reads a JSON object of the store.

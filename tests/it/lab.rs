@@ -348,6 +348,99 @@ fn provision_a_site_of_three_vms_to_etcd_quorum_then_lab_down() {
     );
     assert!(state.contains("ready"), "{doc}");
 
+    // replace: generation 1 -> 2 on the same VMs. Only fra runs in this lab,
+    // so the other-sites and capacity blockers hold: forced, with a reason.
+    let out = mh(
+        lab.path(),
+        &[
+            "--output",
+            "json",
+            "replace",
+            "site",
+            "fra",
+            "--force",
+            "--reason",
+            "lab test: only fra is up",
+            "--bake",
+            "15s",
+            "--boot-timeout",
+            "600",
+        ],
+    );
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "replace failed:\n{said}");
+    let doc = json(&out);
+    assert_eq!(doc["from_generation"], 1, "{doc}");
+    assert_eq!(doc["generation"], 2, "{doc}");
+    let phases: Vec<&str> = doc["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "drain",
+        "power off",
+        "power on",
+        "boot",
+        "etcd quorum",
+        "health",
+        "bake",
+        "restore",
+    ] {
+        assert!(phases.contains(&want), "phase {want} missing: {phases:?}");
+    }
+    let etcd_with = |generation: u64| {
+        let pki = lab
+            .path()
+            .join(format!(".metalherd/state/pki/fra/{generation}"));
+        lab.netns("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints=https://10.10.4.11:2379,https://10.10.4.12:2379,https://10.10.4.13:2379")
+            .arg(format!("--cacert={}", pki.join("etcd/ca.crt").display()))
+            .arg(format!("--cert={}", pki.join("etcd/client.crt").display()))
+            .arg(format!("--key={}", pki.join("etcd/client.key").display()))
+            .args(["--dial-timeout=5s", "--command-timeout=10s", "endpoint", "health", "-w", "json"])
+            .output()
+            .unwrap()
+    };
+    let fresh = etcd_with(2);
+    assert!(
+        fresh.status.success(),
+        "generation 2: {}{}",
+        text(&fresh.stdout),
+        text(&fresh.stderr)
+    );
+    let health: serde_json::Value = serde_json::from_slice(&fresh.stdout).unwrap();
+    assert_eq!(
+        health
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["health"] == true)
+            .count(),
+        3,
+        "{health}"
+    );
+    let old = etcd_with(1);
+    assert!(
+        !old.status.success(),
+        "the old CA is still accepted: {}",
+        text(&old.stdout)
+    );
+    let out = mh(
+        lab.path(),
+        &["--output", "json", "state", "show", "--site", "fra"],
+    );
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state["sites"][0]["generation"], 2, "{state}");
+    assert_eq!(
+        state["sites"][0]["retired"],
+        serde_json::json!([1]),
+        "{state}"
+    );
+    assert!(state["sites"][0]["drained"].is_null(), "{state}");
+
     // lab down: nothing left.
     let pids = lab.pids.clone();
     let out = lab.down();

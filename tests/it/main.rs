@@ -14,6 +14,7 @@ mod hosts;
 mod httpd;
 mod ignition_apply;
 mod lab;
+mod lifecycle;
 mod manifests;
 mod netboot;
 mod pki;

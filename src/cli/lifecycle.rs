@@ -1,0 +1,853 @@
+//! `metalherd plan site S`, `replace site S` and `audit`: replacing a
+//! site's cluster with a fresh generation under the safety rules (see
+//! `crate::lifecycle`), and the audit log of what was done and overridden.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use serde_json::json;
+
+use super::provision::{steps, Report, Tuning};
+use super::ssh::{fleet_and_keys, runtime};
+use super::{print_json, Cli, Exit, Output};
+use crate::bootstrap::Phase;
+use crate::fleet::{Fleet, Site, SiteName};
+use crate::job::Reporter;
+use crate::lifecycle::{self, Check};
+use crate::power::{self, Action};
+use crate::state::journal::Journal;
+use crate::state::{self, Expect, Holder, SiteRecord, StateStore};
+
+/// The exit code of an operation refused by a safety check.
+pub const BLOCKED: u8 = 4;
+
+#[derive(Subcommand, Debug)]
+pub enum PlanCommand {
+    /// What `replace site S` would do, and which blockers hold now.
+    Site(PlanArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    site: SiteName,
+    /// Judge only the recorded state: do not ask the other sites' etcd.
+    #[arg(long)]
+    no_probe: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReplaceCommand {
+    /// Replace one site's cluster with generation N+1: drain, power off,
+    /// provision, health, bake, restore traffic, retire generation N.
+    Site(ReplaceArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReplaceArgs {
+    site: SiteName,
+    #[command(flatten)]
+    how: How,
+}
+
+/// How a replace runs (shared by `replace` and `rebuild`).
+#[derive(Args, Debug)]
+pub struct How {
+    /// Bake time with health green before traffic returns (`90s`, `10m`,
+    /// `1h`) [default: rebuild.bake in fleet.yaml, else 10m].
+    #[arg(long, value_name = "DURATION")]
+    bake: Option<String>,
+    /// Override the failing safety checks (recorded with --reason).
+    #[arg(long, requires = "reason")]
+    force: bool,
+    /// Why the override is needed (recorded in the journal and audit log).
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+    /// Days the new generation's certificates are valid.
+    #[arg(long, default_value_t = 90, value_name = "DAYS")]
+    validity_days: i64,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+#[derive(Args, Debug)]
+pub struct RebuildArgs {
+    /// Every site, in the waves of `rebuild.waves` (default: one site per wave).
+    #[arg(long, conflicts_with = "sites")]
+    all: bool,
+    /// Only these sites (comma-separated), in wave order.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    sites: Vec<SiteName>,
+    #[command(flatten)]
+    how: How,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Show the last N entries.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    limit: usize,
+}
+
+/// `10m`, `90s`, `1h`, `0`.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("duration {text:?}: expected a number and s, m or h"))?;
+    Ok(Duration::from_secs(match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => bail!("duration {text:?}: expected a number and s, m or h (e.g. 10m)"),
+    }))
+}
+
+fn site<'a>(fleet: &'a Fleet, name: &SiteName) -> anyhow::Result<&'a Site> {
+    fleet
+        .site(name.as_str())
+        .with_context(|| format!("no site `{name}` in fleet {}", fleet.name))
+}
+
+/// The steps of a replace, as `plan` shows them.
+fn plan_steps(
+    fleet: &Fleet,
+    site: &Site,
+    from: Option<u64>,
+    to: u64,
+    bake: Duration,
+) -> Vec<String> {
+    let hook = |h: Option<&str>| {
+        h.map(|c| format!("`{}`", c.replace("{site}", site.name.as_str())))
+            .unwrap_or_else(|| "(no traffic hook configured)".into())
+    };
+    let machines = crate::provision::machines(site)
+        .iter()
+        .map(|m| m.name.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    vec![
+        format!("take the locks `fleet` and `sites/{}`", site.name),
+        "check the blockers (other sites healthy and in service, capacity, alarms, window)".into(),
+        format!("drain: {}", hook(fleet.traffic.as_ref().map(|t| t.drain.as_str()))),
+        format!("power off {machines}"),
+        format!(
+            "provision generation {to} (fresh PKI) on them: network boot, reports, SSH, etcd quorum{}",
+            from.map(|g| format!("; generation {g} keeps its PKI in the state until retired"))
+                .unwrap_or_default()
+        ),
+        "health: every etcd member healthy over TLS with the new CA".into(),
+        format!("bake {} s with health green", bake.as_secs()),
+        format!("restore: {}", hook(fleet.traffic.as_ref().map(|t| t.restore.as_str()))),
+        match from {
+            Some(g) => format!("retire generation {g}"),
+            None => "record the generation (none was running)".into(),
+        },
+    ]
+}
+
+fn bake_of(fleet: &Fleet, arg: &Option<String>) -> anyhow::Result<Duration> {
+    match arg
+        .as_deref()
+        .or(fleet.rebuild.as_ref().and_then(|r| r.bake.as_deref()))
+    {
+        Some(t) => parse_duration(t),
+        None => Ok(Duration::from_secs(600)),
+    }
+}
+
+pub fn plan(cli: &Cli, cmd: &PlanCommand) -> anyhow::Result<()> {
+    let PlanCommand::Site(args) = cmd;
+    let (fleet, _keys) = fleet_and_keys(cli)?;
+    let site = site(&fleet, &args.site)?;
+    let bake = bake_of(&fleet, &None)?;
+    let (record, checks) = runtime()?.block_on(async {
+        let (store, sealer) = state::open(&fleet)?;
+        let record = state::get_json::<SiteRecord>(store.as_ref(), &format!("sites/{}", site.name))
+            .await?
+            .map(|(r, _)| r);
+        let opts = lifecycle::Options {
+            probe_health: !args.no_probe,
+            ..Default::default()
+        };
+        let checks = lifecycle::check(&fleet, site, store.as_ref(), &sealer, &opts).await;
+        anyhow::Ok((record, checks))
+    })?;
+    let from = record.as_ref().map(|r| r.generation);
+    let to = from.unwrap_or(0) + 1;
+    let steps = plan_steps(&fleet, site, from, to, bake);
+    let blocked = checks.iter().any(|c| !c.ok);
+    if cli.output == Output::Json {
+        return print_json(&json!({
+            "site": site.name, "from_generation": from, "to_generation": to,
+            "steps": steps, "checks": checks, "blocked": blocked,
+        }));
+    }
+    println!(
+        "replace site {}: generation {} -> {to}",
+        site.name,
+        from.map_or("none".to_string(), |g| g.to_string())
+    );
+    for (i, s) in steps.iter().enumerate() {
+        println!("  {}. {s}", i + 1);
+    }
+    println!("blockers now:");
+    print_checks(&checks);
+    if blocked {
+        println!("replace would be refused (override: --force --reason \"...\")");
+    }
+    Ok(())
+}
+
+fn print_checks(checks: &[Check]) {
+    for c in checks {
+        println!(
+            "  {:<12} {:<8} {}",
+            c.name,
+            if c.ok { "ok" } else { "BLOCKED" },
+            c.detail
+        );
+    }
+}
+
+/// Runs a traffic hook with `{site}` substituted, in the fleet directory.
+async fn hook(fleet: &Fleet, site: &Site, which: &str, command: &str) -> anyhow::Result<()> {
+    let command = command.replace("{site}", site.name.as_str());
+    let out = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .current_dir(&fleet.root)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .with_context(|| format!("traffic.{which} `{command}` did not finish within 300 s"))?
+    .with_context(|| format!("running traffic.{which} `{command}`"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "traffic.{which} `{command}` exited {}: {}",
+            out.status
+                .code()
+                .map_or("by signal".into(), |c| c.to_string()),
+            err.lines().last().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+async fn set_drained(
+    store: &dyn StateStore,
+    site: &Site,
+    drained: Option<String>,
+) -> anyhow::Result<()> {
+    let key = format!("sites/{}", site.name);
+    let (record, expect) = match state::get_json::<SiteRecord>(store, &key).await? {
+        Some((r, rev)) => (r, Expect::Revision(rev)),
+        None => (
+            SiteRecord {
+                generation: 0,
+                updated: state::now_rfc3339(),
+                retired: Vec::new(),
+                drained: None,
+            },
+            Expect::Absent,
+        ),
+    };
+    let record = SiteRecord {
+        drained,
+        updated: state::now_rfc3339(),
+        ..record
+    };
+    state::put_json(store, &key, &record, expect).await?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ReplaceReport {
+    #[serde(flatten)]
+    report: Report,
+    from_generation: Option<u64>,
+    checks: Vec<Check>,
+    overridden: Vec<String>,
+}
+
+/// Replaces `site` (see `replace --help`); returns the report and whether
+/// the blockers refused it (then nothing was changed).
+async fn replace_one(
+    fleet: &Fleet,
+    keys: &crate::keys::Keys,
+    site: &Site,
+    how: &How,
+    bake: Duration,
+    reporter: &Reporter,
+) -> anyhow::Result<(ReplaceReport, bool)> {
+    let args = how;
+    let (store, sealer) = state::open(fleet)?;
+    let store = store.as_ref();
+    let holder = Holder::current(&format!("replace site {}", site.name));
+    let ttl = state::lock_ttl(fleet);
+    // One disrupted site at a time, fleet-wide; then this site.
+    let fleet_lock = store.lock("fleet", &holder, ttl).await?;
+    let site_lock = store
+        .lock(&format!("sites/{}", site.name), &holder, ttl)
+        .await?;
+    let names: Vec<&str> = crate::provision::machines(site)
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    if let Err(e) =
+        lifecycle::refuse_quarantined(store, &names, &format!("replace of {}", site.name)).await
+    {
+        site_lock.release().await?;
+        fleet_lock.release().await?;
+        return Err(e);
+    }
+    let record = state::get_json::<SiteRecord>(store, &format!("sites/{}", site.name))
+        .await?
+        .map(|(r, _)| r);
+    let from = record.as_ref().map(|r| r.generation).filter(|g| *g > 0);
+    let to = from.unwrap_or(0) + 1;
+    let checks =
+        lifecycle::check(fleet, site, store, &sealer, &lifecycle::Options::default()).await;
+    let failing = lifecycle::failing(&checks);
+    let mut report = ReplaceReport {
+        report: Report {
+            site: site.name.to_string(),
+            generation: to,
+            ok: false,
+            phases: Vec::new(),
+            error: None,
+            took_ms: 0,
+        },
+        from_generation: from,
+        checks,
+        overridden: Vec::new(),
+    };
+    if !failing.is_empty() {
+        if !args.force {
+            site_lock.release().await?;
+            fleet_lock.release().await?;
+            return anyhow::Ok((report, true));
+        }
+        let reason = args.reason.clone().unwrap_or_default();
+        state::audit(
+            store,
+            "override",
+            json!({ "operation": format!("replace site {}", site.name), "blockers": failing, "reason": reason }),
+        )
+        .await?;
+        report.overridden = failing.clone();
+    }
+    let mut journal =
+        Journal::begin(store, "replace", &format!("site/{}", site.name), &holder).await?;
+    if !report.overridden.is_empty() {
+        let reason = args.reason.clone().unwrap_or_default();
+        let blockers = report.overridden.join("; ");
+        journal
+            .step(
+                &format!("override: {blockers} (reason: {reason})"),
+                || async { anyhow::Ok(()) },
+            )
+            .await?;
+    }
+    let result = replace_steps(
+        fleet,
+        site,
+        keys,
+        store,
+        &sealer,
+        args,
+        to,
+        bake,
+        reporter,
+        &mut journal,
+        &mut report,
+    )
+    .await;
+    if let Err(e) = result {
+        report.report.error = Some(format!("{e:#}"));
+    }
+    report.report.ok = report.report.error.is_none();
+    journal.finish(report.report.error.clone()).await?;
+    state::audit(
+        store,
+        "replace",
+        json!({ "site": site.name, "from": from, "to": to, "ok": report.report.ok,
+                "error": report.report.error, "overridden": report.overridden }),
+    )
+    .await?;
+    site_lock.release().await?;
+    fleet_lock.release().await?;
+    anyhow::Ok((report, false))
+}
+
+pub fn replace(cli: &Cli, cmd: &ReplaceCommand) -> anyhow::Result<()> {
+    let ReplaceCommand::Site(args) = cmd;
+    let started = Instant::now();
+    let (fleet, keys) = fleet_and_keys(cli)?;
+    let site = site(&fleet, &args.site)?;
+    let bake = bake_of(&fleet, &args.how.bake)?;
+    if args.how.force
+        && args
+            .how
+            .reason
+            .as_deref()
+            .is_none_or(|r| r.trim().is_empty())
+    {
+        bail!("--force needs a --reason \"...\" (it is recorded)");
+    }
+    let reporter = Reporter::new(super::progress_bars(cli));
+    let outcome =
+        runtime()?.block_on(replace_one(&fleet, &keys, site, &args.how, bake, &reporter))?;
+    let (mut report, blocked) = outcome;
+    report.report.took_ms = started.elapsed().as_millis();
+    if blocked {
+        if cli.output == Output::Json {
+            print_json(&json!({
+                "ok": false, "blocked": true, "site": site.name,
+                "checks": report.checks,
+                "error": format!("replace of {} refused by: {}", site.name, lifecycle::failing(&report.checks).join("; ")),
+            }))?;
+        } else {
+            eprintln!("replace of {} refused; blockers:", site.name);
+            for f in lifecycle::failing(&report.checks) {
+                eprintln!("  {f}");
+            }
+            eprintln!(
+                "override with --force --reason \"...\" (recorded in the journal and audit log)"
+            );
+        }
+        return Err(Exit(BLOCKED).into());
+    }
+    if cli.output == Output::Json {
+        print_json(&serde_json::to_value(&report)?)?;
+    } else {
+        super::bootstrap::print_phases(&report.report.phases);
+    }
+    match &report.report.error {
+        None => {
+            if cli.output == Output::Text {
+                println!(
+                    "replace of {}: generation {} -> {} done in {:.0} s",
+                    site.name,
+                    report
+                        .from_generation
+                        .map_or("none".into(), |g| g.to_string()),
+                    report.report.generation,
+                    report.report.took_ms as f64 / 1000.0
+                );
+            }
+            Ok(())
+        }
+        Some(e) => {
+            if cli.output == Output::Text {
+                eprintln!("{e}");
+            }
+            Err(super::Reported(format!(
+                "replace of {} failed (the site stays drained): {}",
+                site.name,
+                e.lines().next().unwrap_or("")
+            ))
+            .into())
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn replace_steps(
+    fleet: &Fleet,
+    site: &Site,
+    keys: &crate::keys::Keys,
+    store: &dyn StateStore,
+    sealer: &crate::state::crypt::Sealer,
+    args: &How,
+    to: u64,
+    bake: Duration,
+    reporter: &Reporter,
+    journal: &mut Journal<'_>,
+    report: &mut ReplaceReport,
+) -> anyhow::Result<()> {
+    let (opts, boot_opts) = args.tuning.options(to);
+    let timed = |name: &str, start: Instant, ok: bool, note: Option<String>| Phase {
+        name: name.to_string(),
+        ok,
+        duration_ms: start.elapsed().as_millis(),
+        notes: note.into_iter().collect(),
+        machines: Vec::new(),
+    };
+
+    let start = Instant::now();
+    let drained = journal
+        .step("drain", || async {
+            set_drained(store, site, Some(format!("replace to generation {to}"))).await?;
+            if let Some(t) = &fleet.traffic {
+                hook(fleet, site, "drain", &t.drain).await?;
+            }
+            anyhow::Ok(())
+        })
+        .await;
+    report
+        .report
+        .phases
+        .push(timed("drain", start, drained.is_ok(), None));
+    drained?;
+
+    let start = Instant::now();
+    let off = journal
+        .step("power off", || async {
+            let targets: Vec<(&Site, &crate::fleet::Machine)> = crate::provision::machines(site)
+                .into_iter()
+                .map(|m| (site, m))
+                .collect();
+            let outcomes = power::run(fleet, &targets, Action::Off, &opts.power).await;
+            let failed: Vec<String> = outcomes
+                .iter()
+                .filter(|o| !o.ok)
+                .map(|o| format!("{}: {}", o.machine, o.error.clone().unwrap_or_default()))
+                .collect();
+            if !failed.is_empty() {
+                bail!("power off: {}", failed.join("; "));
+            }
+            anyhow::Ok(())
+        })
+        .await;
+    report
+        .report
+        .phases
+        .push(timed("power off", start, off.is_ok(), None));
+    off?;
+
+    let mut inner = Report {
+        site: site.name.to_string(),
+        generation: to,
+        ok: false,
+        phases: Vec::new(),
+        error: None,
+        took_ms: 0,
+    };
+    let provisioned = steps(
+        fleet,
+        site,
+        keys,
+        store,
+        sealer,
+        to,
+        args.validity_days,
+        &opts,
+        &boot_opts,
+        reporter,
+        journal,
+        &mut inner,
+    )
+    .await;
+    report.report.phases.append(&mut inner.phases);
+    provisioned?;
+
+    let pki = crate::pki::load(store, sealer, site, to)
+        .await?
+        .context("the new generation's PKI is missing from the state")?;
+    let members = crate::provision::machines(site)
+        .iter()
+        .filter(|m| m.role == crate::fleet::Role::ControlPlane)
+        .count();
+    let health = || async {
+        let (healthy, errors) = crate::bootstrap::etcd_health(site, &pki).await?;
+        if healthy < members {
+            bail!(
+                "etcd {healthy} of {members} members healthy: {}",
+                errors.join("; ")
+            );
+        }
+        anyhow::Ok(())
+    };
+    let start = Instant::now();
+    let healthy = journal.step("health", health).await;
+    report
+        .report
+        .phases
+        .push(timed("health", start, healthy.is_ok(), None));
+    healthy?;
+
+    let start = Instant::now();
+    let baked = journal
+        .step("bake", || async {
+            let until = Instant::now() + bake;
+            while Instant::now() < until {
+                tokio::time::sleep(Duration::from_secs(10).min(until - Instant::now())).await;
+                health().await.context("health went red during the bake")?;
+            }
+            anyhow::Ok(())
+        })
+        .await;
+    report.report.phases.push(timed(
+        "bake",
+        start,
+        baked.is_ok(),
+        Some(format!("{} s with health green", bake.as_secs())),
+    ));
+    baked?;
+
+    let start = Instant::now();
+    let restored = journal
+        .step("restore", || async {
+            if let Some(t) = &fleet.traffic {
+                hook(fleet, site, "restore", &t.restore).await?;
+            }
+            set_drained(store, site, None).await
+        })
+        .await;
+    report
+        .report
+        .phases
+        .push(timed("restore", start, restored.is_ok(), None));
+    restored?;
+    Ok(())
+}
+
+pub fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<()> {
+    let fleet = super::load_fleet(cli)?;
+    let entries = runtime()?.block_on(async {
+        let (store, _) = state::open(&fleet)?;
+        let list = store.list("audit/").await?;
+        let mut out = Vec::new();
+        for e in list {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&e.value) {
+                out.push(v);
+            }
+        }
+        anyhow::Ok(out)
+    })?;
+    let mut entries = entries;
+    entries.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
+    let skip = entries.len().saturating_sub(args.limit);
+    let shown = &entries[skip..];
+    if cli.output == Output::Json {
+        return print_json(&json!({ "entries": shown }));
+    }
+    if shown.is_empty() {
+        println!("the audit log is empty");
+    }
+    for e in shown {
+        println!(
+            "{}  {}@{}  {:<10} {}",
+            e["time"].as_str().unwrap_or(""),
+            e["user"].as_str().unwrap_or(""),
+            e["host"].as_str().unwrap_or(""),
+            e["action"].as_str().unwrap_or(""),
+            e["detail"]
+        );
+    }
+    Ok(())
+}
+
+/// The waves of a rebuild: `rebuild.waves` (default one site per wave, in
+/// the fleet's order), narrowed to `only` when given.
+fn waves(fleet: &Fleet, only: &[SiteName]) -> Vec<Vec<SiteName>> {
+    let mut waves: Vec<Vec<SiteName>> = match &fleet.rebuild {
+        Some(r) if !r.waves.is_empty() => r.waves.clone(),
+        _ => fleet.sites.iter().map(|s| vec![s.name.clone()]).collect(),
+    };
+    let listed: Vec<SiteName> = waves.iter().flatten().cloned().collect();
+    for s in &fleet.sites {
+        if !listed.contains(&s.name) {
+            waves.push(vec![s.name.clone()]);
+        }
+    }
+    if !only.is_empty() {
+        for w in &mut waves {
+            w.retain(|s| only.contains(s));
+        }
+        waves.retain(|w| !w.is_empty());
+    }
+    waves
+}
+
+#[derive(Serialize)]
+struct SiteOutcome {
+    site: String,
+    wave: usize,
+    /// `replaced`, `failed` (left drained), `blocked` (untouched) or
+    /// `not started`.
+    status: &'static str,
+    generation: Option<u64>,
+    error: Option<String>,
+    took_ms: u128,
+}
+
+/// `metalherd rebuild`: the nightly job. Sites in waves, one site at a time
+/// (each a `replace`, its blockers checked again first); the first failure
+/// or refusal stops the run, leaving that site as it is and every later
+/// site untouched. Exit 0 when every site was replaced, 4 when a blocker
+/// stopped it, 1 when a replace failed.
+pub fn rebuild(cli: &Cli, args: &RebuildArgs) -> anyhow::Result<()> {
+    if !args.all && args.sites.is_empty() {
+        bail!("say which sites: --all, or --sites a,b");
+    }
+    let (fleet, keys) = fleet_and_keys(cli)?;
+    for s in &args.sites {
+        site(&fleet, s)?;
+    }
+    let bake = bake_of(&fleet, &args.how.bake)?;
+    let plan = waves(&fleet, &args.sites);
+    let reporter = Reporter::new(super::progress_bars(cli));
+    let rt = runtime()?;
+    let mut outcomes: Vec<SiteOutcome> = Vec::new();
+    let mut stopped: Option<(&'static str, String)> = None;
+    for (i, wave) in plan.iter().enumerate() {
+        for name in wave {
+            if stopped.is_some() {
+                outcomes.push(SiteOutcome {
+                    site: name.to_string(),
+                    wave: i + 1,
+                    status: "not started",
+                    generation: None,
+                    error: None,
+                    took_ms: 0,
+                });
+                continue;
+            }
+            let s = site(&fleet, name)?;
+            tracing::info!(
+                "rebuild: wave {} of {}: replace site {name}",
+                i + 1,
+                plan.len()
+            );
+            let started = Instant::now();
+            let (report, blocked) =
+                rt.block_on(replace_one(&fleet, &keys, s, &args.how, bake, &reporter))?;
+            let status = if blocked {
+                "blocked"
+            } else if report.report.ok {
+                "replaced"
+            } else {
+                "failed"
+            };
+            let error = if blocked {
+                Some(lifecycle::failing(&report.checks).join("; "))
+            } else {
+                report.report.error.clone()
+            };
+            if status != "replaced" {
+                stopped = Some((
+                    status,
+                    format!("{name}: {}", error.clone().unwrap_or_default()),
+                ));
+            }
+            outcomes.push(SiteOutcome {
+                site: name.to_string(),
+                wave: i + 1,
+                status,
+                generation: Some(report.report.generation),
+                error,
+                took_ms: started.elapsed().as_millis(),
+            });
+        }
+    }
+    let ok = stopped.is_none();
+    if cli.output == Output::Json {
+        print_json(&json!({
+            "ok": ok,
+            "waves": plan.iter().map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            "sites": outcomes,
+            "stopped": stopped.as_ref().map(|(status, why)| json!({"status": status, "reason": why})),
+        }))?;
+    } else {
+        for o in &outcomes {
+            println!(
+                "wave {} {:<8} {:<12} {}",
+                o.wave,
+                o.site,
+                o.status,
+                o.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    match stopped {
+        None => Ok(()),
+        Some(("blocked", why)) => {
+            if cli.output == Output::Text {
+                eprintln!("rebuild stopped: blocked: {why}");
+            }
+            Err(Exit(BLOCKED).into())
+        }
+        Some((_, why)) => Err(super::Reported(format!(
+            "rebuild stopped at the first failure (that site stays drained, later sites untouched): {why}"
+        ))
+        .into()),
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReleaseCommand {
+    /// Release a quarantined machine: it becomes `available` again, and
+    /// commands may power it off, wipe it and reprovision it.
+    Machine(ReleaseArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReleaseArgs {
+    machine: crate::fleet::MachineName,
+    /// Why (the investigation's outcome, a ticket); recorded in the audit log.
+    #[arg(long, value_name = "TEXT")]
+    reason: String,
+}
+
+pub fn release(cli: &Cli, cmd: &ReleaseCommand) -> anyhow::Result<()> {
+    let ReleaseCommand::Machine(args) = cmd;
+    let fleet = super::load_fleet(cli)?;
+    anyhow::ensure!(
+        fleet.machine(args.machine.as_str()).is_some(),
+        "no machine `{}` in fleet {}",
+        args.machine,
+        fleet.name
+    );
+    anyhow::ensure!(!args.reason.trim().is_empty(), "--reason must say why");
+    let key = format!("machines/{}", args.machine);
+    let previous = runtime()?.block_on(async {
+        let (store, _) = state::open(&fleet)?;
+        let store = store.as_ref();
+        let Some((record, rev)) = state::get_json::<state::MachineRecord>(store, &key).await?
+        else {
+            bail!("{} is not quarantined (no state recorded)", args.machine);
+        };
+        if record.state != state::MachineState::Quarantined {
+            bail!(
+                "{} is not quarantined (it is {:?}); nothing to release",
+                args.machine,
+                record.state
+            );
+        }
+        let released = state::MachineRecord {
+            state: state::MachineState::Available,
+            since: state::now_rfc3339(),
+            generation: None,
+        };
+        state::put_json(store, &key, &released, Expect::Revision(rev)).await?;
+        state::audit(
+            store,
+            "release",
+            json!({ "machine": args.machine, "reason": args.reason, "quarantined_since": record.since }),
+        )
+        .await?;
+        anyhow::Ok(record.since)
+    })?;
+    if cli.output == Output::Json {
+        return print_json(
+            &json!({ "ok": true, "machine": args.machine, "quarantined_since": previous }),
+        );
+    }
+    println!(
+        "{} released (quarantined since {previous}); it is available again",
+        args.machine
+    );
+    Ok(())
+}
