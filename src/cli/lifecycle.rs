@@ -57,18 +57,28 @@ pub struct How {
     /// Bake time with health green before traffic returns (`90s`, `10m`,
     /// `1h`) [default: rebuild.bake in fleet.yaml, else 10m].
     #[arg(long, value_name = "DURATION")]
-    bake: Option<String>,
+    pub(super) bake: Option<String>,
     /// Override the failing safety checks (recorded with --reason).
     #[arg(long, requires = "reason")]
-    force: bool,
+    pub(super) force: bool,
     /// Why the override is needed (recorded in the journal and audit log).
     #[arg(long, value_name = "TEXT")]
-    reason: Option<String>,
+    pub(super) reason: Option<String>,
     /// Days the new generation's certificates are valid.
     #[arg(long, default_value_t = 90, value_name = "DAYS")]
-    validity_days: i64,
+    pub(super) validity_days: i64,
     #[command(flatten)]
-    tuning: Tuning,
+    pub(super) tuning: Tuning,
+}
+
+impl How {
+    /// Refuses `--force` without a reason worth recording.
+    pub(super) fn check_reason(&self) -> anyhow::Result<()> {
+        if self.force && self.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            bail!("--force needs a --reason \"...\" (it is recorded)");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -108,7 +118,7 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     }))
 }
 
-fn site<'a>(fleet: &'a Fleet, name: &SiteName) -> anyhow::Result<&'a Site> {
+pub(super) fn site<'a>(fleet: &'a Fleet, name: &SiteName) -> anyhow::Result<&'a Site> {
     fleet
         .site(name.as_str())
         .with_context(|| format!("no site `{name}` in fleet {}", fleet.name))
@@ -151,7 +161,7 @@ fn plan_steps(
     ]
 }
 
-fn bake_of(fleet: &Fleet, arg: &Option<String>) -> anyhow::Result<Duration> {
+pub(super) fn bake_of(fleet: &Fleet, arg: &Option<String>) -> anyhow::Result<Duration> {
     match arg
         .as_deref()
         .or(fleet.rebuild.as_ref().and_then(|r| r.bake.as_deref()))
@@ -204,7 +214,7 @@ pub fn plan(cli: &Cli, cmd: &PlanCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_checks(checks: &[Check]) {
+pub(super) fn print_checks(checks: &[Check]) {
     for c in checks {
         println!(
             "  {:<12} {:<8} {}",
@@ -216,7 +226,12 @@ fn print_checks(checks: &[Check]) {
 }
 
 /// Runs a traffic hook with `{site}` substituted, in the fleet directory.
-async fn hook(fleet: &Fleet, site: &Site, which: &str, command: &str) -> anyhow::Result<()> {
+pub(super) async fn hook(
+    fleet: &Fleet,
+    site: &Site,
+    which: &str,
+    command: &str,
+) -> anyhow::Result<()> {
     let command = command.replace("{site}", site.name.as_str());
     let out = tokio::time::timeout(
         Duration::from_secs(300),
@@ -244,7 +259,7 @@ async fn hook(fleet: &Fleet, site: &Site, which: &str, command: &str) -> anyhow:
     Ok(())
 }
 
-async fn set_drained(
+pub(super) async fn set_drained(
     store: &dyn StateStore,
     site: &Site,
     drained: Option<String>,
@@ -272,12 +287,12 @@ async fn set_drained(
 }
 
 #[derive(Serialize)]
-struct ReplaceReport {
+pub(super) struct ReplaceReport {
     #[serde(flatten)]
-    report: Report,
-    from_generation: Option<u64>,
-    checks: Vec<Check>,
-    overridden: Vec<String>,
+    pub(super) report: Report,
+    pub(super) from_generation: Option<u64>,
+    pub(super) checks: Vec<Check>,
+    pub(super) overridden: Vec<String>,
 }
 
 /// Replaces `site` (see `replace --help`); returns the report and whether
@@ -371,6 +386,7 @@ async fn replace_one(
         reporter,
         &mut journal,
         &mut report,
+        true,
     )
     .await;
     if let Err(e) = result {
@@ -396,15 +412,7 @@ pub fn replace(cli: &Cli, cmd: &ReplaceCommand) -> anyhow::Result<()> {
     let (fleet, keys) = fleet_and_keys(cli)?;
     let site = site(&fleet, &args.site)?;
     let bake = bake_of(&fleet, &args.how.bake)?;
-    if args.how.force
-        && args
-            .how
-            .reason
-            .as_deref()
-            .is_none_or(|r| r.trim().is_empty())
-    {
-        bail!("--force needs a --reason \"...\" (it is recorded)");
-    }
+    args.how.check_reason()?;
     let reporter = Reporter::new(super::progress_bars(cli));
     let outcome =
         runtime()?.block_on(replace_one(&fleet, &keys, site, &args.how, bake, &reporter))?;
@@ -462,8 +470,10 @@ pub fn replace(cli: &Cli, cmd: &ReplaceCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The steps of a replace after the checks; `drain: false` when the
+/// caller (a drill) has drained the site already.
 #[allow(clippy::too_many_arguments)]
-async fn replace_steps(
+pub(super) async fn replace_steps(
     fleet: &Fleet,
     site: &Site,
     keys: &crate::keys::Keys,
@@ -475,6 +485,7 @@ async fn replace_steps(
     reporter: &Reporter,
     journal: &mut Journal<'_>,
     report: &mut ReplaceReport,
+    drain: bool,
 ) -> anyhow::Result<()> {
     let (opts, boot_opts) = args.tuning.options(to);
     let timed = |name: &str, start: Instant, ok: bool, note: Option<String>| Phase {
@@ -486,19 +497,25 @@ async fn replace_steps(
     };
 
     let start = Instant::now();
-    let drained = journal
-        .step("drain", || async {
-            set_drained(store, site, Some(format!("replace to generation {to}"))).await?;
-            if let Some(t) = &fleet.traffic {
-                hook(fleet, site, "drain", &t.drain).await?;
-            }
-            anyhow::Ok(())
-        })
-        .await;
-    report
-        .report
-        .phases
-        .push(timed("drain", start, drained.is_ok(), None));
+    let drained = if !drain {
+        Ok(None)
+    } else {
+        journal
+            .step("drain", || async {
+                set_drained(store, site, Some(format!("replace to generation {to}"))).await?;
+                if let Some(t) = &fleet.traffic {
+                    hook(fleet, site, "drain", &t.drain).await?;
+                }
+                anyhow::Ok(())
+            })
+            .await
+    };
+    if drain {
+        report
+            .report
+            .phases
+            .push(timed("drain", start, drained.is_ok(), None));
+    }
     drained?;
 
     let start = Instant::now();
@@ -692,6 +709,7 @@ pub fn rebuild(cli: &Cli, args: &RebuildArgs) -> anyhow::Result<()> {
     if !args.all && args.sites.is_empty() {
         bail!("say which sites: --all, or --sites a,b");
     }
+    args.how.check_reason()?;
     let (fleet, keys) = fleet_and_keys(cli)?;
     for s in &args.sites {
         site(&fleet, s)?;

@@ -10,6 +10,7 @@
 mod assets;
 mod bootstrap;
 mod dev;
+mod drill;
 mod init;
 mod inventory;
 mod lab;
@@ -99,6 +100,10 @@ pub enum Command {
     /// The nightly job: replace sites in waves, one at a time, stopping at
     /// the first failure.
     Rebuild(lifecycle::RebuildArgs),
+    /// A disaster drill: take a site away, prove the others carry the
+    /// load, optionally rebuild it, and write a timed report.
+    #[command(subcommand)]
+    Drill(drill::DrillCommand),
     /// Release a quarantined machine (recorded with a reason).
     #[command(subcommand)]
     Release(lifecycle::ReleaseCommand),
@@ -135,6 +140,7 @@ pub enum Command {
 /// Parses the command line, runs the command and maps the outcome to an
 /// exit code.
 pub fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     init_logging(&cli);
     match dispatch(&cli) {
@@ -142,6 +148,19 @@ pub fn main() -> ExitCode {
         Err(err) => {
             if let Some(Exit(code)) = err.downcast_ref::<Exit>() {
                 return ExitCode::from(*code);
+            }
+            let broken_pipe = |e: &(dyn std::error::Error + 'static)| {
+                let kind = e
+                    .downcast_ref::<std::io::Error>()
+                    .map(std::io::Error::kind)
+                    .or_else(|| {
+                        e.downcast_ref::<serde_json::Error>()
+                            .and_then(serde_json::Error::io_error_kind)
+                    });
+                kind == Some(std::io::ErrorKind::BrokenPipe)
+            };
+            if err.chain().any(broken_pipe) {
+                return ExitCode::from(BROKEN_PIPE);
             }
             report_error(&cli, &err);
             // A lock held by another run is not a failure of this one:
@@ -166,6 +185,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Audit(args) => lifecycle::audit(cli, args),
         Command::Rebuild(args) => lifecycle::rebuild(cli, args),
         Command::Release(cmd) => lifecycle::release(cli, cmd),
+        Command::Drill(cmd) => drill::run(cli, cmd),
         Command::Lab(cmd) => lab::run(cli, cmd),
         Command::Assets(args) => assets::run(cli, args),
         Command::Power(args) => power::run(cli, args),
@@ -186,6 +206,29 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Dev(cmd) => dev::run(cli, cmd),
     }
+}
+
+/// The exit code of a process killed by SIGPIPE (128 + 13).
+const BROKEN_PIPE: u8 = 141;
+
+/// `metalherd … | head`: once the reader has gone, stop quietly with the
+/// exit code of a Unix tool killed by SIGPIPE, instead of panicking in
+/// `println!` (Rust ignores SIGPIPE, so writes fail with EPIPE; restoring
+/// the signal's default would need `unsafe`, which this crate forbids).
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE.into());
+        }
+        default(info)
+    }));
 }
 
 fn init_logging(cli: &Cli) {

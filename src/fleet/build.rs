@@ -398,6 +398,10 @@ impl Ctx {
                 .collect(),
             rebuild,
             forensics,
+            drill: raw.drill.as_ref().map(|d| Drill {
+                isolate: d.isolate.to_string(),
+                reconnect: d.reconnect.to_string(),
+            }),
             sites: Vec::new(),
         };
         Some(fleet)

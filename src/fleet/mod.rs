@@ -54,6 +54,7 @@ pub struct Fleet {
     pub windows: Vec<String>,
     pub rebuild: Option<Rebuild>,
     pub forensics: Option<Forensics>,
+    pub drill: Option<Drill>,
     /// Sites in name order.
     pub sites: Vec<Site>,
 }
@@ -151,6 +152,14 @@ pub struct Alarms {
 pub struct Rebuild {
     pub waves: Vec<Vec<SiteName>>,
     pub bake: Option<String>,
+}
+
+/// `drill`: hook commands that cut a site's network off and reconnect it
+/// (`{site}` substituted), for `drill site S --isolate`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Drill {
+    pub isolate: String,
+    pub reconnect: String,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -26,6 +26,7 @@ pub struct RawFleet {
     pub windows: Option<Vec<Text>>,
     pub rebuild: Option<RawRebuild>,
     pub forensics: Option<RawForensics>,
+    pub drill: Option<RawDrill>,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +93,13 @@ pub struct RawAlarms {
 pub struct RawRebuild {
     pub waves: Option<Vec<Vec<Text>>>,
     pub bake: Option<Text>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrill {
+    pub isolate: Text,
+    pub reconnect: Text,
 }
 
 #[derive(Deserialize)]

@@ -19,6 +19,18 @@ set -eu\n\
 mkdir -p .metalherd/lab\n\
 echo \"$(date -u +%Y-%m-%dT%H:%M:%SZ) $1 weight $2\" >> .metalherd/lab/gslb.log\n";
 
+/// The lab's stand-in for a site's network automation, for `drill site S
+/// --isolate`: sets the site's bridge down (its machines keep running,
+/// cut off from everything) or up again, and records it.
+const LINK: &str = "#!/bin/sh\n\
+# The lab's network automation: `lab-link SITE down|up` cuts site SITE off\n\
+# (its bridge down: the VMs keep running) or reconnects it. A real fleet's\n\
+# drill hooks call its switches' or firewalls' automation here.\n\
+set -eu\n\
+ip link set \"br-$1\" \"$2\"\n\
+mkdir -p .metalherd/lab\n\
+echo \"$(date -u +%Y-%m-%dT%H:%M:%SZ) $1 link $2\" >> .metalherd/lab/network.log\n";
+
 /// Every file of the lab fleet: its path and contents.
 pub fn files() -> Vec<(&'static str, String)> {
     let mut files: Vec<(&'static str, String)> = example::FILES
@@ -35,6 +47,7 @@ pub fn files() -> Vec<(&'static str, String)> {
         })
         .collect();
     files.push(("scripts/lab-gslb", GSLB.to_string()));
+    files.push(("scripts/lab-link", LINK.to_string()));
     files
 }
 
@@ -69,6 +82,11 @@ fn fleet_yaml(text: &str) -> String {
             }
         }
     }
+    out.push_str(
+        "drill:                       # `drill site S --isolate` cuts the site's bridge\n  \
+         isolate: \"sh scripts/lab-link {site} down\"\n  \
+         reconnect: \"sh scripts/lab-link {site} up\"\n",
+    );
     out.replacen(
         "# Fleet-wide settings of the example fleet.",
         "# Fleet-wide settings of the example fleet as the lab runs it (`metalherd init --lab`).",
@@ -116,7 +134,8 @@ mod tests {
     #[test]
     fn the_lab_fleet_differs_only_where_it_must() {
         let files = files();
-        assert_eq!(files.len(), example::FILES.len() + 1);
+        assert_eq!(files.len(), example::FILES.len() + 2);
+        assert!(files.iter().any(|(p, _)| *p == "scripts/lab-link"));
         assert!(files.iter().any(|(p, _)| *p == "scripts/lab-gslb"));
         let fleet = &files
             .iter()

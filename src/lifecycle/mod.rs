@@ -12,6 +12,7 @@
 //! override is returned so the caller records it in the journal and the
 //! audit log.
 
+pub mod drill;
 pub mod window;
 
 use std::time::Duration;

@@ -234,3 +234,30 @@ fn state_keys_are_private_and_never_printed() {
         0o700
     );
 }
+
+/// `metalherd … | head`: when the reader has gone, the output ends quietly
+/// with SIGPIPE's exit code (141), whether it is text (`println!`) or JSON,
+/// never with a panic and a backtrace.
+#[test]
+fn a_reader_that_went_away_ends_the_output_quietly() {
+    let fleet = example_fleet();
+    for args in [
+        &["inventory", "show"][..],
+        &["--output", "json", "inventory", "show"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_metalherd"))
+            .args(args)
+            .current_dir(fleet.path())
+            .env("RUST_BACKTRACE", "1")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+    }
+}

@@ -128,28 +128,22 @@ struct Lab {
 
 impl Lab {
     fn up(tag: &str) -> Lab {
+        Lab::up_with(tag, lab_fleet, &["fra"])
+    }
+
+    /// A lab of `sites` for the fleet `make` writes.
+    fn up_with(tag: &str, make: fn() -> tempfile::TempDir, sites: &[&str]) -> Lab {
         let one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         require_lab_programs();
         let assets = image_dir();
-        let fleet = lab_fleet();
+        let fleet = make();
         let name = format!("mhlab{}{tag}", std::process::id());
-        let out = mh(
-            fleet.path(),
-            &[
-                "--output",
-                "json",
-                "lab",
-                "up",
-                "--site",
-                "fra",
-                "--name",
-                &name,
-                "--accel",
-                "tcg",
-                "--assets-dir",
-                assets.to_str().unwrap(),
-            ],
-        );
+        let mut args = vec!["--output", "json", "lab", "up", "--name", &name];
+        for s in sites {
+            args.extend(["--site", s]);
+        }
+        args.extend(["--accel", "tcg", "--assets-dir", assets.to_str().unwrap()]);
+        let out = mh(fleet.path(), &args);
         assert!(
             out.status.success(),
             "lab up: {}{}",
@@ -542,4 +536,255 @@ fn a_vm_whose_token_was_used_first_fails_and_the_others_boot() {
         !said.contains(url.rsplit("token=").next().unwrap()),
         "the token leaked into metalherd's output"
     );
+}
+
+/// A lab fleet of three one-machine sites (each site's first control
+/// plane, `control_plane_count: 1`), rebuilt in the waves fra, ber, muc,
+/// with a drain hook that cuts ber's network when ber is drained (the
+/// fault a nightly rebuild must stop at).
+fn three_site_fleet() -> tempfile::TempDir {
+    let fleet = lab_fleet();
+    let dir = fleet.path();
+    for site in ["fra", "ber", "muc"] {
+        let inv = dir.join(format!("inventory/{site}.yaml"));
+        let body = std::fs::read_to_string(&inv).unwrap();
+        let cut = body
+            .find(&format!("  - name: {site}-cp-02"))
+            .unwrap_or(body.len());
+        std::fs::write(&inv, &body[..cut]).unwrap();
+        let spec = dir.join(format!("sites/{site}.yaml"));
+        let body = std::fs::read_to_string(&spec).unwrap();
+        assert!(body.contains("control_plane_count: 3"), "{body}");
+        std::fs::write(
+            &spec,
+            body.replace("control_plane_count: 3", "control_plane_count: 1"),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("scripts/test-drain"),
+        "#!/bin/sh\nset -eu\nsh scripts/lab-gslb \"$1\" 0\n\
+         if [ \"$1\" = ber ] && [ -e cut-ber-on-drain ]; then sh scripts/lab-link ber down; fi\n",
+    )
+    .unwrap();
+    let yaml = dir.join("inventory/fleet.yaml");
+    let body = std::fs::read_to_string(&yaml).unwrap();
+    let body = body.replace(
+        "drain: \"sh scripts/lab-gslb {site} 0\"",
+        "drain: \"sh scripts/test-drain {site}\"",
+    );
+    assert!(body.contains("scripts/test-drain"), "{body}");
+    std::fs::write(
+        &yaml,
+        format!("{body}rebuild:\n  waves: [[fra], [ber], [muc]]\n  bake: 0\n"),
+    )
+    .unwrap();
+    fleet
+}
+
+fn site_state(lab: &Lab, site: &str) -> serde_json::Value {
+    let out = mh(
+        lab.path(),
+        &["--output", "json", "state", "show", "--site", site],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc = json(&out);
+    doc["sites"][0].clone()
+}
+
+#[test]
+fn three_sites_drill_one_then_rebuild_in_waves_stopping_at_a_cut_site() {
+    let lab = Lab::up_with("c", three_site_fleet, &["fra", "ber", "muc"]);
+    let started = Instant::now();
+
+    // Generation 1 everywhere, the three sites provisioned at once.
+    let runs: Vec<(&str, std::process::Child)> = ["fra", "ber", "muc"]
+        .into_iter()
+        .map(|s| {
+            let child = mh_cmd(
+                lab.path(),
+                &[
+                    "--output",
+                    "json",
+                    "provision",
+                    "site",
+                    s,
+                    "--boot-timeout",
+                    "600",
+                ],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+            (s, child)
+        })
+        .collect();
+    for (s, child) in runs {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "provision site {s}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    eprintln!("three sites provisioned in {:?}", started.elapsed());
+
+    // With every site up, nothing blocks taking muc down: the other sites'
+    // etcd answers healthy over TLS and their capacity is 50% + 50%.
+    let out = mh(lab.path(), &["--output", "json", "plan", "site", "muc"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan = json(&out);
+    assert_eq!(plan["blocked"], false, "{plan}");
+
+    // The drill: muc cut off (its VM keeps running), the others carry the
+    // load, muc rebuilt onto generation 2, the report written.
+    let t = Instant::now();
+    let out = mh(
+        lab.path(),
+        &[
+            "--output",
+            "json",
+            "drill",
+            "site",
+            "muc",
+            "--isolate",
+            "--rebuild",
+            "--boot-timeout",
+            "600",
+        ],
+    );
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "drill failed:\n{said}");
+    let drill = json(&out);
+    eprintln!("drill site muc --isolate --rebuild: {:?}", t.elapsed());
+    assert_eq!(drill["ok"], true, "{drill}");
+    assert_eq!(drill["mode"], "isolate");
+    assert_eq!(drill["generation_before"], 1);
+    assert_eq!(drill["generation_after"], 2);
+    assert!(
+        drill["overridden"].as_array().unwrap().is_empty(),
+        "{drill}"
+    );
+    let steps: Vec<&str> = drill["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "drain",
+        "isolate",
+        "site gone",
+        "other sites carry",
+        "reconnect",
+        "rebuild: boot",
+        "rebuild: health",
+        "rebuild: restore",
+    ] {
+        assert!(steps.contains(&want), "step {want} missing: {steps:?}");
+    }
+    let gone = &drill["steps"][2];
+    assert!(
+        gone["detail"].as_str().unwrap().contains("none of 1"),
+        "{gone}"
+    );
+    let carry = drill["steps"][3]["detail"].as_str().unwrap();
+    assert!(carry.contains("carry 100%"), "{carry}");
+    let recovery = drill["recovery_ms"].as_u64().unwrap();
+    assert!(recovery > 0);
+    let files: Vec<PathBuf> = drill["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| PathBuf::from(f.as_str().unwrap()))
+        .collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for f in &files {
+        assert!(f.starts_with(lab.path().join("reports")), "{f:?}");
+        let body = std::fs::read_to_string(f).unwrap();
+        assert!(body.contains("muc"), "{f:?}");
+        match f.extension().unwrap().to_str().unwrap() {
+            "md" => assert!(
+                body.contains("| isolate |") && body.contains("Recovery time"),
+                "{body}"
+            ),
+            "svg" => assert!(
+                body.starts_with("<svg") && body.matches("<rect x=").count() == steps.len(),
+                "{body}"
+            ),
+            "json" => assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&body).unwrap()["ok"],
+                true
+            ),
+            other => panic!("unexpected report file .{other}"),
+        }
+    }
+    let network = std::fs::read_to_string(lab.path().join(".metalherd/lab/network.log")).unwrap();
+    assert!(
+        network.contains("muc link down") && network.contains("muc link up"),
+        "{network}"
+    );
+    let muc = site_state(&lab, "muc");
+    assert_eq!(muc["generation"], 2, "{muc}");
+    assert!(muc["drained"].is_null(), "{muc}");
+
+    // The nightly rebuild: fra is replaced; ber's hosts become unreachable
+    // as it is drained, so its replace fails; muc is never touched.
+    std::fs::write(lab.path().join("cut-ber-on-drain"), "").unwrap();
+    let gslb_before = std::fs::read_to_string(lab.path().join(".metalherd/lab/gslb.log")).unwrap();
+    let t = Instant::now();
+    let out = mh(
+        lab.path(),
+        &[
+            "--output",
+            "json",
+            "rebuild",
+            "--all",
+            "--boot-timeout",
+            "240",
+        ],
+    );
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    eprintln!("rebuild --all: {:?}", t.elapsed());
+    assert_eq!(out.status.code(), Some(1), "rebuild:\n{said}");
+    let doc = json(&out);
+    let status: Vec<(&str, &str)> = doc["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["site"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        status,
+        [
+            ("fra", "replaced"),
+            ("ber", "failed"),
+            ("muc", "not started")
+        ],
+        "{doc}"
+    );
+    let ber_error = doc["sites"][1]["error"].as_str().unwrap();
+    assert!(ber_error.contains("ber-cp-01"), "{ber_error}");
+    let fra = site_state(&lab, "fra");
+    assert_eq!(fra["generation"], 2, "{fra}");
+    assert!(fra["drained"].is_null(), "{fra}");
+    let ber = site_state(&lab, "ber");
+    assert_eq!(ber["generation"], 1, "{ber}");
+    assert!(ber["drained"].is_string(), "{ber}");
+    let muc = site_state(&lab, "muc");
+    assert_eq!(muc["generation"], 2, "{muc}");
+    assert!(muc["drained"].is_null(), "{muc}");
+    let gslb = std::fs::read_to_string(lab.path().join(".metalherd/lab/gslb.log")).unwrap();
+    let calls: Vec<String> = gslb[gslb_before.len()..]
+        .lines()
+        .map(|l| l.split_once(' ').unwrap().1.to_string())
+        .collect();
+    assert_eq!(
+        calls,
+        ["fra weight 0", "fra weight 100", "ber weight 0"],
+        "{gslb}"
+    );
+    eprintln!("three-site lab test: {:?}", started.elapsed());
 }

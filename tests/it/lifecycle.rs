@@ -388,6 +388,7 @@ fn quarantined_machines_are_refused_by_every_command_until_released() {
             "replace", "site", "fra", "--force", "--reason", "t", "--bake", "0",
         ][..],
         &["rebuild", "--sites", "fra", "--force", "--reason", "t"][..],
+        &["drill", "site", "fra", "--force", "--reason", "t"][..],
     ] {
         let out = super::metalherd_env(dir, args, &env);
         assert_eq!(
@@ -454,4 +455,122 @@ fn quarantined_machines_are_refused_by_every_command_until_released() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("not quarantined"));
+}
+
+/// A drill on the example fleet, whose other sites have no cluster: the
+/// isolate hook runs (the machines are left alone), the drill finds that
+/// the other sites cannot carry the load, fails with exit 1, leaves the
+/// site drained and cut off (no reconnect without --rebuild), and still
+/// writes its report (Markdown, JSON, SVG) naming the failed step.
+#[test]
+fn a_drill_whose_other_sites_cannot_carry_the_load_fails_and_reports_it() {
+    let fleet = fleet_with_hooks(&[]);
+    let dir = fleet.path();
+    let yaml = dir.join("inventory/fleet.yaml");
+    let mut body = std::fs::read_to_string(&yaml).unwrap();
+    body.push_str("drill:\n  isolate: \"echo isolate {site} >> calls.log\"\n  reconnect: \"echo reconnect {site} >> calls.log\"\n");
+    std::fs::write(&yaml, body).unwrap();
+
+    // Without the hooks' section, --isolate says what is missing.
+    let bare = example_fleet();
+    let out = metalherd(bare.path(), &["drill", "site", "ber", "--isolate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("drill: { isolate:"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Blocked first (no other site has a cluster): nothing runs.
+    let out = metalherd(
+        dir,
+        &["--output", "json", "drill", "site", "ber", "--isolate"],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(json(&out)["error"]
+        .as_str()
+        .unwrap()
+        .contains("other-sites"));
+    assert!(!calls(dir).contains("isolate"), "{}", calls(dir));
+
+    let out = metalherd(
+        dir,
+        &[
+            "--output",
+            "json",
+            "drill",
+            "site",
+            "ber",
+            "--isolate",
+            "--force",
+            "--reason",
+            "game day",
+            "--reports",
+            "out/reports",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let doc = json(&out);
+    assert_eq!(doc["ok"], false);
+    let steps: Vec<(&str, bool)> = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["ok"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("drain", true),
+            ("isolate", true),
+            ("site gone", true),
+            ("other sites carry", false)
+        ],
+        "{doc}"
+    );
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap()
+            .contains("fra has no cluster generation"),
+        "{doc}"
+    );
+    assert_eq!(
+        calls(dir)
+            .lines()
+            .filter(|l| !l.starts_with("alarm"))
+            .collect::<Vec<_>>(),
+        ["gslb-weight ber 0", "isolate ber"]
+    );
+    let files: Vec<std::path::PathBuf> = doc["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().into())
+        .collect();
+    assert_eq!(files.len(), 3);
+    for f in &files {
+        assert!(f.starts_with(dir.join("out/reports")), "{f:?}");
+    }
+    let md = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        md.contains("| 4 | other sites carry |") && md.contains("| FAILED |"),
+        "{md}"
+    );
+    assert!(md.contains("reason: game day"), "{md}");
+    let svg = std::fs::read_to_string(&files[2]).unwrap();
+    assert_eq!(svg.matches("<rect x=").count(), 4, "{svg}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&files[1]).unwrap()).unwrap();
+    assert_eq!(saved["steps"], doc["steps"]);
+
+    let out = metalherd(dir, &["--output", "json", "state", "show", "--site", "ber"]);
+    let state = json(&out);
+    assert_eq!(state["sites"][0]["drained"], "drill", "{state}");
+    let out = metalherd(dir, &["--output", "json", "audit"]);
+    let audit = text(&out.stdout);
+    assert!(
+        audit.contains("\"drill\"") && audit.contains("game day"),
+        "{audit}"
+    );
 }
