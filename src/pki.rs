@@ -110,6 +110,23 @@ pub enum StoredPkiError {
     Pki(#[from] PkiError),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// `lockdown` retired the generation for good (its private keys are
+    /// gone from the state): nothing may use or remake it.
+    #[error(
+        "the PKI of {site} generation {generation} was retired as compromised ({why}); \
+         use a new generation"
+    )]
+    Compromised {
+        site: String,
+        generation: u64,
+        why: String,
+    },
+}
+
+/// The state-store key that marks a generation's PKI as compromised
+/// (written by `lockdown`, holding the case).
+pub fn compromised_marker(site: &str, generation: u64) -> String {
+    format!("pki/{site}/{generation}.compromised")
 }
 
 /// The stored PKI of `site`'s generation `generation`, or a new one made
@@ -147,7 +164,7 @@ pub async fn load_or_create(
 }
 
 /// The stored PKI of `site`'s generation `generation`, when it is complete
-/// (never made here).
+/// (never made here). A generation retired as compromised is refused.
 pub async fn load(
     store: &dyn crate::state::StateStore,
     sealer: &crate::state::crypt::Sealer,
@@ -155,6 +172,16 @@ pub async fn load(
     generation: u64,
 ) -> Result<Option<ClusterPki>, StoredPkiError> {
     let prefix = state_prefix(site.name.as_str(), generation);
+    if let Some(e) = store
+        .get(&compromised_marker(site.name.as_str(), generation))
+        .await?
+    {
+        return Err(StoredPkiError::Compromised {
+            site: site.name.to_string(),
+            generation,
+            why: String::from_utf8_lossy(&e.value).trim().to_string(),
+        });
+    }
     let marker = format!("pki/{}/{generation}.complete", site.name);
     if store.get(&marker).await?.is_none() {
         return Ok(None);
@@ -467,6 +494,29 @@ mod tests {
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         let (other, _) = load_or_create(&store, &sealer, site, 5, 90).await.unwrap();
         assert_ne!(other.get("etcd/ca.crt"), first.get("etcd/ca.crt"));
+    }
+
+    #[tokio::test]
+    async fn a_compromised_generation_is_never_loaded_nor_made_again() {
+        let fleet = crate::fleet::load(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let site = fleet.site("muc").unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let store = crate::state::local::LocalStore::open(state.path()).unwrap();
+        let sealer = crate::state::crypt::Sealer::none();
+        load_or_create(&store, &sealer, site, 2, 90).await.unwrap();
+        use crate::state::StateStore;
+        store
+            .put(
+                &compromised_marker("muc", 2),
+                b"case INC-1",
+                crate::state::Expect::Any,
+            )
+            .await
+            .unwrap();
+        let e = load(&store, &sealer, site, 2).await.err().unwrap();
+        assert!(e.to_string().contains("compromised (case INC-1)"), "{e}");
+        assert!(load_or_create(&store, &sealer, site, 2, 90).await.is_err());
+        assert!(load(&store, &sealer, site, 3).await.unwrap().is_none());
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod init;
 mod inventory;
 mod lab;
 mod lifecycle;
+mod lockdown;
 mod power;
 mod provision;
 mod render;
@@ -104,6 +105,10 @@ pub enum Command {
     /// load, optionally rebuild it, and write a timed report.
     #[command(subcommand)]
     Drill(drill::DrillCommand),
+    /// Contain a suspected compromise: isolate a cluster's nodes but for
+    /// the forensic bastion, collect evidence, quarantine the machines.
+    #[command(subcommand)]
+    Lockdown(lockdown::LockdownCommand),
     /// Release a quarantined machine (recorded with a reason).
     #[command(subcommand)]
     Release(lifecycle::ReleaseCommand),
@@ -185,6 +190,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Audit(args) => lifecycle::audit(cli, args),
         Command::Rebuild(args) => lifecycle::rebuild(cli, args),
         Command::Release(cmd) => lifecycle::release(cli, cmd),
+        Command::Lockdown(cmd) => lockdown::run(cli, cmd),
         Command::Drill(cmd) => drill::run(cli, cmd),
         Command::Lab(cmd) => lab::run(cli, cmd),
         Command::Assets(args) => assets::run(cli, args),

@@ -13,6 +13,7 @@
 //! audit log.
 
 pub mod drill;
+pub mod lockdown;
 pub mod window;
 
 use std::time::Duration;

@@ -228,6 +228,12 @@ impl Hosts {
         &self.ctl
     }
 
+    /// The network namespace of `machine`'s host, for looking at it from
+    /// outside SSH (`ip netns exec <ns> nft list ruleset`).
+    pub fn host_namespace(&self, machine: &str) -> &str {
+        &self.host(machine).ns
+    }
+
     /// Every namespace this instance created (hosts and controller).
     pub fn namespaces(&self) -> &[String] {
         &self.namespaces

@@ -15,6 +15,7 @@ mod httpd;
 mod ignition_apply;
 mod lab;
 mod lifecycle;
+mod lockdown;
 mod manifests;
 mod netboot;
 mod pki;
