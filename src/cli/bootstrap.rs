@@ -204,22 +204,26 @@ pub(super) async fn record(
 ) -> anyhow::Result<()> {
     let key = format!("sites/{}", site.name);
     let now = state::now_rfc3339();
-    let (mut retired, drained, expect) = match state::get_json::<SiteRecord>(store, &key).await? {
-        Some((old, rev)) => {
-            let mut retired = old.retired;
-            if old.generation != generation && !retired.contains(&old.generation) {
-                retired.push(old.generation);
-            }
-            (retired, old.drained, Expect::Revision(rev))
-        }
-        None => (Vec::new(), None, Expect::Absent),
+    let (old, expect) = match state::get_json::<SiteRecord>(store, &key).await? {
+        Some((old, rev)) => (old, Expect::Revision(rev)),
+        None => (SiteRecord::default(), Expect::Absent),
     };
+    let mut retired = old.retired;
+    if old.generation != generation && old.generation > 0 && !retired.contains(&old.generation) {
+        retired.push(old.generation);
+    }
     retired.retain(|g| *g != generation);
+    // The roles `site` gave its machines are now the current generation's
+    // (a blue-green replace built it on other machines than the inventory
+    // says); differences from the inventory stay recorded.
+    let roles = crate::lifecycle::roles::overrides(site, &old.roles, &old.next_roles);
     let record = SiteRecord {
         generation,
         updated: now.clone(),
         retired,
-        drained,
+        drained: old.drained,
+        roles,
+        next_roles: Default::default(),
     };
     state::put_json(store, &key, &record, expect).await?;
     for m in site.machines.iter().filter(|m| m.role != Role::Spare) {

@@ -64,6 +64,9 @@ pub struct DrillArgs {
 pub fn run(cli: &Cli, cmd: &DrillCommand) -> anyhow::Result<()> {
     let DrillCommand::Site(args) = cmd;
     args.how.check_reason()?;
+    if args.how.blue_green {
+        bail!("--blue-green is for `replace` and `rebuild`: a drill takes the whole site away");
+    }
     let observe = super::lifecycle::parse_duration(&args.observe).context("--observe")?;
     let (fleet, keys) = fleet_and_keys(cli)?;
     let site = site(&fleet, &args.site)?;

@@ -2,6 +2,7 @@
 //! site's cluster with a fresh generation under the safety rules (see
 //! `crate::lifecycle`), and the audit log of what was done and overridden.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -13,7 +14,7 @@ use super::provision::{steps, Report, Tuning};
 use super::ssh::{fleet_and_keys, runtime};
 use super::{print_json, Cli, Exit, Output};
 use crate::bootstrap::Phase;
-use crate::fleet::{Fleet, Site, SiteName};
+use crate::fleet::{Fleet, Role, Site, SiteName};
 use crate::job::Reporter;
 use crate::lifecycle::{self, Check};
 use crate::power::{self, Action};
@@ -67,6 +68,12 @@ pub struct How {
     /// Days the new generation's certificates are valid.
     #[arg(long, default_value_t = 90, value_name = "DAYS")]
     pub(super) validity_days: i64,
+    /// Build the new generation on the site's spare machines while the
+    /// current one keeps serving, switch traffic over (drained only for
+    /// the switch), then power the old machines off as the new spares.
+    /// Needs as many spares as serving machines.
+    #[arg(long)]
+    pub(super) blue_green: bool,
     #[command(flatten)]
     pub(super) tuning: Tuning,
 }
@@ -269,10 +276,8 @@ pub(super) async fn set_drained(
         Some((r, rev)) => (r, Expect::Revision(rev)),
         None => (
             SiteRecord {
-                generation: 0,
                 updated: state::now_rfc3339(),
-                retired: Vec::new(),
-                drained: None,
+                ..SiteRecord::default()
             },
             Expect::Absent,
         ),
@@ -319,13 +324,14 @@ async fn replace_one(
         .iter()
         .map(|m| m.name.as_str())
         .collect();
-    if let Err(e) =
-        lifecycle::refuse_quarantined(store, &names, &format!("replace of {}", site.name)).await
-    {
-        site_lock.release().await?;
-        fleet_lock.release().await?;
-        return Err(e);
-    }
+    let next = match blue_green_roles(store, site, how, &names).await {
+        Ok(next) => next,
+        Err(e) => {
+            site_lock.release().await?;
+            fleet_lock.release().await?;
+            return Err(e);
+        }
+    };
     let record = state::get_json::<SiteRecord>(store, &format!("sites/{}", site.name))
         .await?
         .map(|(r, _)| r);
@@ -374,21 +380,42 @@ async fn replace_one(
             )
             .await?;
     }
-    let result = replace_steps(
-        fleet,
-        site,
-        keys,
-        store,
-        &sealer,
-        args,
-        to,
-        bake,
-        reporter,
-        &mut journal,
-        &mut report,
-        true,
-    )
-    .await;
+    let result = match &next {
+        Some(next) => {
+            blue_green_steps(
+                fleet,
+                site,
+                keys,
+                store,
+                &sealer,
+                args,
+                to,
+                bake,
+                reporter,
+                &mut journal,
+                &mut report,
+                next,
+            )
+            .await
+        }
+        None => {
+            replace_steps(
+                fleet,
+                site,
+                keys,
+                store,
+                &sealer,
+                args,
+                to,
+                bake,
+                reporter,
+                &mut journal,
+                &mut report,
+                true,
+            )
+            .await
+        }
+    };
     if let Err(e) = result {
         report.report.error = Some(format!("{e:#}"));
     }
@@ -564,6 +591,7 @@ pub(super) async fn replace_steps(
         reporter,
         journal,
         &mut inner,
+        true,
     )
     .await;
     report.report.phases.append(&mut inner.phases);
@@ -627,6 +655,294 @@ pub(super) async fn replace_steps(
         .phases
         .push(timed("restore", start, restored.is_ok(), None));
     restored?;
+    Ok(())
+}
+
+/// Refuses quarantined machines among those a replace touches, and for
+/// `--blue-green` works out the new generation's roles (refused when the
+/// site has too few spares).
+async fn blue_green_roles(
+    store: &dyn StateStore,
+    site: &Site,
+    how: &How,
+    serving: &[&str],
+) -> anyhow::Result<Option<BTreeMap<String, Role>>> {
+    let what = format!("replace of {}", site.name);
+    lifecycle::refuse_quarantined(store, serving, &what).await?;
+    if !how.blue_green {
+        return Ok(None);
+    }
+    let next = lifecycle::roles::blue_green(site)?;
+    let building: Vec<&str> = site
+        .machines
+        .iter()
+        .filter(|m| m.role == Role::Spare && next[m.name.as_str()] != Role::Spare)
+        .map(|m| m.name.as_str())
+        .collect();
+    lifecycle::refuse_quarantined(store, &building, &what).await?;
+    Ok(Some(next))
+}
+
+/// Records the roles of the generation being built and waits until the
+/// site's boot server renders them (it watches the state).
+async fn assign(
+    store: &dyn StateStore,
+    site: &Site,
+    next: &BTreeMap<String, Role>,
+) -> anyhow::Result<String> {
+    let key = format!("sites/{}", site.name);
+    let (record, expect) = match state::get_json::<SiteRecord>(store, &key).await? {
+        Some((r, rev)) => (r, Expect::Revision(rev)),
+        None => (SiteRecord::default(), Expect::Absent),
+    };
+    let record = SiteRecord {
+        next_roles: next.clone(),
+        updated: state::now_rfc3339(),
+        ..record
+    };
+    state::put_json(store, &key, &record, expect).await?;
+    let url = format!(
+        "{}/api/v1/machines",
+        site.boot_server.as_str().trim_end_matches('/')
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut last: String;
+    loop {
+        match client.get(&url).send().await {
+            Ok(resp) => match resp
+                .bytes()
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(serde_json::from_slice::<serde_json::Value>(&b)?))
+            {
+                Ok(doc) => {
+                    let wrong: Vec<String> = doc["machines"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|m| {
+                            let name = m["machine"].as_str()?;
+                            let want = next.get(name)?;
+                            (m["role"].as_str() != Some(want.as_str()))
+                                .then(|| format!("{name} still {}", m["role"]))
+                        })
+                        .collect();
+                    if wrong.is_empty() {
+                        return Ok(format!("boot server {url} renders the new roles"));
+                    }
+                    last = wrong.join(", ");
+                }
+                Err(e) => last = format!("{e}"),
+            },
+            Err(e) => last = format!("{e}"),
+        }
+        if Instant::now() >= until {
+            bail!(
+                "the boot server {url} does not render the new roles after 60 s ({last}); \
+                 is `metalherd serve` running with this fleet's state?"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A blue-green replace: generation N+1 built on the spares while N keeps
+/// serving; traffic drained only for the switch; N's machines powered off
+/// as the new spares. A failure before the switch leaves N serving and
+/// nothing drained; one during the switch leaves the site drained.
+#[allow(clippy::too_many_arguments)]
+async fn blue_green_steps(
+    fleet: &Fleet,
+    site: &Site,
+    keys: &crate::keys::Keys,
+    store: &dyn StateStore,
+    sealer: &crate::state::crypt::Sealer,
+    args: &How,
+    to: u64,
+    bake: Duration,
+    reporter: &Reporter,
+    journal: &mut Journal<'_>,
+    report: &mut ReplaceReport,
+    next: &BTreeMap<String, Role>,
+) -> anyhow::Result<()> {
+    let (opts, boot_opts) = args.tuning.options(to);
+    let timed = |name: &str, start: Instant, ok: bool, note: Option<String>| Phase {
+        name: name.to_string(),
+        ok,
+        duration_ms: start.elapsed().as_millis(),
+        notes: note.into_iter().collect(),
+        machines: Vec::new(),
+    };
+    let mut new_fleet = fleet.clone();
+    let new_site = new_fleet
+        .sites
+        .iter_mut()
+        .find(|s| s.name == site.name)
+        .context("the site vanished from the fleet")?;
+    lifecycle::roles::apply(new_site, next);
+    let new_site = new_site.clone();
+
+    let start = Instant::now();
+    let assigned = journal.step("assign", || assign(store, site, next)).await;
+    report.report.phases.push(timed(
+        "assign",
+        start,
+        assigned.is_ok(),
+        assigned.as_ref().ok().cloned().flatten(),
+    ));
+    assigned?;
+
+    let mut inner = Report {
+        site: site.name.to_string(),
+        generation: to,
+        ok: false,
+        phases: Vec::new(),
+        error: None,
+        took_ms: 0,
+    };
+    let provisioned = steps(
+        &new_fleet,
+        &new_site,
+        keys,
+        store,
+        sealer,
+        to,
+        args.validity_days,
+        &opts,
+        &boot_opts,
+        reporter,
+        journal,
+        &mut inner,
+        false,
+    )
+    .await;
+    report.report.phases.append(&mut inner.phases);
+    provisioned?;
+
+    let pki = crate::pki::load(store, sealer, &new_site, to)
+        .await?
+        .context("the new generation's PKI is missing from the state")?;
+    let members = crate::provision::machines(&new_site)
+        .iter()
+        .filter(|m| m.role == Role::ControlPlane)
+        .count();
+    let health = || async {
+        let (healthy, errors) = crate::bootstrap::etcd_health(&new_site, &pki).await?;
+        if healthy < members {
+            bail!(
+                "etcd {healthy} of {members} members healthy: {}",
+                errors.join("; ")
+            );
+        }
+        anyhow::Ok(())
+    };
+    let start = Instant::now();
+    let healthy = journal.step("health", health).await;
+    report
+        .report
+        .phases
+        .push(timed("health", start, healthy.is_ok(), None));
+    healthy?;
+
+    let start = Instant::now();
+    let baked = journal
+        .step("bake", || async {
+            let until = Instant::now() + bake;
+            while Instant::now() < until {
+                tokio::time::sleep(Duration::from_secs(10).min(until - Instant::now())).await;
+                health().await.context("health went red during the bake")?;
+            }
+            anyhow::Ok(())
+        })
+        .await;
+    report.report.phases.push(timed(
+        "bake",
+        start,
+        baked.is_ok(),
+        Some(format!(
+            "{} s with health green while generation {} served",
+            bake.as_secs(),
+            report
+                .from_generation
+                .map_or("none".into(), |g| g.to_string())
+        )),
+    ));
+    baked?;
+
+    // The switch: traffic off the site, the new generation recorded (with
+    // its roles), traffic back on.
+    let start = Instant::now();
+    let switched = journal
+        .step("switch", || async {
+            set_drained(
+                store,
+                site,
+                Some(format!("blue-green switch to generation {to}")),
+            )
+            .await?;
+            if let Some(t) = &fleet.traffic {
+                hook(fleet, site, "drain", &t.drain).await?;
+            }
+            super::bootstrap::record(store, &new_site, to).await?;
+            if let Some(t) = &fleet.traffic {
+                hook(fleet, site, "restore", &t.restore).await?;
+            }
+            set_drained(store, site, None).await
+        })
+        .await;
+    report.report.phases.push(timed(
+        "switch",
+        start,
+        switched.is_ok(),
+        Some(format!("traffic moved to generation {to}")),
+    ));
+    switched?;
+
+    // The old machines become the spares: powered off, available.
+    let start = Instant::now();
+    let retired = journal
+        .step("retire", || async {
+            let old: Vec<(&Site, &crate::fleet::Machine)> = crate::provision::machines(site)
+                .into_iter()
+                .map(|m| (site, m))
+                .collect();
+            let outcomes = power::run(fleet, &old, Action::Off, &opts.power).await;
+            let failed: Vec<String> = outcomes
+                .iter()
+                .filter(|o| !o.ok)
+                .map(|o| format!("{}: {}", o.machine, o.error.clone().unwrap_or_default()))
+                .collect();
+            for (_, m) in &old {
+                let record = state::MachineRecord {
+                    state: state::MachineState::Available,
+                    since: state::now_rfc3339(),
+                    generation: None,
+                };
+                state::put_json(store, &format!("machines/{}", m.name), &record, Expect::Any)
+                    .await?;
+            }
+            if !failed.is_empty() {
+                bail!(
+                    "powering off the old generation's machines: {}",
+                    failed.join("; ")
+                );
+            }
+            anyhow::Ok(format!(
+                "{} machine(s) of the old generation powered off, now spares",
+                old.len()
+            ))
+        })
+        .await;
+    report.report.phases.push(timed(
+        "retire",
+        start,
+        retired.is_ok(),
+        retired.as_ref().ok().cloned().flatten(),
+    ));
+    retired?;
     Ok(())
 }
 

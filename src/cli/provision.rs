@@ -148,6 +148,7 @@ pub fn run(cli: &Cli, cmd: &ProvisionCommand) -> anyhow::Result<()> {
             &reporter,
             &mut journal,
             &mut report,
+            true,
         )
         .await;
         if let Err(e) = result {
@@ -210,6 +211,7 @@ pub(super) async fn steps(
     reporter: &Reporter,
     journal: &mut Journal<'_>,
     report: &mut Report,
+    record_generation: bool,
 ) -> anyhow::Result<()> {
     let names: Vec<&str> = provision::machines(site)
         .iter()
@@ -262,8 +264,10 @@ pub(super) async fn steps(
     if let Some(e) = boot.error {
         anyhow::bail!(e);
     }
-    journal
-        .step("record", || record(store, site, generation))
-        .await?;
+    if record_generation {
+        journal
+            .step("record", || record(store, site, generation))
+            .await?;
+    }
     Ok(())
 }

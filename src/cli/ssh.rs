@@ -90,6 +90,7 @@ pub(crate) fn fleet_and_keys(cli: &Cli) -> anyhow::Result<(Fleet, Keys)> {
     let fleet = load_fleet(cli)?;
     // A lab fleet's machines live in the lab's network namespace.
     crate::lab::enter(&fleet)?;
+    let fleet = with_recorded_roles(fleet)?;
     let state_dir = fleet.state_dir();
     let (keys, created) = keys::ensure_state(&fleet)
         .with_context(|| format!("loading SSH keys from {}", state_dir.display()))?;
@@ -99,6 +100,30 @@ pub(crate) fn fleet_and_keys(cli: &Cli) -> anyhow::Result<(Fleet, Keys)> {
         );
     }
     Ok((fleet, keys))
+}
+
+/// The fleet with the roles its state records (a blue-green replace moves
+/// a site's roles onto other machines than the inventory names); the
+/// inventory's roles when nothing is recorded or the state cannot be read
+/// (said as a warning: operations that need the state fail on it anyway).
+fn with_recorded_roles(fleet: Fleet) -> anyhow::Result<Fleet> {
+    if matches!(&fleet.state.backend, crate::fleet::StateBackend::Local { path } if !fleet.root.join(path).exists())
+    {
+        return Ok(fleet);
+    }
+    let read = runtime()?.block_on(async {
+        let (store, _) = crate::state::open(&fleet)?;
+        crate::lifecycle::roles::effective(&fleet, store.as_ref(), false).await
+    });
+    match read {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            tracing::warn!(
+                "reading the recorded roles from the state: {e:#}; using the inventory's roles"
+            );
+            Ok(fleet)
+        }
+    }
 }
 
 pub fn run_ssh(cli: &Cli, args: &SshCommandArgs) -> anyhow::Result<()> {

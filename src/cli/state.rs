@@ -121,11 +121,17 @@ async fn show(
         }
         let record = state::get_json::<SiteRecord>(store, &format!("sites/{}", site.name)).await?;
         let mut machines = Vec::new();
+        let moved = record
+            .as_ref()
+            .map(|(r, _)| r.roles.clone())
+            .unwrap_or_default();
         for m in &site.machines {
             let r =
                 state::get_json::<MachineRecord>(store, &format!("machines/{}", m.name)).await?;
+            // The role it holds now: the state's after a blue-green replace.
+            let role = moved.get(m.name.as_str()).copied().unwrap_or(m.role);
             machines.push(json!({
-                "name": m.name, "role": m.role.as_str(),
+                "name": m.name, "role": role.as_str(), "inventory_role": m.role.as_str(),
                 "state": r.as_ref().map_or(json!("available"), |(r, _)| json!(r.state)),
                 "since": r.as_ref().map(|(r, _)| r.since.clone()),
                 "generation": r.as_ref().and_then(|(r, _)| r.generation),
@@ -137,6 +143,8 @@ async fn show(
             "updated": record.as_ref().map(|(r, _)| r.updated.clone()),
             "retired": record.as_ref().map(|(r, _)| r.retired.clone()).unwrap_or_default(),
             "drained": record.as_ref().and_then(|(r, _)| r.drained.clone()),
+            "roles": (!moved.is_empty()).then_some(&moved),
+            "next_roles": record.as_ref().map(|(r, _)| &r.next_roles).filter(|n| !n.is_empty()),
             "machines": machines,
         }));
     }
@@ -160,11 +168,20 @@ async fn show(
                 .unwrap_or_default()
         );
         for m in s["machines"].as_array().into_iter().flatten() {
+            let (role, was) = (m["role"].as_str(), m["inventory_role"].as_str());
             println!(
-                "  {:<16} {:<14} {}",
+                "  {:<16} {:<14} {}{}",
                 m["name"].as_str().unwrap_or(""),
-                m["role"].as_str().unwrap_or(""),
-                m["state"].as_str().unwrap_or("")
+                role.unwrap_or(""),
+                m["state"].as_str().unwrap_or(""),
+                if role != was {
+                    format!(
+                        "  (inventory: {}; moved by a blue-green replace)",
+                        was.unwrap_or("")
+                    )
+                } else {
+                    String::new()
+                }
             );
         }
     }

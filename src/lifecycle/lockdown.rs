@@ -603,10 +603,8 @@ async fn set_drained(store: &dyn StateStore, site: &Site, why: &str) -> anyhow::
         Some((r, rev)) => (r, Expect::Revision(rev)),
         None => (
             SiteRecord {
-                generation: 0,
                 updated: state::now_rfc3339(),
-                retired: Vec::new(),
-                drained: None,
+                ..SiteRecord::default()
             },
             Expect::Absent,
         ),

@@ -14,6 +14,7 @@
 
 pub mod drill;
 pub mod lockdown;
+pub mod roles;
 pub mod window;
 
 use std::time::Duration;

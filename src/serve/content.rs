@@ -22,6 +22,9 @@ pub struct MachineContent {
     pub secret_at: Vec<usize>,
     /// The SSH host key fingerprint metalherd generated for the machine.
     pub host_key_fingerprint: String,
+    /// The role it was rendered for (the state's, where a blue-green
+    /// replace moved the roles).
+    pub role: crate::fleet::Role,
 }
 
 impl MachineContent {
@@ -93,6 +96,7 @@ pub fn build(fleet: &Fleet, sites: &[SiteName]) -> anyhow::Result<Content> {
                     ignition: Arc::from(ignition),
                     secret_at,
                     host_key_fingerprint,
+                    role: machine.role,
                 }),
             );
         }

@@ -436,6 +436,7 @@ async fn machines(State(shared): State<Arc<Shared>>) -> Response {
             serde_json::json!({
                 "machine": m.name,
                 "site": m.site,
+                "role": m.role,
                 "mac": m.mac,
                 "last_request_unix": s.map(|s| s.last_request_unix),
                 "client": s.map(|s| s.client.clone()),
@@ -459,14 +460,63 @@ async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-fn load(opts: &Options) -> anyhow::Result<Content> {
+/// The fleet with the roles in effect for booting machines: the
+/// inventory's, or the state's where a blue-green replace moved them (the
+/// roles of the generation being built while one runs). Rendered off the
+/// async threads.
+async fn load(opts: Arc<Options>) -> anyhow::Result<(Content, fleet::Fleet, String)> {
     let fleet = fleet::load(&opts.fleet_root)?;
-    content::build(&fleet, &opts.sites)
+    let view = async {
+        let (store, _) = crate::state::open(&fleet)?;
+        let roles = recorded_roles(&fleet, &opts.sites).await?;
+        let view = crate::lifecycle::roles::effective(&fleet, store.as_ref(), true).await?;
+        anyhow::Ok((view, roles))
+    };
+    // A state the boot server cannot read (an etcd backend that is down)
+    // must not stop machines booting: the inventory's roles, said loudly.
+    let (view, roles) = match view.await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(
+                "reading the recorded roles from the state: {e:#}; rendering the inventory's roles"
+            );
+            (fleet.clone(), String::new())
+        }
+    };
+    let content = tokio::task::spawn_blocking(move || content::build(&view, &opts.sites)).await??;
+    Ok((content, fleet, roles))
 }
 
-/// Serves until SIGINT or SIGTERM; SIGHUP re-renders.
+/// The roles the state records for booting the served sites' machines
+/// (empty while it records none), to notice when they move.
+async fn recorded_roles(fleet: &fleet::Fleet, sites: &[SiteName]) -> anyhow::Result<String> {
+    let (store, _) = crate::state::open(fleet)?;
+    let mut out = String::new();
+    for site in &fleet.sites {
+        if !sites.is_empty() && !sites.contains(&site.name) {
+            continue;
+        }
+        let key = format!("sites/{}", site.name);
+        if let Some((record, _)) =
+            crate::state::get_json::<crate::state::SiteRecord>(store.as_ref(), &key).await?
+        {
+            for (m, role) in crate::lifecycle::roles::in_effect(&record, true) {
+                out.push_str(&format!("{m}={role} "));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How often the boot server looks at the state for moved roles.
+const ROLE_WATCH: Duration = Duration::from_secs(2);
+
+/// Serves until SIGINT or SIGTERM; SIGHUP re-renders, and so does a change
+/// of the roles the state records (a blue-green replace starting or
+/// switching), noticed within [`ROLE_WATCH`].
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let content = load(&opts)?;
+    let opts = Arc::new(opts);
+    let (content, mut loaded, roles) = load(opts.clone()).await?;
     tracing::info!("serving {} machines on {}", content.machines, opts.listen);
     let shared = Arc::new(Shared {
         content: RwLock::new(Arc::new(content)),
@@ -481,26 +531,38 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let app = router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
 
     let reloader = shared.clone();
-    let opts = Arc::new(opts);
     let reload_opts = opts.clone();
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
             return;
         };
-        while hup.recv().await.is_some() {
-            let o = reload_opts.clone();
-            match tokio::task::spawn_blocking(move || load(&o)).await {
-                Ok(Ok(content)) => {
+        let mut roles = roles;
+        let mut watch = tokio::time::interval(ROLE_WATCH);
+        loop {
+            tokio::select! {
+                hup = hup.recv() => if hup.is_none() { return },
+                _ = watch.tick() => {
+                    match recorded_roles(&loaded, &reload_opts.sites).await {
+                        Ok(now) if now != roles => {
+                            tracing::info!("the state moved roles: re-rendering");
+                        }
+                        _ => continue,
+                    }
+                }
+            }
+            match load(reload_opts.clone()).await {
+                Ok((content, fleet, now)) => {
                     tracing::info!("reloaded: serving {} machines", content.machines);
+                    roles = now;
+                    loaded = fleet;
                     *reloader.content.write().unwrap_or_else(|p| p.into_inner()) =
                         Arc::new(content);
                 }
-                Ok(Err(e)) => tracing::error!(
+                Err(e) => tracing::error!(
                     "reload failed, still serving the previous fleet: {}",
                     crate::errfmt::chain(e.as_ref())
                 ),
-                Err(e) => tracing::error!("reload failed: {e}"),
             }
         }
     });

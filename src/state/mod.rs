@@ -271,7 +271,7 @@ pub struct MachineRecord {
 }
 
 /// `sites/<name>`: the generation running there.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SiteRecord {
     pub generation: u64,
     pub updated: String,
@@ -281,6 +281,15 @@ pub struct SiteRecord {
     /// failed replace leaves it set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drained: Option<String>,
+    /// The roles of the site's machines in the current generation, where a
+    /// blue-green replace moved them away from the inventory's (machine →
+    /// role; machines not listed keep their inventory role).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub roles: std::collections::BTreeMap<String, crate::fleet::Role>,
+    /// The roles of the generation a blue-green replace is building; the
+    /// boot server renders these while they are set.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub next_roles: std::collections::BTreeMap<String, crate::fleet::Role>,
 }
 
 /// Reads a JSON object of the store.

@@ -539,9 +539,10 @@ fn a_vm_whose_token_was_used_first_fails_and_the_others_boot() {
 }
 
 /// A lab fleet of three one-machine sites (each site's first control
-/// plane, `control_plane_count: 1`), rebuilt in the waves fra, ber, muc,
-/// with a drain hook that cuts ber's network when ber is drained (the
-/// fault a nightly rebuild must stop at).
+/// plane, `control_plane_count: 1`; fra also keeps its spare, for a
+/// blue-green replace), rebuilt in the waves fra, ber, muc, with a drain
+/// hook that cuts ber's network when ber is drained (the fault a nightly
+/// rebuild must stop at).
 fn three_site_fleet() -> tempfile::TempDir {
     let fleet = lab_fleet();
     let dir = fleet.path();
@@ -551,7 +552,17 @@ fn three_site_fleet() -> tempfile::TempDir {
         let cut = body
             .find(&format!("  - name: {site}-cp-02"))
             .unwrap_or(body.len());
-        std::fs::write(&inv, &body[..cut]).unwrap();
+        // (lab_fleet cut fra after its control planes: its spare, as
+        // `init --lab` writes it, comes back.)
+        let spare = match site {
+            "fra" => {
+                "  - name: fra-sp-01\n    role: spare\n    mac: \"52:54:00:fa:00:06\"\n    \
+                      ip: 10.10.4.16\n    \
+                      bmc: { driver: qemu, address: \"unix:.metalherd/lab/qmp/fra-sp-01.qmp\" }\n"
+            }
+            _ => "",
+        };
+        std::fs::write(&inv, format!("{}{spare}", &body[..cut])).unwrap();
         let spec = dir.join(format!("sites/{site}.yaml"));
         let body = std::fs::read_to_string(&spec).unwrap();
         assert!(body.contains("control_plane_count: 3"), "{body}");
@@ -786,5 +797,115 @@ fn three_sites_drill_one_then_rebuild_in_waves_stopping_at_a_cut_site() {
         ["fra weight 0", "fra weight 100", "ber weight 0"],
         "{gslb}"
     );
+
+    // Blue-green: ber has no spare, so it is refused before anything runs;
+    // fra builds generation 3 on its spare while generation 2 serves,
+    // switches traffic, and powers its old machine off as the new spare.
+    // (Forced: ber is still drained from the cut.)
+    let out = mh(
+        lab.path(),
+        &[
+            "replace",
+            "site",
+            "ber",
+            "--blue-green",
+            "--force",
+            "--reason",
+            "t",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("site ber has 0 spare machine(s)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let gslb_before = std::fs::read_to_string(lab.path().join(".metalherd/lab/gslb.log")).unwrap();
+    let t = Instant::now();
+    let out = mh(
+        lab.path(),
+        &[
+            "--output",
+            "json",
+            "replace",
+            "site",
+            "fra",
+            "--blue-green",
+            "--force",
+            "--reason",
+            "ber was cut by this test",
+            "--bake",
+            "10s",
+            "--boot-timeout",
+            "600",
+        ],
+    );
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    eprintln!("replace site fra --blue-green: {:?}", t.elapsed());
+    assert!(out.status.success(), "blue-green replace failed:\n{said}");
+    let doc = json(&out);
+    let phases: Vec<&str> = doc["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "assign",
+        "power on",
+        "boot",
+        "etcd quorum",
+        "health",
+        "bake",
+        "switch",
+        "retire",
+    ] {
+        assert!(phases.contains(&want), "phase {want} missing: {phases:?}");
+    }
+    assert!(
+        !phases.contains(&"power off") && !phases.contains(&"drain"),
+        "{phases:?}"
+    );
+    let fra = site_state(&lab, "fra");
+    assert_eq!(fra["generation"], 3, "{fra}");
+    assert_eq!(fra["retired"], serde_json::json!([1, 2]), "{fra}");
+    assert_eq!(
+        fra["roles"],
+        serde_json::json!({"fra-cp-01": "spare", "fra-sp-01": "control-plane"}),
+        "{fra}"
+    );
+    assert!(
+        fra["drained"].is_null() && fra["next_roles"].is_null(),
+        "{fra}"
+    );
+    let pki = lab.path().join(".metalherd/state/pki/fra/3");
+    let out = lab
+        .netns("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints=https://10.10.4.16:2379")
+        .arg(format!("--cacert={}", pki.join("etcd/ca.crt").display()))
+        .arg(format!("--cert={}", pki.join("etcd/client.crt").display()))
+        .arg(format!("--key={}", pki.join("etcd/client.key").display()))
+        .args(["--dial-timeout=5s", "endpoint", "health"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "generation 3 on fra-sp-01: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = mh(
+        lab.path(),
+        &["--output", "json", "power", "status", "fra-cp-01"],
+    );
+    let status = json(&out);
+    assert_eq!(status["results"][0]["state"], "off", "{status}");
+    let gslb = std::fs::read_to_string(lab.path().join(".metalherd/lab/gslb.log")).unwrap();
+    let calls: Vec<String> = gslb[gslb_before.len()..]
+        .lines()
+        .map(|l| l.split_once(' ').unwrap().1.to_string())
+        .collect();
+    assert_eq!(calls, ["fra weight 0", "fra weight 100"], "{gslb}");
     eprintln!("three-site lab test: {:?}", started.elapsed());
 }
