@@ -578,3 +578,162 @@ fn reports_need_the_per_boot_secret_and_host_key_mismatches_are_flagged() {
         "the final config is embedded percent-encoded"
     );
 }
+
+/// The server process's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Four clients abuse the boot server from loopback at once, bounded in
+/// count and time: malformed requests, a 1 MiB header, a 1 MiB report
+/// body, /ipxe for unknown MACs and replays of a used token. No 5xx, the
+/// replays are refused and counted exactly, memory stays bounded, and a
+/// legitimate machine boots all the way (iPXE, Ignition with its token,
+/// its first-boot report) while the flood runs.
+#[test]
+fn abuse_from_loopback_gets_no_5xx_bounded_memory_and_a_real_boot_goes_through() {
+    let fleet = example_fleet();
+    // A RAM-only machine is served its final config (with the report secret).
+    let inv = fleet.path().join("inventory/ber.yaml");
+    let body = std::fs::read_to_string(&inv).unwrap();
+    std::fs::write(&inv, body.replacen("    install_disk: /dev/sda\n", "", 1)).unwrap();
+    let s = start(fleet.path(), &[]);
+    let port = s.port;
+    // A token used once, to be replayed by the flood.
+    let (_, script) = get(port, "/ipxe?mac=52:54:00:fa:00:02");
+    let used = token_of(&script);
+    assert_eq!(
+        get(
+            port,
+            &format!("/ignition?mac=52:54:00:fa:00:02&token={used}")
+        )
+        .0,
+        200
+    );
+    let warm = rss_kib(s.child.id());
+
+    let big_header = format!(
+        "GET /ipxe?mac=52:54:00:fa:00:01 HTTP/1.1\r\nHost: x\r\nX-Junk: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let big_report = format!(
+        "POST /report/fra-cp-01 HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nAuthorization: Bearer x\r\nConnection: close\r\n\r\n{}",
+        1 << 20,
+        "{".repeat(1 << 20)
+    );
+    let replay = format!(
+        "GET /ignition?mac=52:54:00:fa:00:02&token={used} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let requests: Vec<Vec<u8>> = vec![
+        b"GARBAGE\r\n\r\n".to_vec(),
+        b"GET /ipxe?mac=%zz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET /ipxe?mac=02:00:00:00:00:99 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET /ignition?mac=52:54:00:fa:00:01&token=zz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET /assets/../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        big_header.into_bytes(),
+        big_report.into_bytes(),
+        replay.into_bytes(),
+    ];
+    let requests = std::sync::Arc::new(requests);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let flood: Vec<_> = (0..4)
+        .map(|t| {
+            let requests = requests.clone();
+            std::thread::spawn(move || {
+                // (request kind, status) -> count; status 0: the server
+                // closed the connection without an answer.
+                let mut seen = std::collections::BTreeMap::<(usize, u16), u64>::new();
+                for i in 0..1500 {
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    let which = (i + t) % requests.len();
+                    let status = raw(port, &requests[which]).map_or(0, |(s, _, _)| s);
+                    *seen.entry((which, status)).or_default() += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+
+    // Meanwhile, a real machine boots.
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, script) = get(port, "/ipxe?mac=52:54:00:be:00:01");
+    assert_eq!(status, 200);
+    let (status, ign) = get(
+        port,
+        &format!(
+            "/ignition?mac=52:54:00:be:00:01&token={}",
+            token_of(&script)
+        ),
+    );
+    assert_eq!(
+        status, 200,
+        "the legitimate boot gets its Ignition during the flood"
+    );
+    let pubkey = std::fs::read_to_string(
+        fleet
+            .path()
+            .join(".metalherd/state/hostkeys/ber/ber-cp-01/ssh_host_ed25519_key.pub"),
+    )
+    .unwrap();
+    let fingerprint = ssh_key::PublicKey::from_openssh(pubkey.trim())
+        .unwrap()
+        .fingerprint(ssh_key::HashAlg::Sha256)
+        .to_string();
+    let report = format!("{{\"host_key_fingerprint\":\"{fingerprint}\"}}");
+    let (status, said) = post(
+        port,
+        "/report/ber-cp-01",
+        Some(&report_secret(&ign)),
+        &report,
+    );
+    assert!(status < 300, "report: {status} {said}");
+    assert_eq!(machine_status(port, "ber-cp-01")["stage"], "reported");
+
+    let mut all = std::collections::BTreeMap::<(usize, u16), u64>::new();
+    for f in flood {
+        for (k, v) in f.join().expect("a flood thread failed") {
+            *all.entry(k).or_default() += v;
+        }
+    }
+    eprintln!("flood, (request kind, status) -> count: {all:?}; RSS {warm} KiB before");
+    let of_kind = |kind: usize| -> Vec<u16> {
+        all.keys()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, s)| *s)
+            .collect()
+    };
+    let answered: u64 = all
+        .iter()
+        .filter(|((_, s), _)| *s > 0)
+        .map(|(_, n)| n)
+        .sum();
+    assert!(answered > 1000, "the flood ran: {all:?}");
+    assert!(all.keys().all(|(_, s)| *s < 500), "no 5xx: {all:?}");
+    // The 1 MiB header: refused (431), or the connection closed unanswered.
+    assert!(of_kind(5).iter().all(|s| [431, 0].contains(s)), "{all:?}");
+    // The 1 MiB report: refused by the body limit before any secret check.
+    assert!(of_kind(6).iter().all(|s| [413, 0].contains(s)), "{all:?}");
+    assert!(of_kind(6).contains(&413), "{all:?}");
+    // Every replay refused, and counted.
+    assert_eq!(of_kind(7), [403], "{all:?}");
+    let replays = all[&(7, 403)];
+    assert_eq!(
+        metric(port, "metalherd_ignition_replays_total"),
+        replays,
+        "every replay counted"
+    );
+    let after = rss_kib(s.child.id());
+    eprintln!("RSS after the flood: {after} KiB");
+    assert!(
+        after < warm + 64 * 1024,
+        "memory stays bounded: {warm} KiB before, {after} KiB after"
+    );
+    assert_eq!(get(port, "/healthz").0, 200);
+}
