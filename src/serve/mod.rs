@@ -135,6 +135,23 @@ pub struct Shared {
     ttl: Duration,
 }
 
+impl Shared {
+    /// A server's state: what it serves, where its assets are, how long a
+    /// token lives. (The fuzz target `serve_request` drives [`router`] with
+    /// it in-process.)
+    pub fn new(content: Content, assets: PathBuf, ttl: Duration) -> Shared {
+        Shared {
+            content: RwLock::new(Arc::new(content)),
+            tokens: Mutex::new(Tokens::default()),
+            seen: Mutex::new(HashMap::new()),
+            report_secrets: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+            assets,
+            ttl,
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -518,15 +535,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let opts = Arc::new(opts);
     let (content, mut loaded, roles) = load(opts.clone()).await?;
     tracing::info!("serving {} machines on {}", content.machines, opts.listen);
-    let shared = Arc::new(Shared {
-        content: RwLock::new(Arc::new(content)),
-        tokens: Mutex::new(Tokens::default()),
-        seen: Mutex::new(HashMap::new()),
-        report_secrets: Mutex::new(HashMap::new()),
-        metrics: Metrics::default(),
-        assets: opts.assets_dir.clone(),
-        ttl: opts.token_ttl,
-    });
+    let shared = Arc::new(Shared::new(
+        content,
+        opts.assets_dir.clone(),
+        opts.token_ttl,
+    ));
     let listener = tokio::net::TcpListener::bind(opts.listen).await?;
     let app = router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
 
