@@ -336,7 +336,14 @@ async fn replace_one(
         .await?
         .map(|(r, _)| r);
     let from = record.as_ref().map(|r| r.generation).filter(|g| *g > 0);
-    let to = from.unwrap_or(0) + 1;
+    // An unfinished replace resumes towards the generation it was building:
+    // when it died after its `record` step, the recorded one is already it.
+    let target = format!("site/{}", site.name);
+    let resumed_to = crate::state::journal::latest(store, "replace", &target)
+        .await?
+        .filter(|op| op.status != crate::state::journal::Status::Succeeded)
+        .and_then(|op| op.generation);
+    let to = resumed_to.unwrap_or(from.unwrap_or(0) + 1);
     let checks =
         lifecycle::check(fleet, site, store, &sealer, &lifecycle::Options::default()).await;
     let failing = lifecycle::failing(&checks);
@@ -368,8 +375,8 @@ async fn replace_one(
         .await?;
         report.overridden = failing.clone();
     }
-    let mut journal =
-        Journal::begin(store, "replace", &format!("site/{}", site.name), &holder).await?;
+    let mut journal = Journal::begin(store, "replace", &target, &holder).await?;
+    journal.set_generation(to).await?;
     if !report.overridden.is_empty() {
         let reason = args.reason.clone().unwrap_or_default();
         let blockers = report.overridden.join("; ");

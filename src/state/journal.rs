@@ -53,7 +53,33 @@ pub struct OpRecord {
     /// Who ran it, each run.
     pub runs: Vec<Holder>,
     pub steps: Vec<StepRecord>,
+    /// The generation the operation builds, for operations that pick it
+    /// themselves (`replace`: the recorded one plus one), so that a resumed
+    /// run goes on to the same one even after its `record` step ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
+
+/// Debug builds (the tests') only: `METALHERD_CRASH_AT=<kind>:<step>:<start|end>`
+/// stops the process at that point of that step (`start`: its start is
+/// journaled, its work not begun; `end`: its work done, its end not yet
+/// journaled) and waits there, so that a crash test can SIGKILL it at an
+/// exact step. Release builds have no such point.
+#[cfg(debug_assertions)]
+fn crash_point(kind: &str, step: &str, at: &str) {
+    let Ok(wanted) = std::env::var("METALHERD_CRASH_AT") else {
+        return;
+    };
+    if wanted == format!("{kind}:{step}:{at}") {
+        eprintln!("crash point {wanted}: waiting to be killed");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn crash_point(_kind: &str, _step: &str, _at: &str) {}
 
 /// An operation in progress.
 pub struct Journal<'a> {
@@ -157,6 +183,7 @@ impl<'a> Journal<'a> {
             error: None,
             runs: vec![holder.clone()],
             steps: Vec::new(),
+            generation: None,
         };
         let revision = store
             .put(&format!("journal/{id}"), &to_json(&record)?, Expect::Absent)
@@ -173,6 +200,16 @@ impl<'a> Journal<'a> {
 
     pub fn record(&self) -> &OpRecord {
         &self.record
+    }
+
+    /// Records the generation this operation builds (see
+    /// [`OpRecord::generation`]); a no-op when it is already recorded.
+    pub async fn set_generation(&mut self, generation: u64) -> Result<(), StateError> {
+        if self.record.generation == Some(generation) {
+            return Ok(());
+        }
+        self.record.generation = Some(generation);
+        self.save().await
     }
 
     /// Whether `name` completed in an earlier run.
@@ -220,8 +257,10 @@ impl<'a> Journal<'a> {
             run,
         });
         self.save().await?;
+        crash_point(&self.record.kind, name, "start");
         let start = Instant::now();
         let result = work().await;
+        crash_point(&self.record.kind, name, "end");
         if let Some(step) = self.record.steps.last_mut() {
             step.ended = Some(now_rfc3339());
             step.duration_ms = Some(start.elapsed().as_millis());

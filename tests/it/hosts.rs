@@ -224,6 +224,16 @@ impl Hosts {
         self.blackhole(host.ip);
     }
 
+    /// What cutting `machine`'s power does to its host, as a value a
+    /// thread may keep (a firmware stand-in watching a BMC).
+    pub fn power_cut(&self, machine: &str) -> PowerCut {
+        let host = self.host(machine);
+        PowerCut {
+            ns: host.ns.clone(),
+            sshd: host.sshd.as_ref().map(Child::id),
+        }
+    }
+
     pub fn ctl_namespace(&self) -> &str {
         &self.ctl
     }
@@ -375,11 +385,13 @@ impl Hosts {
         std::fs::write(host.dir.join("sshd_config"), sshd_config).unwrap();
         std::fs::write(host.dir.join("boot.sh"), BOOT_SH).unwrap();
         std::fs::write(host.dir.join("systemctl"), SYSTEMCTL).unwrap();
-        let config = self
-            .render
-            .path()
-            .join(site.name.as_str())
-            .join(format!("{}.final.ign", host.machine));
+        // An installing machine's final config, or a RAM-only one's only one.
+        let rendered = self.render.path().join(site.name.as_str());
+        let config = [".final.ign", ".ign"]
+            .iter()
+            .map(|ext| rendered.join(format!("{}{ext}", host.machine)))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("no rendered config for {}", host.machine));
         let log = std::fs::File::create(host.dir.join("host.log")).unwrap();
         let child = ip_command()
             .args(["netns", "exec", &host.ns, "unshare", "--mount", "--uts"])
@@ -497,6 +509,54 @@ impl Hosts {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// See [`Hosts::power_cut`].
+pub struct PowerCut {
+    ns: String,
+    /// The host's sshd (boot.sh execs it): a process in its mount namespace.
+    sshd: Option<u32>,
+}
+
+impl PowerCut {
+    /// Kills what the host's units run (SIGKILL to each unit's process
+    /// group, only for processes in the host's namespace) and empties what
+    /// a RAM-only machine loses with its power but the host's overlay
+    /// keeps: etcd's data. sshd stays up: it stands for the next boot's,
+    /// which presents the same pinned host key. Returns the pids killed.
+    pub fn apply(&self) -> Vec<u32> {
+        // Inside the host's mount namespace: the overlay's upper dir must
+        // not be read or changed beneath it.
+        let Some(sshd) = self.sshd else {
+            return Vec::new();
+        };
+        let in_host = |script: &str| {
+            let out = Command::new("nsenter")
+                .args(["-t", &sshd.to_string(), "-m", "--", "/bin/sh", "-c", script])
+                .env_clear()
+                .env("PATH", SYSTEM_PATH)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{script}: {}", text(&out.stderr));
+            text(&out.stdout)
+        };
+        let inside = pids_in(&self.ns);
+        let killed: Vec<u32> = in_host("cat /var/lib/systemctl-standin/*.pid 2>/dev/null; true")
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|p| inside.contains(p))
+            .collect();
+        for pid in &killed {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}"), &pid.to_string()])
+                .env_clear()
+                .env("PATH", SYSTEM_PATH)
+                .stderr(Stdio::null())
+                .status();
+        }
+        in_host("rm -f /var/lib/systemctl-standin/*.pid; find /var/lib/etcd -mindepth 1 -delete");
+        killed
     }
 }
 

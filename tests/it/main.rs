@@ -9,6 +9,7 @@ mod assets;
 mod bootstrap;
 mod broken_fleets;
 mod cli;
+mod crash;
 mod etcd_cluster;
 mod hosts;
 mod httpd;
