@@ -22,6 +22,7 @@ mod netboot;
 mod pki;
 mod power;
 mod render;
+mod secrets;
 mod serve;
 mod state;
 mod state_etcd_smoke;
