@@ -96,6 +96,8 @@ pub struct Hosts {
 struct Host {
     machine: String,
     ip: IpAddr,
+    /// Its site's node-network gateway (the controller).
+    gateway: IpAddr,
     ns: String,
     dir: PathBuf,
     sshd: Option<Child>,
@@ -224,6 +226,30 @@ impl Hosts {
         self.blackhole(host.ip);
     }
 
+    /// Undoes [`Hosts::link_down`]: the link up, the default route back
+    /// (the kernel dropped it with the link), the controller's blackhole
+    /// route gone.
+    pub fn link_up(&self, machine: &str) {
+        let host = self.host(machine);
+        ip(&["-n", &host.ns, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            &host.ns,
+            "route",
+            "replace",
+            "default",
+            "via",
+            &host.gateway.to_string(),
+        ]);
+        let route = match host.ip {
+            IpAddr::V4(_) => format!("{}/32", host.ip),
+            IpAddr::V6(_) => format!("{}/128", host.ip),
+        };
+        let _ = ip_command()
+            .args(["-n", &self.ctl, "route", "del", &route, "dev", "nowhere"])
+            .output();
+    }
+
     /// What cutting `machine`'s power does to its host, as a value a
     /// thread may keep (a firmware stand-in watching a BMC).
     pub fn power_cut(&self, machine: &str) -> PowerCut {
@@ -316,6 +342,7 @@ impl Hosts {
         self.hosts.push(Host {
             machine: machine.name.to_string(),
             ip: machine.ip,
+            gateway: site.networks.nodes.gateway,
             ns: ns.to_string(),
             dir: self.dir.path().join(machine.name.as_str()),
             sshd: None,
