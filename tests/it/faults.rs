@@ -11,7 +11,8 @@
 //! machine and the step; the other sites are untouched (generation, drain
 //! mark, traffic hooks); and after the fault clears, rerunning the same
 //! site's replace resumes its journal and finishes. (The etcd state
-//! backend losing quorum is in `state::etcd_store_behaviour_and_member_loss`.)
+//! backend losing quorum mid-operation is
+//! `state::etcd_losing_quorum_mid_operation_stops_it_and_a_rerun_finishes`.)
 
 use std::path::Path;
 
