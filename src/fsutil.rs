@@ -22,8 +22,17 @@ pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     write_file(path, contents, mode, false)
 }
 
+/// The directory `path` is in: `.` for a bare file name (whose parent is
+/// the empty path, which cannot be opened to sync it).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 fn write_file(path: &Path, contents: &[u8], mode: u32, durable: bool) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
@@ -112,6 +121,13 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_bare_file_name_is_in_the_current_directory() {
+        assert_eq!(parent_dir(Path::new("fra.dnsmasq")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("out/fra.ign")), Path::new("out"));
+        assert_eq!(parent_dir(Path::new("/fra.ign")), Path::new("/"));
     }
 
     #[test]

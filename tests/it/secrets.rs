@@ -903,7 +903,7 @@ fn no_secret_in_any_output_log_or_file_and_secret_files_are_private() {
                     "--site",
                     "fra",
                     "--out",
-                    "./fra.dnsmasq",
+                    "fra.dnsmasq",
                 ],
                 &good_env,
             ),
