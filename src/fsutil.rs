@@ -22,6 +22,29 @@ pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     write_file(path, contents, mode, false)
 }
 
+/// Reads a secret the user keeps in a file (`file:` BMC credentials, the
+/// state's age identity), refusing it, as OpenSSH refuses a private key,
+/// when its group or others may read or write it: a secret in such a file
+/// is no longer secret, and metalherd would be using it as if it were.
+/// Errors name the file (and say what to do), never the contents.
+pub fn read_private(path: &Path) -> io::Result<String> {
+    let cannot =
+        |e: io::Error| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()));
+    let mode = fs::metadata(path).map_err(cannot)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is open to other users (mode {mode:04o}); a secret file must be \
+                 0600 (chmod 600 {})",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
+    fs::read_to_string(path).map_err(cannot)
+}
+
 /// The directory `path` is in: `.` for a bare file name (whose parent is
 /// the empty path, which cannot be opened to sync it).
 fn parent_dir(path: &Path) -> &Path {
@@ -121,6 +144,25 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_secret_file_open_to_others_is_refused_by_name_without_its_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bmc");
+        fs::write(&path, "admin:hunter2\n").unwrap();
+        for open in [0o644, 0o640, 0o604, 0o620] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(open)).unwrap();
+            let err = read_private(&path).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("mode {open:04o}")) && msg.contains("chmod 600"));
+            assert!(!msg.contains("hunter2"), "{msg}");
+        }
+        for private in [0o600, 0o400] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(private)).unwrap();
+            assert_eq!(read_private(&path).unwrap(), "admin:hunter2\n");
+        }
     }
 
     #[test]

@@ -46,12 +46,8 @@ impl Credentials {
             })?,
             SecretRef::File(path) => {
                 let path = fleet_root.join(path);
-                std::fs::read_to_string(&path).map_err(|e| {
-                    DriverError::Credentials(format!(
-                        "{reference}: cannot read {}: {e}",
-                        path.display()
-                    ))
-                })?
+                crate::fsutil::read_private(&path)
+                    .map_err(|e| DriverError::Credentials(format!("{reference}: {e}")))?
             }
         });
         let text = raw.expose_secret().trim_end_matches(['\n', '\r']);
@@ -81,10 +77,16 @@ mod tests {
         let c = Credentials::new("admin", "hunter2-secret");
         assert!(!format!("{c:?}").contains("hunter2"));
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("bmc"), "no-colon-hunter2\n").unwrap();
+        let write = |text: &str| {
+            let path = dir.path().join("bmc");
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+        };
+        write("no-colon-hunter2\n");
         let err = Credentials::resolve(&SecretRef::File("bmc".into()), dir.path()).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
-        std::fs::write(dir.path().join("bmc"), "admin:pw:with:colons\n").unwrap();
+        write("admin:pw:with:colons\n");
         let ok = Credentials::resolve(&SecretRef::File("bmc".into()), dir.path()).unwrap();
         assert_eq!(
             (ok.user.as_str(), ok.password()),

@@ -59,9 +59,7 @@ impl Sealer {
             })?,
             SecretRef::File(path) => {
                 let path = fleet_root.join(path);
-                std::fs::read_to_string(&path).map_err(|e| {
-                    sealed_err(&what, format!("cannot read {}: {e}", path.display()))
-                })?
+                crate::fsutil::read_private(&path).map_err(|e| sealed_err(&what, e.to_string()))?
             }
         });
         // An age key file has comment lines; the identity is the line that
@@ -134,7 +132,12 @@ mod tests {
 
     fn sealer_with(secret: &str) -> Sealer {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("k"), format!("# created: now\n{secret}\n")).unwrap();
+        crate::fsutil::write_atomic(
+            &dir.path().join("k"),
+            format!("# created: now\n{secret}\n").as_bytes(),
+            0o600,
+        )
+        .unwrap();
         Sealer::from_ref(&SecretRef::File("k".into()), dir.path()).unwrap()
     }
 
@@ -164,7 +167,8 @@ mod tests {
     #[test]
     fn a_bad_key_file_is_named_not_shown() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("k"), "AGE-SECRET-KEY-1NOTAKEY\n").unwrap();
+        crate::fsutil::write_atomic(&dir.path().join("k"), b"AGE-SECRET-KEY-1NOTAKEY\n", 0o600)
+            .unwrap();
         let err = Sealer::from_ref(&SecretRef::File("k".into()), dir.path()).unwrap_err();
         let msg = err.to_string();
         assert!(

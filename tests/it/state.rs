@@ -36,6 +36,11 @@ fn fleet_for(cluster: Option<&EtcdCluster>) -> tempfile::TempDir {
     let f = fleet.path();
     let (secret, _) = Sealer::generate_identity();
     std::fs::write(f.join("state.key"), secret.as_bytes()).unwrap();
+    std::fs::set_permissions(
+        f.join("state.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let path = f.join("inventory/fleet.yaml");
     let yaml = std::fs::read_to_string(&path).unwrap();
     let state = match cluster {
@@ -197,7 +202,7 @@ async fn secrets_are_sealed(store: &dyn StateStore) {
     let site = fleet.site("fra").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sealer_at = |secret: &str, name: &str| {
-        std::fs::write(dir.path().join(name), secret).unwrap();
+        metalherd::fsutil::write_atomic(&dir.path().join(name), secret.as_bytes(), 0o600).unwrap();
         Sealer::from_ref(&metalherd::fleet::SecretRef::File(name.into()), dir.path()).unwrap()
     };
     let sealer = sealer_at(&Sealer::generate_identity().0, "right");
@@ -447,6 +452,17 @@ fn keys_are_sealed_at_rest(f: &Path, local: bool) {
         ign.as_bytes()
     );
     let key = f.join("state.key");
+    // A key file others may read is refused, naming the file and the fix.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let open = run(f, &["render", "--out", again.path().to_str().unwrap()]);
+    assert_eq!(open.status.code(), Some(1), "{}", all(&open));
+    let said = all(&open);
+    assert!(
+        said.contains("state.key is open to other users (mode 0644)") && said.contains("chmod 600"),
+        "{said}"
+    );
+    assert!(!said.contains("AGE-SECRET-KEY"), "{said}");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let right = std::fs::read(&key).unwrap();
     std::fs::write(&key, Sealer::generate_identity().0.as_bytes()).unwrap();
     let wrong = run(f, &["render", "--out", again.path().to_str().unwrap()]);
