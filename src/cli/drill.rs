@@ -362,17 +362,22 @@ async fn drill_steps(
 
     // The site must really be gone, or the drill proves nothing.
     let began = Instant::now();
-    let gone = site_gone(store, sealer, site, report.generation_before)
-        .await
-        .map(Some);
+    // Journaled: a drill resumed after the reconnect must not look again
+    // for a site that is back by then.
+    let before = report.generation_before;
+    let gone = journal
+        .step("site gone", || site_gone(store, sealer, site, before))
+        .await;
     push(timeline, "site gone", began, &gone);
     gone?;
 
     // The other sites carry the load, now and through --observe.
     let began = Instant::now();
-    let carried = others_carry(fleet, site, store, sealer, observe)
-        .await
-        .map(Some);
+    let carried = journal
+        .step("other sites carry", || {
+            others_carry(fleet, site, store, sealer, observe)
+        })
+        .await;
     push(timeline, "other sites carry", began, &carried);
     carried?;
 
@@ -390,7 +395,16 @@ async fn drill_steps(
         push(timeline, "reconnect", began, &back);
         back?;
     }
-    let to = report.generation_before.unwrap_or(0) + 1;
+    // A resumed drill rebuilds to the generation it was building, even
+    // when it died after recording it.
+    let to = match journal.record().generation {
+        Some(g) => g,
+        None => {
+            let g = report.generation_before.unwrap_or(0) + 1;
+            journal.set_generation(g).await?;
+            g
+        }
+    };
     let mut replace = ReplaceReport {
         report: Report {
             site: site.name.to_string(),

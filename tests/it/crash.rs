@@ -92,6 +92,10 @@ fn kill_at(site: &Machines, kind: &str, step: &str, args: &[&str]) {
 }
 
 fn history_op(site: &Machines, kind: &str) -> serde_json::Value {
+    history_op_of(site, kind, "site/fra")
+}
+
+fn history_op_of(site: &Machines, kind: &str, target: &str) -> serde_json::Value {
     let out = site.metalherd(&["--output", "json", "state", "history"]);
     assert!(out.status.success(), "state history: {}", all(&out));
     let doc = json(&out);
@@ -99,7 +103,7 @@ fn history_op(site: &Machines, kind: &str) -> serde_json::Value {
         .as_array()
         .unwrap()
         .iter()
-        .find(|o| o["kind"] == kind && o["target"] == "site/fra")
+        .find(|o| o["kind"] == kind && o["target"] == target)
         .unwrap_or_else(|| panic!("no {kind} in {doc}"))
         .clone()
 }
@@ -362,5 +366,76 @@ fn provision_and_replace_killed_at_every_step_resume_and_converge() {
             "replace to generation {generation} killed at {step:?}: resumed and converged in {:.1} s",
             started.elapsed().as_secs_f64()
         );
+    }
+}
+
+/// `drill site muc --rebuild` (power-off mode; fra and ber carry the load)
+/// killed at the end of its `site gone` step, then at the end of its
+/// `record` step: each rerun resumes without looking again for a site that
+/// is back or rebuilding to yet another generation, and converges.
+#[test]
+fn a_drill_killed_mid_rebuild_resumes_to_the_same_generation() {
+    let site = Machines::start(&["fra-cp-01", "ber-cp-01", "muc-cp-01"]);
+    for s in ["fra", "ber", "muc"] {
+        let out = site.metalherd(&["provision", "site", s, "--boot-timeout", "60"]);
+        assert!(out.status.success(), "provision {s}: {}", all(&out));
+    }
+    site.firmware.settle();
+    let reports = tempfile::tempdir().unwrap();
+    let drill = [
+        "drill",
+        "site",
+        "muc",
+        "--rebuild",
+        "--bake",
+        "0",
+        "--boot-timeout",
+        "60",
+        "--ready-timeout",
+        "60",
+        "--reports",
+        reports.path().to_str().unwrap(),
+    ];
+    for (generation, step) in [(2, "site gone"), (3, "record")] {
+        kill_at(&site, "drill", step, &drill);
+        let op = history_op_of(&site, "drill", "site/muc");
+        assert_eq!(op["status"], "running", "{op}");
+        let out = site.metalherd(&["--output", "json", "state", "locks"]);
+        for lock in json(&out)["locks"].as_array().unwrap() {
+            let name = lock["name"].as_str().unwrap();
+            let out = site.metalherd(&["state", "unlock", name, "--force", "--reason", "test"]);
+            assert!(out.status.success(), "{}", all(&out));
+        }
+        let out = site.metalherd(&drill);
+        assert!(
+            out.status.success(),
+            "drill rerun after a kill at {step}: {}",
+            all(&out)
+        );
+        assert!(
+            text(&out.stderr).contains("resuming drill site/muc"),
+            "{}",
+            all(&out)
+        );
+        let record = site.site_record("muc");
+        assert_eq!(
+            record["generation"], generation,
+            "killed at {step}: {record}"
+        );
+        assert!(record["drained"].is_null(), "{record}");
+        let op = history_op_of(&site, "drill", "site/muc");
+        assert_eq!(op["status"], "succeeded", "{op}");
+        let reran: Vec<String> = steps_of(&op, 1).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(reran.first().map(String::as_str), Some(step), "{op}");
+        for gone in ["drain", "power off", "site gone"] {
+            assert!(
+                step == gone || !reran.iter().any(|n| n == gone),
+                "{gone} ran again after a kill at {step}: {op}"
+            );
+        }
+        for other in ["fra", "ber"] {
+            assert_eq!(site.site_record(other)["generation"], 1, "{other} touched");
+        }
+        site.firmware.settle();
     }
 }
