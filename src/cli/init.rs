@@ -100,7 +100,7 @@ fn write_fleet(dir: &Path, lab: bool) -> anyhow::Result<usize> {
             .with_context(|| format!("writing {}", target.display()))?;
     }
     let text =
-        "# metalherd's local state holds private keys: never commit it.\n/.metalherd/\n/out/\n# Cached OS images: large, and fetched again by `metalherd assets fetch`.\n/assets/\n# `lockdown` evidence (etcd snapshots hold the cluster's secrets): kept apart, never committed.\n/evidence/\n";
+        "# metalherd's local state holds private keys: never commit it.\n/.metalherd/\n/out/\n# Cached OS images: large, and fetched again by `metalherd assets fetch`.\n/assets/\n# `lockdown` evidence (etcd snapshots hold the cluster's secrets): kept apart, never committed.\n/evidence/\n# Age identities (`state keygen --out keys/state.age`): secrets.\n*.age\n";
     create_file(&dir.join(".gitignore"), text.as_bytes(), 0o644).context("writing .gitignore")?;
     Ok(files.len())
 }

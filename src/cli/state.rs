@@ -30,8 +30,14 @@ pub enum StateCommand {
     Locks,
     /// Break a lock (recorded in the audit log with the reason).
     Unlock(UnlockArgs),
-    /// Print a new age identity for `state.encryption_key`.
-    Keygen,
+    /// Print a new age identity for `state.encryption_key`, or with `--out`
+    /// write it to a new 0600 file.
+    Keygen {
+        /// Write the identity to FILE (created 0600, in a 0700 directory if
+        /// that is new; never overwritten) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
     /// Copy the local state into etcd, verify every object, then switch
     /// fleet.yaml's `state` section to etcd.
     Migrate(MigrateArgs),
@@ -86,10 +92,34 @@ pub struct DemoArgs {
 }
 
 pub fn run(cli: &Cli, cmd: &StateCommand) -> anyhow::Result<()> {
-    if let StateCommand::Keygen = cmd {
+    if let StateCommand::Keygen { out } = cmd {
         let (secret, public) = state::crypt::Sealer::generate_identity();
-        // Data to stdout: the caller redirects it into a 0600 file.
-        println!("# public key: {public}\n{}", secret.as_str());
+        let text = format!("# public key: {public}\n{}\n", secret.as_str());
+        let Some(path) = out else {
+            // Data to stdout: the caller redirects it into a 0600 file.
+            print!("{text}");
+            return Ok(());
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                crate::fsutil::create_dir_with_mode(dir, 0o700)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+        }
+        crate::fsutil::create_file(path, text.as_bytes(), 0o600).with_context(|| {
+            format!(
+                "writing {} (an existing key is never overwritten)",
+                path.display()
+            )
+        })?;
+        if cli.output == Output::Json {
+            return print_json(&json!({ "ok": true, "file": path, "public_key": public }));
+        }
+        println!(
+            "wrote {} (0600); public key {public}; set `state.encryption_key: file:{}`",
+            path.display(),
+            path.display()
+        );
         return Ok(());
     }
     let fleet = load_fleet(cli)?;
@@ -103,7 +133,7 @@ pub fn run(cli: &Cli, cmd: &StateCommand) -> anyhow::Result<()> {
             StateCommand::Unlock(args) => unlock(cli, store, args).await,
             StateCommand::Demo(args) => demo(&fleet, store, args).await,
             StateCommand::Migrate(args) => migrate(cli, &fleet, store, args).await,
-            StateCommand::Keygen => Ok(()),
+            StateCommand::Keygen { .. } => Ok(()),
         }
     })
 }

@@ -40,7 +40,10 @@ fn init_writes_a_fleet_that_checks_and_renders_and_refuses_to_overwrite() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let check = metalherd(&target, &["inventory", "check"]);
     assert!(check.status.success(), "{}", text(&check.stderr));
-    assert!(target.join(".gitignore").exists());
+    let ignored = std::fs::read_to_string(target.join(".gitignore")).unwrap();
+    for secret in ["/.metalherd/", "/evidence/", "*.age"] {
+        assert!(ignored.lines().any(|l| l == secret), "{secret}: {ignored}");
+    }
 
     let before = std::fs::read_to_string(target.join("sites/fra.yaml")).unwrap();
     std::fs::write(target.join("sites/fra.yaml"), "# mine\n").unwrap();
@@ -260,4 +263,70 @@ fn a_reader_that_went_away_ends_the_output_quietly() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn keygen_out_writes_a_private_key_file_that_the_state_then_uses() {
+    use std::os::unix::fs::PermissionsExt;
+    let fleet = example_fleet();
+    let f = fleet.path();
+    let out = metalherd(f, &["state", "keygen", "--out", "keys/state.age"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(said.contains("wrote keys/state.age (0600)"), "{said}");
+    assert!(
+        !said.contains("AGE-SECRET-KEY"),
+        "the key was printed: {said}"
+    );
+    let key = f.join("keys/state.age");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(f.join("keys"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    let first = std::fs::read(&key).unwrap();
+    let again = metalherd(f, &["state", "keygen", "--out", "keys/state.age"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("an existing key is never overwritten"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        first,
+        "the key was overwritten"
+    );
+    // The fleet uses it: secrets are sealed with it.
+    let yaml = f.join("inventory/fleet.yaml");
+    let text_yaml = std::fs::read_to_string(&yaml).unwrap();
+    let start = text_yaml.find("state:\n").unwrap();
+    let end = text_yaml.find("traffic:\n").unwrap();
+    std::fs::write(
+        &yaml,
+        format!(
+            "{}state:\n  backend: local\n  path: .metalherd/state\n  encryption_key: file:keys/state.age\n{}",
+            &text_yaml[..start],
+            &text_yaml[end..]
+        ),
+    )
+    .unwrap();
+    let render = metalherd(f, &["render", "--out", "out"]);
+    assert!(render.status.success(), "{}", text(&render.stderr));
+    // A key file others may read is refused.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = metalherd(f, &["render", "--out", "out2"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("is open to other users (mode 0644)"),
+        "{}",
+        text(&refused.stderr)
+    );
 }
