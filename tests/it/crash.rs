@@ -7,9 +7,10 @@
 //! config through the boot server and report, as the real first boot
 //! does; every power-off kills the host's units and wipes etcd's data.
 //!
-//! A debug build stops at `METALHERD_CRASH_AT=<kind>:<step>:end` (the
-//! step's work done, its end not yet journaled: the worst moment) and the
-//! test SIGKILLs it there. Then, for each step:
+//! A debug build stops at `METALHERD_CRASH_AT=<kind>:<step>:<at>` and the
+//! test SIGKILLs it there: at the `end` of each step in turn (its work
+//! done, its end not yet journaled: the worst moment), then at the `start`
+//! of each (journaled as started, nothing done). Then, each time:
 //! - the state reads back (no corrupt object) and the journal shows the
 //!   earlier steps completed and the killed one unfinished;
 //! - a rerun is refused while the dead run's lock is held (exit 3, the lock
@@ -57,12 +58,12 @@ const REPLACE_STEPS: [&str; 13] = [
     "restore",
 ];
 
-/// Starts `args` with the crash point at the end of `kind`'s `step`, waits
-/// until it stops there and SIGKILLs it.
-fn kill_at(site: &Machines, kind: &str, step: &str, args: &[&str]) {
+/// Starts `args` with the crash point at `at` (`start` or `end`) of
+/// `kind`'s `step`, waits until it stops there and SIGKILLs it.
+fn kill_at(site: &Machines, kind: &str, step: &str, at: &str, args: &[&str]) {
     let mut child = site
         .metalherd_command(args)
-        .env("METALHERD_CRASH_AT", format!("{kind}:{step}:end"))
+        .env("METALHERD_CRASH_AT", format!("{kind}:{step}:{at}"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -219,9 +220,15 @@ fn check_resumed(site: &Machines, kind: &str, steps: &[&str], k: usize, out: &Ou
 /// Over a killed run and its rerun, each machine was powered on and
 /// network-booted once: twice when the run died after powering on but
 /// before that was journaled (the rerun powers on again), never more.
-fn check_power(site: &Machines, step: &str, ons_before: &[usize], boots_before: &[usize]) {
+fn check_power(
+    site: &Machines,
+    step: &str,
+    at: &str,
+    ons_before: &[usize],
+    boots_before: &[usize],
+) {
     let (ons, boots) = site.firmware.counts();
-    let want = 1 + usize::from(step == "power on");
+    let want = 1 + usize::from(step == "power on" && at == "end");
     for (i, m) in MACHINES.iter().enumerate() {
         assert_eq!(
             ons[i] - ons_before[i],
@@ -289,18 +296,26 @@ fn provision_and_replace_killed_at_every_step_resume_and_converge() {
         "90",
     ];
 
-    // provision: the same generation each time, killed at each step.
-    for (k, step) in PROVISION_STEPS.iter().enumerate() {
+    // provision: the same generation each time, killed at the end of each
+    // step (its work done, not yet journaled), then at the start of each
+    // (journaled as started, nothing done).
+    let points = ["end", "start"].into_iter().flat_map(|at| {
+        PROVISION_STEPS
+            .iter()
+            .enumerate()
+            .map(move |(k, step)| (at, k, step))
+    });
+    for (at, k, step) in points {
         let started = Instant::now();
         let (ons_before, boots_before) = site.firmware.counts();
-        kill_at(&site, "provision", step, &provision);
+        kill_at(&site, "provision", step, at, &provision);
         after_kill(&site, "provision", &PROVISION_STEPS, k, &provision);
-        let ca_killed = (k >= 2).then(|| ca_of(&site, 1));
+        let ca_killed = (k > 2 || (k == 2 && at == "end")).then(|| ca_of(&site, 1));
         let out = site.metalherd(&provision);
         site.firmware.settle();
         check_resumed(&site, "provision", &PROVISION_STEPS, k, &out);
         check_converged(&site, 1);
-        check_power(&site, step, &ons_before, &boots_before);
+        check_power(&site, step, at, &ons_before, &boots_before);
         if let Some(ca) = ca_killed {
             assert_eq!(
                 ca_of(&site, 1),
@@ -309,7 +324,7 @@ fn provision_and_replace_killed_at_every_step_resume_and_converge() {
             );
         }
         eprintln!(
-            "provision killed at {step:?}: resumed and converged in {:.1} s",
+            "provision killed at the {at} of {step:?}: resumed and converged in {:.1} s",
             started.elapsed().as_secs_f64()
         );
     }
@@ -329,21 +344,28 @@ fn provision_and_replace_killed_at_every_step_resume_and_converge() {
         "--ready-timeout",
         "90",
     ];
-    for (k, step) in REPLACE_STEPS.iter().enumerate() {
+    let points = ["end", "start"].into_iter().flat_map(|at| {
+        REPLACE_STEPS
+            .iter()
+            .enumerate()
+            .map(move |(k, step)| (at, k, step))
+    });
+    for (n, (at, k, step)) in points.enumerate() {
         let started = Instant::now();
-        let generation = u64::try_from(k).unwrap() + 2;
+        let generation = u64::try_from(n).unwrap() + 2;
         let drains = calls(&f).matches("gslb-weight fra 0").count();
         let restores = calls(&f).matches("gslb-weight fra 100").count();
         let (ons_before, boots_before) = site.firmware.counts();
-        kill_at(&site, "replace", step, &replace);
+        kill_at(&site, "replace", step, at, &replace);
         after_kill(&site, "replace", &REPLACE_STEPS, k, &replace);
-        let pki_done = k >= REPLACE_STEPS.iter().position(|s| *s == "pki").unwrap();
+        let pki = REPLACE_STEPS.iter().position(|s| *s == "pki").unwrap();
+        let pki_done = k > pki || (k == pki && at == "end");
         let ca_killed = pki_done.then(|| ca_of(&site, generation));
         let out = site.metalherd(&replace);
         site.firmware.settle();
         check_resumed(&site, "replace", &REPLACE_STEPS, k, &out);
         check_converged(&site, generation);
-        check_power(&site, step, &ons_before, &boots_before);
+        check_power(&site, step, at, &ons_before, &boots_before);
         if let Some(ca) = ca_killed {
             assert_eq!(
                 ca_of(&site, generation),
@@ -354,16 +376,12 @@ fn provision_and_replace_killed_at_every_step_resume_and_converge() {
         // The traffic hooks: one drain and one restore per replace, two
         // when it died right after the hook, before the step was journaled.
         let drained = calls(&f).matches("gslb-weight fra 0").count() - drains;
-        assert_eq!(drained, 1 + usize::from(*step == "drain"), "{}", calls(&f));
+        let again = |hook: &str| usize::from(*step == hook && at == "end");
+        assert_eq!(drained, 1 + again("drain"), "{}", calls(&f));
         let restored = calls(&f).matches("gslb-weight fra 100").count() - restores;
-        assert_eq!(
-            restored,
-            1 + usize::from(*step == "restore"),
-            "{}",
-            calls(&f)
-        );
+        assert_eq!(restored, 1 + again("restore"), "{}", calls(&f));
         eprintln!(
-            "replace to generation {generation} killed at {step:?}: resumed and converged in {:.1} s",
+            "replace to generation {generation} killed at the {at} of {step:?}: resumed and converged in {:.1} s",
             started.elapsed().as_secs_f64()
         );
     }
@@ -397,7 +415,7 @@ fn a_drill_killed_mid_rebuild_resumes_to_the_same_generation() {
         reports.path().to_str().unwrap(),
     ];
     for (generation, step) in [(2, "site gone"), (3, "record")] {
-        kill_at(&site, "drill", step, &drill);
+        kill_at(&site, "drill", step, "end", &drill);
         let op = history_op_of(&site, "drill", "site/muc");
         assert_eq!(op["status"], "running", "{op}");
         let out = site.metalherd(&["--output", "json", "state", "locks"]);
