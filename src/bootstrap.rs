@@ -243,8 +243,9 @@ async fn control_plane(ctx: &Ctx<'_>, report: &mut Report, cps: &[&Machine]) -> 
     if cp_kubelets.is_empty() {
         note(
             report,
-            "kubelet is not installed on any control plane (/opt/bin/kubelet): the API server was \
-             not started; etcd and the rendered manifests are in place",
+            "kubelet is not installed on any control plane (/usr/bin/kubelet: the fleet delivers no \
+             pinned kubernetes extension to them): the API server was not started; etcd and the \
+             rendered manifests are in place",
         );
         Ok(())
     } else {
@@ -387,9 +388,9 @@ async fn start_kubelets<'a>(
     machines: &[&'a Machine],
 ) -> anyhow::Result<Vec<&'a Machine>> {
     let outcomes = fan_out(ctx, report, name, machines, |_, s, t| async move {
-        t.phase("look for /opt/bin/kubelet");
+        t.phase("look for /usr/bin/kubelet");
         let found = s
-            .exec("look for kubelet", "test -x /opt/bin/kubelet", None)
+            .exec("look for kubelet", "test -x /usr/bin/kubelet", None)
             .await?
             .success();
         if found {
@@ -401,7 +402,7 @@ async fn start_kubelets<'a>(
             )
             .await?;
         } else {
-            t.output("kubelet not installed (/opt/bin/kubelet): not started");
+            t.output("kubelet not installed (/usr/bin/kubelet): not started");
         }
         s.close().await;
         Ok(found)

@@ -68,6 +68,10 @@ pub fn run(cli: &Cli, args: &RenderArgs) -> anyhow::Result<()> {
         machine: args.machine.clone(),
     };
     let rendered = render::render(&fleet, &keys, &selection, args.generation)?;
+    let unpinned = render::unpinned(&fleet);
+    for warning in &unpinned {
+        tracing::warn!("{warning}");
+    }
     tracing::debug!("rendered after {:.2?}", started.elapsed());
     let written = rendered
         .write_to(&args.out)
@@ -80,6 +84,7 @@ pub fn run(cli: &Cli, args: &RenderArgs) -> anyhow::Result<()> {
             "generation": args.generation,
             "machines": rendered.machines,
             "files": written,
+            "unpinned_extensions": unpinned,
             "elapsed_ms": elapsed.as_millis(),
         }));
     }

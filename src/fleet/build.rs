@@ -34,7 +34,7 @@ pub(super) fn load(root: &Path) -> Result<Fleet, LoadError> {
     }
 }
 
-struct Ctx {
+pub(super) struct Ctx {
     diags: Diagnostics,
     /// The file being converted, for `err`.
     file: usize,
@@ -48,7 +48,12 @@ struct Origin {
 }
 
 impl Ctx {
-    fn err(&mut self, span: &Span, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn err(
+        &mut self,
+        span: &Span,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.diags.at(self.file, span, field, message);
     }
 
@@ -64,7 +69,7 @@ impl Ctx {
     }
 
     /// Parses a scalar with `parse`, reporting its error at the value.
-    fn parse<T>(
+    pub(super) fn parse<T>(
         &mut self,
         v: &Text,
         field: &str,
@@ -79,7 +84,11 @@ impl Ctx {
         }
     }
 
-    fn parse_as<T: FromStr<Err = String>>(&mut self, v: &Text, field: &str) -> Option<T> {
+    pub(super) fn parse_as<T: FromStr<Err = String>>(
+        &mut self,
+        v: &Text,
+        field: &str,
+    ) -> Option<T> {
         self.parse(v, field, |s| s.parse())
     }
 
@@ -98,7 +107,7 @@ impl Ctx {
         }
     }
 
-    fn url(&mut self, v: &Text, field: &str, schemes: &[&str]) -> Option<Url> {
+    pub(super) fn url(&mut self, v: &Text, field: &str, schemes: &[&str]) -> Option<Url> {
         let url = match Url::parse(v.as_str()) {
             Ok(url) => url,
             Err(e) => {
@@ -150,9 +159,22 @@ impl Ctx {
     }
 
     fn build(&mut self, root: &Path, files: load::RawFiles) -> Option<Fleet> {
+        let lock = match super::lock::AssetsLock::read(root) {
+            Ok(lock) => lock,
+            Err(e) => {
+                let id = self.diags.add_file(PathBuf::from(super::lock::LOCK_FILE));
+                let (line, column) = match &e {
+                    super::lock::LockError::Parse { line, column, .. } => (*line, *column),
+                    super::lock::LockError::Io { .. } => (0, 0),
+                };
+                self.diags
+                    .push(id, line, column, String::new(), crate::errfmt::chain(&e));
+                super::lock::AssetsLock::default()
+            }
+        };
         let settings = files.fleet.as_ref().and_then(|(id, raw)| {
             self.file = *id;
-            self.fleet_settings(raw)
+            self.fleet_settings(raw, &lock)
         });
         let mut sites = Vec::new();
         let mut site_origins = HashMap::new();
@@ -231,8 +253,18 @@ struct SiteSpans {
 
 impl Ctx {
     /// Everything of `fleet.yaml`; `sites` is filled in by `build`.
-    fn fleet_settings(&mut self, raw: &RawFleet) -> Option<Fleet> {
+    fn fleet_settings(&mut self, raw: &RawFleet, lock: &super::lock::AssetsLock) -> Option<Fleet> {
         let flavor = self.parse_as::<OsFlavor>(&raw.os.flavor, "os.flavor");
+        let extensions = self.extensions(
+            raw.extensions.as_deref().unwrap_or_default(),
+            flavor,
+            &raw.kubernetes.version,
+            lock,
+        );
+        let image_registry = match &raw.kubernetes.image_registry {
+            Some(r) => self.parse(r, "kubernetes.image_registry", parse_registry),
+            None => Some("registry.k8s.io".to_string()),
+        };
         let dhcp = match raw.boot.as_ref().and_then(|b| b.dhcp.as_ref()) {
             Some(v) => self.parse_as::<DhcpMode>(v, "boot.dhcp"),
             None => Some(DhcpMode::Proxy),
@@ -366,6 +398,7 @@ impl Ctx {
             },
             kubernetes: Kubernetes {
                 version: raw.kubernetes.version.to_string(),
+                image_registry: image_registry?,
             },
             admins,
             state: StateSettings {
@@ -402,6 +435,7 @@ impl Ctx {
                 isolate: d.isolate.to_string(),
                 reconnect: d.reconnect.to_string(),
             }),
+            extensions,
             sites: Vec::new(),
         };
         Some(fleet)
@@ -501,6 +535,10 @@ impl Ctx {
                 format!("{} is more than 100 percent", *raw.capacity),
             );
         }
+        let registry_mirror = raw
+            .registry_mirror
+            .as_ref()
+            .and_then(|u| self.url(u, "registry_mirror", &["http", "https"]));
         let defaults = raw.bmc_defaults.as_ref();
         let driver = defaults
             .and_then(|d| d.driver.as_ref())
@@ -532,6 +570,7 @@ impl Ctx {
                     .map(|f| PathBuf::from(f.as_str())),
                 insecure: defaults.and_then(|d| d.insecure).unwrap_or(false),
             },
+            registry_mirror,
             machines: Vec::new(),
         };
         let spans = SiteSpans {
@@ -863,6 +902,23 @@ impl Ctx {
 }
 
 /// `host:port` or `[v6]:port`.
+/// An image registry host as container image references spell it:
+/// `host[:port][/path]`, no scheme.
+fn parse_registry(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && !s.contains("://")
+        && !s.ends_with('/')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:/_".contains(&b));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid image registry {s:?}: write it as image references do, host[:port][/path] without a scheme (registry.k8s.io)"
+        ))
+    }
+}
+
 fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     let bad = || format!("malformed endpoint {s:?}: expected HOST:PORT, e.g. 10.10.4.10:6443");
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;

@@ -9,7 +9,9 @@
 
 mod build;
 pub mod diag;
+pub mod extensions;
 mod load;
+pub mod lock;
 mod raw;
 pub mod types;
 
@@ -55,6 +57,8 @@ pub struct Fleet {
     pub rebuild: Option<Rebuild>,
     pub forensics: Option<Forensics>,
     pub drill: Option<Drill>,
+    /// Node software as system extensions, in `fleet.yaml` order.
+    pub extensions: Vec<Extension>,
     /// Sites in name order.
     pub sites: Vec<Site>,
 }
@@ -97,6 +101,87 @@ pub struct Os {
 #[derive(Clone, Debug, Serialize)]
 pub struct Kubernetes {
     pub version: String,
+    /// Where static-pod and pause images come from (`registry.k8s.io`).
+    pub image_registry: String,
+}
+
+/// Node software delivered as a systemd system extension (`extensions`
+/// in `fleet.yaml`): fetched or built into the asset cache, served by each
+/// site's boot server, fetched by Ignition with its digest checked, merged
+/// by `systemd-sysext`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Extension {
+    pub name: String,
+    pub version: String,
+    pub roles: Vec<Role>,
+    pub source: ExtensionSource,
+    /// The vendor's checksum file (and its OpenPGP signature), read once
+    /// when there is no pin yet.
+    pub checksums: Option<Url>,
+    pub checksums_signature: Option<Url>,
+    /// The fetched file's digest as written in the fleet.
+    pub pin: Option<crate::assets::verify::Expected>,
+    /// What `assets.lock` records for it, when it has an entry that
+    /// matches this declaration.
+    pub locked: Option<lock::LockedExtension>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtensionSource {
+    /// A ready sysext image.
+    Image(Url),
+    /// A `.tar.gz` release archive; `binaries` are paths inside it.
+    Archive { url: Url, binaries: Vec<String> },
+    /// A Debian package (a URL, or `debian:PACKAGE` for `lab image`);
+    /// `binaries` are paths inside it (empty: all of `usr/bin`).
+    Deb {
+        source: String,
+        binaries: Vec<String>,
+    },
+}
+
+impl ExtensionSource {
+    /// Where the input comes from, as written.
+    pub fn location(&self) -> String {
+        match self {
+            ExtensionSource::Image(url) => url.to_string(),
+            ExtensionSource::Archive { url, .. } => url.to_string(),
+            ExtensionSource::Deb { source, .. } => source.clone(),
+        }
+    }
+}
+
+impl Extension {
+    /// The image's file name in the cache, on the boot server and on the
+    /// node: `<name>-<version>.raw`.
+    pub fn file_name(&self) -> String {
+        format!("{}-{}.raw", self.name, self.version)
+    }
+
+    /// The path below the asset cache (and the boot server's `/assets/`).
+    pub fn asset_path(&self) -> String {
+        format!("extensions/{}/{}", self.name, self.file_name())
+    }
+
+    /// Ignition's `verification.hash` of the image nodes fetch
+    /// (`sha512-<hex>`): the lock's, or for a ready image the fleet's own
+    /// pin. None until pinned.
+    pub fn image_hash(&self) -> Option<String> {
+        if let Some(l) = &self.locked {
+            return Some(format!("sha512-{}", l.image_sha512));
+        }
+        match (&self.source, &self.pin) {
+            (ExtensionSource::Image(_), Some(p)) => {
+                Some(format!("{}-{}", p.algorithm.name(), p.hex))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn for_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -178,6 +263,8 @@ pub struct Site {
     /// Share of the global load this site can carry, in percent.
     pub capacity: u32,
     pub bmc_defaults: BmcDefaults,
+    /// A registry mirror for this site's image pulls (air-gapped sites).
+    pub registry_mirror: Option<Url>,
     pub machines: Vec<Machine>,
 }
 

@@ -27,6 +27,7 @@ pub struct RawFleet {
     pub rebuild: Option<RawRebuild>,
     pub forensics: Option<RawForensics>,
     pub drill: Option<RawDrill>,
+    pub extensions: Option<Vec<Spanned<RawExtension>>>,
 }
 
 #[derive(Deserialize)]
@@ -43,6 +44,41 @@ pub struct RawOs {
 #[serde(deny_unknown_fields)]
 pub struct RawKubernetes {
     pub version: Text,
+    pub image_registry: Option<Text>,
+}
+
+/// One entry of `extensions`: node software as a systemd system extension.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExtension {
+    pub name: Text,
+    pub version: Text,
+    pub roles: Vec<Text>,
+    /// A ready sysext image to fetch as is.
+    pub image: Option<Text>,
+    /// Or: a release archive or Debian package metalherd packs into one.
+    pub build: Option<RawExtensionBuild>,
+    /// The vendor's checksum file for the fetched file (`SHA256SUMS`, a
+    /// `.sha512`), read once to write `assets.lock`.
+    pub checksums: Option<Text>,
+    /// A detached OpenPGP signature of the checksum file.
+    pub checksums_signature: Option<Text>,
+    /// Digest pins of the fetched file, written in the fleet.
+    pub sha256: Option<Text>,
+    pub sha512: Option<Text>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExtensionBuild {
+    /// A `.tar.gz` release archive (URL).
+    pub archive: Option<Text>,
+    /// A Debian package: a URL, or `debian:PACKAGE` (fetched from the
+    /// Debian archive by `lab image`, checked against its signed index).
+    pub deb: Option<Text>,
+    /// Which files of the input become `usr/bin/<name>`.
+    #[serde(default)]
+    pub binaries: Vec<Text>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +156,8 @@ pub struct RawSite {
     pub cluster: Spanned<RawCluster>,
     pub capacity: Spanned<u32>,
     pub bmc_defaults: Option<RawBmcDefaults>,
+    /// A registry mirror this site's nodes pull images from.
+    pub registry_mirror: Option<Text>,
 }
 
 #[derive(Deserialize)]

@@ -399,7 +399,9 @@ impl Renderer<'_> {
     ) -> Result<RenderedMachine, RenderError> {
         let ctx = context::machine_context(site_ctx, site, machine);
         let role_file = format!("ignition/{}.yaml", machine.role.as_str());
-        let final_config = to_json(&self.ignition(&role_file, &ctx, site, machine, true)?);
+        let mut config = self.ignition(&role_file, &ctx, site, machine, true)?;
+        self.add_extensions(&mut config, site, machine)?;
+        let final_config = to_json(&config);
 
         let installs = machine.install_disk.is_some() && self.fleet.os.flavor == OsFlavor::Flatcar;
         let (ignition, final_ignition) = if installs {
@@ -441,6 +443,79 @@ impl Renderer<'_> {
             final_ignition,
             ipxe,
         })
+    }
+
+    /// The machine's node software: each extension of its role as a file
+    /// under `/opt/extensions/<name>/` fetched from the site's boot server
+    /// with its pinned sha512 checked by Ignition, the
+    /// `/etc/extensions/<name>.raw` link `systemd-sysext` merges, and
+    /// `systemd-sysext.service` enabled (Flatcar enables it already; Fedora
+    /// CoreOS and the lab do not). Extensions not pinned yet are left out
+    /// (see [`unpinned`]); nothing unverified reaches a machine.
+    fn add_extensions(
+        &self,
+        config: &mut ign::Config,
+        site: &Site,
+        machine: &Machine,
+    ) -> Result<(), RenderError> {
+        let mut any = false;
+        for ext in self
+            .fleet
+            .extensions
+            .iter()
+            .filter(|e| e.for_role(machine.role))
+        {
+            let Some(hash) = ext.image_hash() else {
+                continue;
+            };
+            any = true;
+            let target = format!("/opt/extensions/{}/{}", ext.name, ext.file_name());
+            let mut file = ign::File::new(target.clone());
+            file.mode = Some(0o644);
+            file.overwrite = Some(true);
+            file.contents = Some(ign::Resource {
+                source: Some(format!(
+                    "{}/assets/{}",
+                    context::trim_slash(&site.boot_server),
+                    ext.asset_path()
+                )),
+                verification: Some(ign::Verification { hash: Some(hash) }),
+                ..Default::default()
+            });
+            let mut link = ign::Link::new(format!("/etc/extensions/{}.raw", ext.name));
+            link.target = Some(target);
+            link.overwrite = Some(true);
+            link.hard = Some(false);
+            let storage = config.storage.get_or_insert_with(Default::default);
+            let files = storage.files.get_or_insert_with(Vec::new);
+            let links = storage.links.get_or_insert_with(Vec::new);
+            if files.iter().any(|f| f.path == file.path)
+                || links.iter().any(|l| l.path == link.path)
+            {
+                return Err(RenderError::Machine {
+                    machine: machine.name.to_string(),
+                    message: format!(
+                        "{} (extension {}) is managed by metalherd; remove it from the role file",
+                        link.path, ext.name
+                    ),
+                });
+            }
+            files.push(file);
+            links.push(link);
+        }
+        if any {
+            let units = config
+                .systemd
+                .get_or_insert_with(Default::default)
+                .units
+                .get_or_insert_with(Vec::new);
+            if !units.iter().any(|u| u.name == "systemd-sysext.service") {
+                let mut unit = ign::Unit::new("systemd-sysext.service".into());
+                unit.enabled = Some(true);
+                units.push(unit);
+            }
+        }
+        Ok(())
     }
 
     /// Hostname, pinned SSH host key and the `core` user's keys: what
@@ -558,6 +633,28 @@ impl Renderer<'_> {
         }
         Ok(())
     }
+}
+
+/// The extensions `fleet` declares that have no digest yet (no pin in
+/// the fleet, no entry in `assets.lock`), each with the roles that lose
+/// it: rendering leaves them out, and `serve` and `provision` say so.
+pub fn unpinned(fleet: &Fleet) -> Vec<String> {
+    fleet
+        .extensions
+        .iter()
+        .filter(|e| e.image_hash().is_none())
+        .map(|e| {
+            let roles: Vec<&str> = e.roles.iter().map(|r| r.as_str()).collect();
+            format!(
+                "extension {} {} ({}) is not pinned yet and is left out of the rendered configs: \
+                 run `metalherd assets fetch` on a machine that reaches its source to record its \
+                 digest in assets.lock",
+                e.name,
+                e.version,
+                roles.join(", ")
+            )
+        })
+        .collect()
 }
 
 /// Compact Ignition JSON without the `null`s the generated structs would

@@ -483,6 +483,9 @@ async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
 /// async threads.
 async fn load(opts: Arc<Options>) -> anyhow::Result<(Content, fleet::Fleet, String)> {
     let fleet = fleet::load(&opts.fleet_root)?;
+    for warning in crate::render::unpinned(&fleet) {
+        tracing::warn!("{warning}");
+    }
     let view = async {
         let (store, _) = crate::state::open(&fleet)?;
         let roles = recorded_roles(&fleet, &opts.sites).await?;

@@ -214,7 +214,7 @@ fn install_fake_kubelet(hosts: &Hosts, machine: &str, cert: &str) {
     let mut child = hosts
         .ssh_command(
             machine,
-            "sudo install -D -m 0755 /dev/stdin /opt/bin/kubelet",
+            "sudo install -D -m 0755 /dev/stdin /usr/bin/kubelet",
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -16,13 +16,14 @@
 //!   site's gateway.
 //! - In each host namespace, a private mount and UTS namespace running
 //!   `hosts/boot.sh`: overlays give the host its own writable `/etc`,
-//!   `/home`, `/var`, `/opt`, `/usr/local` and `/root` (upper dirs in this
+//!   `/home`, `/var`, `/opt`, `/usr/bin`, `/usr/local` and `/root` (upper dirs in this
 //!   harness's temp dir, see [`Hosts::host_file`]) and a tmpfs `/run`; the
 //!   real Ignition (Debian's build) applies the machine's rendered final
 //!   config with `-root /` *into those overlays* (no temp root, no
 //!   copying): the `core` user with the admins' and metalherd's keys, the
 //!   pinned host key, `/etc/etcd/etcd.env`, the units. Then what Flatcar
-//!   has and Debian lacks: passwordless sudo for `core`, `/opt/bin/etcd`,
+//!   has and Debian lacks: passwordless sudo for `core`, etcd at `/usr/bin/etcd` (Debian's, where the
+//!   merged extension puts it),
 //!   and a `systemctl` stand-in (`hosts/systemctl`; hosts run no systemd)
 //!   that starts units detached and records their pids in
 //!   `/var/lib/systemctl-standin/`. Finally it execs `sshd` on the

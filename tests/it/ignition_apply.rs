@@ -54,6 +54,11 @@ fn prepare_root(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// Runs the fetch-offline and files stages of `config` into a new root.
 fn apply(config: &Path) -> (tempfile::TempDir, PathBuf) {
+    try_apply(config).unwrap_or_else(|log| panic!("{log}"))
+}
+
+/// Like [`apply`], with Ignition's (redacted) log as the error.
+fn try_apply(config: &Path) -> Result<(tempfile::TempDir, PathBuf), String> {
     let ignition = ignition_binary();
     let dir = tempfile::tempdir().unwrap();
     let (root, bin) = prepare_root(dir.path());
@@ -90,14 +95,14 @@ fn apply(config: &Path) -> (tempfile::TempDir, PathBuf) {
                     }
                 })
                 .collect();
-            panic!(
+            return Err(format!(
                 "ignition stage {stage} failed for {}:\n{}",
                 config.display(),
                 redacted.join("\n")
-            );
+            ));
         }
     }
-    (dir, root)
+    Ok((dir, root))
 }
 
 fn read(root: &Path, path: &str) -> String {
@@ -204,4 +209,97 @@ fn install_stage_applies_and_carries_the_final_config() {
         "{unit}"
     );
     let _ = repo();
+}
+
+/// Records `image` as the built image of the fleet's extension `name` in
+/// its assets.lock, as `assets fetch` or `lab image` would.
+pub fn lock_extension(fleet: &Path, name: &str, image: &[u8]) -> String {
+    use sha2::Digest;
+    let model = metalherd::fleet::load(fleet).unwrap();
+    let ext = model.extensions.iter().find(|e| e.name == name).unwrap();
+    let sha512 = hex::encode(sha2::Sha512::digest(image));
+    let mut lock = metalherd::fleet::lock::AssetsLock::read(fleet).unwrap();
+    lock.version = 1;
+    lock.extensions.insert(
+        name.to_string(),
+        metalherd::fleet::lock::LockedExtension {
+            version: ext.version.clone(),
+            source: ext.source.location(),
+            os: metalherd::fleet::extensions::sysext_os(model.os.flavor).to_string(),
+            source_digest: metalherd::assets::verify::Expected {
+                algorithm: metalherd::assets::verify::Algorithm::Sha256,
+                hex: hex::encode(sha2::Sha256::digest(image)),
+            },
+            image: ext.file_name(),
+            image_size: image.len() as u64,
+            image_sha512: sha512.clone(),
+        },
+    );
+    lock.write(fleet).unwrap();
+    sha512
+}
+
+/// The real Ignition fetches a control plane's etcd extension from the
+/// site's boot server (here a loopback test server) with the pinned
+/// sha512 checked: the file lands byte-identical, `/etc/extensions/etcd.raw`
+/// links to it and systemd-sysext is enabled. Served bytes that differ
+/// from the pin make Ignition fail, naming the hash mismatch.
+#[test]
+fn control_plane_extension_is_fetched_over_http_with_its_hash_checked() {
+    let server = super::httpd::Server::start();
+    let fleet = super::example_fleet();
+    let site = fleet.path().join("sites/fra.yaml");
+    let yaml = std::fs::read_to_string(&site).unwrap();
+    std::fs::write(
+        &site,
+        yaml.replace(
+            "boot_server: http://10.10.0.2:8080",
+            &format!("boot_server: {}", server.url()),
+        ),
+    )
+    .unwrap();
+    let image: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    lock_extension(fleet.path(), "etcd", &image);
+    let out = render_with_cli(fleet.path());
+    let config = out.path().join("fra/fra-cp-01.final.ign");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("/assets/extensions/etcd/etcd-v3.5.15.raw"),
+        "the config fetches the extension from the boot server"
+    );
+    assert!(
+        !text.contains("kubernetes-v1.31.2.raw"),
+        "the unpinned kubernetes extension is left out"
+    );
+
+    server.put("/assets/extensions/etcd/etcd-v3.5.15.raw", image.clone());
+    let (_dir, root) = apply(&config);
+    let landed = std::fs::read(root.join("opt/extensions/etcd/etcd-v3.5.15.raw")).unwrap();
+    assert!(landed == image, "the extension landed byte-identical");
+    assert_eq!(
+        std::fs::read_link(root.join("etc/extensions/etcd.raw")).unwrap(),
+        Path::new("/opt/extensions/etcd/etcd-v3.5.15.raw")
+    );
+    let preset = read(&root, "/etc/systemd/system-preset/20-ignition.preset");
+    assert!(preset.contains("enable systemd-sysext.service"), "{preset}");
+    assert!(read(&root, "/etc/systemd/system/etcd.service").contains("ExecStart=/usr/bin/etcd"));
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|(p, _)| p == "/assets/extensions/etcd/etcd-v3.5.15.raw"),
+        "Ignition fetched it from the boot server"
+    );
+
+    let mut tampered = image.clone();
+    tampered[1000] ^= 0xff;
+    server.put("/assets/extensions/etcd/etcd-v3.5.15.raw", tampered);
+    let log = match try_apply(&config) {
+        Ok(_) => panic!("Ignition applied an extension whose bytes differ from the pin"),
+        Err(log) => log,
+    };
+    assert!(
+        log.to_lowercase().contains("hash"),
+        "the failure names the hash: {log}"
+    );
 }

@@ -160,7 +160,21 @@ fn installing_machines_carry_their_final_config() {
 #[test]
 fn ignition_validate_accepts_every_rendered_file_without_warnings() {
     let validate = require("ignition-validate", "ignition");
-    let out = render_with_cli(repo());
+    // With both extensions pinned, so that their files, links and the
+    // sysext unit are validated too.
+    let fleet = super::example_fleet();
+    super::ignition_apply::lock_extension(fleet.path(), "etcd", b"etcd image");
+    super::ignition_apply::lock_extension(fleet.path(), "kubernetes", b"kubernetes image");
+    let out = render_with_cli(fleet.path());
+    let cp = std::fs::read_to_string(out.path().join("fra/fra-cp-01.final.ign")).unwrap();
+    for want in [
+        "/opt/extensions/etcd/etcd-v3.5.15.raw",
+        "/opt/extensions/kubernetes/kubernetes-v1.31.2.raw",
+        "/etc/extensions/kubernetes.raw",
+        "systemd-sysext.service",
+    ] {
+        assert!(cp.contains(want), "control plane config lacks {want}");
+    }
     let files: Vec<_> = files_below(out.path())
         .into_iter()
         .filter(|f| f.extension().is_some_and(|e| e == "ign"))

@@ -17,7 +17,7 @@ hostname "$MACHINE"
 # A writable view of each directory a bootstrap writes to: an overlay whose
 # upper dir is this host's own. The upper dir carries the lower dir's mode
 # and owner, which the merged directory shows (sshd's StrictModes checks it).
-for d in etc home var opt usr/local root; do
+for d in etc home var opt usr/bin usr/local root; do
     name=$(echo "$d" | tr / _)
     mkdir -p "$HOST_DIR/upper/$name" "$HOST_DIR/work/$name"
     chmod --reference="/$d" "$HOST_DIR/upper/$name"
@@ -55,7 +55,7 @@ for stage in fetch-offline files; do
 done
 
 # What Flatcar has and Debian lacks: core may sudo without a password,
-# etcd at /opt/bin, and (no systemd here) a systemctl stand-in, found first
+# (no systemd here) a systemctl stand-in, found first
 # both on sudo's secure_path and on an SSH session's PATH.
 usermod -a -G sudo core
 echo '%sudo ALL=(ALL:ALL) NOPASSWD: ALL' >/etc/sudoers.d/90-flatcar-sudo
@@ -63,8 +63,9 @@ echo '%sudo ALL=(ALL:ALL) NOPASSWD: ALL' >/etc/sudoers.d/90-flatcar-sudo
 # that no key material ever travels in argv.
 echo 'Defaults logfile=/var/log/sudo.log, loglinelen=0, !syslog' >>/etc/sudoers.d/90-flatcar-sudo
 chmod 0440 /etc/sudoers.d/90-flatcar-sudo
-mkdir -p /opt/bin /usr/local/sbin /usr/local/bin
-ln -sf /usr/bin/etcd /opt/bin/etcd
+# etcd: Debian's /usr/bin/etcd stands where the etcd extension, merged by
+# systemd-sysext, puts it on a real node.
+mkdir -p /usr/local/sbin /usr/local/bin
 install -m 0755 "$STANDIN" /usr/local/sbin/systemctl
 ln -sf /usr/local/sbin/systemctl /usr/local/bin/systemctl
 
