@@ -22,6 +22,23 @@ pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     write_file(path, contents, mode, false)
 }
 
+/// Creates `path` atomically and durably with permission `mode`, failing
+/// with [`io::ErrorKind::AlreadyExists`] if it exists: the file is
+/// written whole beside it, then hard-linked into place (which never
+/// replaces a file, even one that appeared meanwhile). For secrets handed
+/// to a user (`kubeconfig --out`), who must never get half of one nor
+/// lose the one they had.
+pub fn create_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let (dir, tmp) = temp_beside(path)?;
+    let result = (|| {
+        write_temp(&tmp, contents, mode, true)?;
+        fs::hard_link(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
 /// Reads a secret the user keeps in a file (`file:` BMC credentials, the
 /// state's age identity), refusing it, as OpenSSH refuses a private key,
 /// when its group or others may read or write it: a secret in such a file
@@ -54,7 +71,8 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-fn write_file(path: &Path, contents: &[u8], mode: u32, durable: bool) -> io::Result<()> {
+/// The directory of `path` and a temporary name beside it.
+fn temp_beside(path: &Path) -> io::Result<(&Path, std::path::PathBuf)> {
     let dir = parent_dir(path);
     let name = path
         .file_name()
@@ -64,20 +82,30 @@ fn write_file(path: &Path, contents: &[u8], mode: u32, durable: bool) -> io::Res
         name.to_string_lossy(),
         std::process::id()
     ));
+    Ok((dir, tmp))
+}
+
+fn write_temp(tmp: &Path, contents: &[u8], mode: u32, durable: bool) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(tmp)?;
+    // The umask may have narrowed the mode; a pre-existing temp file
+    // may have a wider one. Either way, set exactly what was asked.
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    file.write_all(contents)?;
+    if durable {
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32, durable: bool) -> io::Result<()> {
+    let (dir, tmp) = temp_beside(path)?;
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have narrowed the mode; a pre-existing temp file
-        // may have a wider one. Either way, set exactly what was asked.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        if durable {
-            file.sync_all()?;
-        }
+        write_temp(&tmp, contents, mode, durable)?;
         fs::rename(&tmp, path)?;
         if durable {
             fs::File::open(dir)?.sync_all()?;
@@ -163,6 +191,19 @@ mod tests {
             fs::set_permissions(&path, fs::Permissions::from_mode(private)).unwrap();
             assert_eq!(read_private(&path).unwrap(), "admin:hunter2\n");
         }
+    }
+
+    #[test]
+    fn create_atomic_never_replaces_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        create_atomic(&path, b"one", 0o600).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let err = create_atomic(&path, b"two", 0o600).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&path).unwrap(), b"one");
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left behind");
     }
 
     #[test]

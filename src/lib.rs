@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod fsutil;
 pub mod job;
 pub mod keys;
+pub mod kubeconfig;
 pub mod lab;
 pub mod lifecycle;
 pub mod parallel;

@@ -312,6 +312,17 @@ fn first_service_ip(site: &Site) -> Option<IpAddr> {
     }
 }
 
+/// The URL of `site`'s API server, as kubeconfigs name it (an IPv6
+/// address in brackets).
+pub fn api_server_url(site: &Site) -> String {
+    let endpoint = &site.cluster.api_endpoint;
+    if endpoint.host.contains(':') {
+        format!("https://[{}]:{}", endpoint.host, endpoint.port)
+    } else {
+        format!("https://{}:{}", endpoint.host, endpoint.port)
+    }
+}
+
 /// Makes the whole PKI of `site`'s cluster, valid from `now` for
 /// `validity_days`.
 pub fn generate(
@@ -322,14 +333,9 @@ pub fn generate(
     use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
     let cluster = site.cluster.name.as_str();
     let endpoint = &site.cluster.api_endpoint;
-    let server = if endpoint.host.contains(':') {
-        format!("https://[{}]:{}", endpoint.host, endpoint.port)
-    } else {
-        format!("https://{}:{}", endpoint.host, endpoint.port)
-    };
     let mut b = Builder {
         cluster: cluster.to_string(),
-        server,
+        server: api_server_url(site),
         now,
         validity: Duration::days(validity_days),
         out: ClusterPki::default(),

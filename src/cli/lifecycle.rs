@@ -107,7 +107,7 @@ pub struct AuditArgs {
     limit: usize,
 }
 
-/// `10m`, `90s`, `1h`, `0`.
+/// `10m`, `90s`, `1h`, `1d`, `0`.
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let t = text.trim();
     if t == "0" {
@@ -116,13 +116,17 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
     let n: u64 = num
         .parse()
-        .with_context(|| format!("duration {text:?}: expected a number and s, m or h"))?;
-    Ok(Duration::from_secs(match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => bail!("duration {text:?}: expected a number and s, m or h (e.g. 10m)"),
-    }))
+        .with_context(|| format!("duration {text:?}: expected a number and s, m, h or d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("duration {text:?}: expected a number and s, m, h or d (e.g. 10m)"),
+    };
+    n.checked_mul(unit)
+        .map(Duration::from_secs)
+        .with_context(|| format!("duration {text:?} is too long"))
 }
 
 pub(super) fn site<'a>(fleet: &'a Fleet, name: &SiteName) -> anyhow::Result<&'a Site> {

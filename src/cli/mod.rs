@@ -13,6 +13,7 @@ mod dev;
 mod drill;
 mod init;
 mod inventory;
+mod kubeconfig;
 mod lab;
 mod lifecycle;
 mod lockdown;
@@ -114,6 +115,14 @@ pub enum Command {
     Release(lifecycle::ReleaseCommand),
     /// The audit log: every operation, who ran it, overrides and their reasons.
     Audit(lifecycle::AuditArgs),
+    /// Issue a short-lived admin kubeconfig for a site's current cluster
+    /// generation (recorded in the audit log).
+    ///
+    /// A fresh client key and a certificate (O=system:masters) signed by
+    /// the generation's Kubernetes CA. Refused for a site without a
+    /// generation and for a retired or compromised generation. Printed to
+    /// stdout, or written 0600 with --out.
+    Kubeconfig(kubeconfig::KubeconfigArgs),
     /// The lab: the fleet's sites as QEMU VMs in a network namespace.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -188,6 +197,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Plan(cmd) => lifecycle::plan(cli, cmd),
         Command::Replace(cmd) => lifecycle::replace(cli, cmd),
         Command::Audit(args) => lifecycle::audit(cli, args),
+        Command::Kubeconfig(args) => kubeconfig::run(cli, args),
         Command::Rebuild(args) => lifecycle::rebuild(cli, args),
         Command::Release(cmd) => lifecycle::release(cli, cmd),
         Command::Lockdown(cmd) => lockdown::run(cli, cmd),

@@ -15,6 +15,7 @@ mod faults;
 mod hosts;
 mod httpd;
 mod ignition_apply;
+mod kubeconfig;
 mod lab;
 mod lifecycle;
 mod lockdown;

@@ -6,7 +6,8 @@
 //! missing credentials, an unreachable BMC), the boot server through a
 //! whole boot and the abuses of its tokens and report secrets (and a
 //! SIGHUP reload of a fleet with an inline secret), state, audit and plan,
-//! a wrong and a missing state key, inline secrets in the inventory; and
+//! a wrong and a missing state key, inline secrets in the inventory, an
+//! admin `kubeconfig` (all of it but the client key it hands out); and
 //! `bootstrap`, `exec` and `ssh` on the network-namespace test hosts.
 //!
 //! Every stdout, stderr and log, every HTTP answer of the boot server that
@@ -1309,10 +1310,50 @@ fn without_a_state_key_plain_keys_are_private_and_never_printed() {
             said.output(&all.join(" "), &out);
         }
     }
+    // An admin kubeconfig of a generation seeded into the state: all its
+    // outputs but the fresh client key it is there to hand out.
+    super::kubeconfig::seed(f, "fra", &[1], 1, &[]);
+    let handed = |s: &str| -> String {
+        let kept = s.lines().filter(|l| !l.contains("client-key-data:"));
+        kept.collect::<Vec<_>>().join("\n")
+    };
+    let kc = tempfile::tempdir().unwrap();
+    for output in ["text", "json"] {
+        let file = kc.path().join(output);
+        let args = ["--output", output, "-vv", "kubeconfig", "--site", "fra"];
+        let out = metalherd_env(f, &args, &[]);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        let label = args.join(" ");
+        said.push(format!("`{label}` stdout"), handed(&text(&out.stdout)));
+        said.push(format!("`{label}` stderr"), text(&out.stderr));
+        let out = metalherd_env(
+            f,
+            &[&args[..], &["--out", file.to_str().unwrap()]].concat(),
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{args:?} --out: {}",
+            text(&out.stderr)
+        );
+        said.output(&format!("{label} --out"), &out);
+        said.push(
+            format!("kubeconfig --out ({output})"),
+            handed(&std::fs::read_to_string(&file).unwrap()),
+        );
+    }
     let state = f.join(".metalherd/state");
+    let pki = super::files_below(&state.join("pki"))
+        .iter()
+        .filter(|p| private_name(&p.to_string_lossy()))
+        .count();
     let mut secrets = Secrets::default();
     let keys = collect_state_secrets(f, &state, &mut secrets);
-    assert_eq!(keys, 19, "18 host keys and metalherd's own");
+    assert_eq!(
+        keys,
+        19 + pki,
+        "18 host keys, metalherd's own and fra's PKI"
+    );
     let mut problems = Vec::new();
     for (place, text) in &said.0 {
         problems.extend(leaks(&secrets, place, text));
@@ -1323,7 +1364,7 @@ fn without_a_state_key_plain_keys_are_private_and_never_printed() {
     };
     disk.tree(f, "fleet", Some(&state), &[], &secrets);
     problems.extend(disk.problems.iter().cloned());
-    assert_eq!((disk.sealed, disk.ignition), (19, 36));
+    assert_eq!((disk.sealed, disk.ignition), (19 + pki, 36));
     assert_clean(&problems);
 }
 
