@@ -10,6 +10,7 @@
 //! Downloads in progress live in `.partial/` and resume from there.
 
 pub mod download;
+pub mod sysext;
 pub mod verify;
 
 use std::fs;

@@ -1,17 +1,19 @@
 //! `metalherd assets fetch|verify|list`: the OS image cache the boot server
-//! serves at `/assets/`.
+//! serves at `/assets/`; `metalherd assets sysext build`: a system
+//! extension image of node software (see `crate::assets::sysext`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use serde_json::json;
 
 use super::{load_fleet, print_json, Cli, Output};
 use crate::assets::download::{Fetcher, RetryPolicy};
-use crate::assets::verify::SigningKeys;
+use crate::assets::sysext::{self, SysextInput, SysextOs, SysextSpec};
+use crate::assets::verify::{Algorithm, Expected, SigningKeys};
 use crate::assets::{self, Release};
 use crate::fleet::{Fleet, OsFlavor};
 
@@ -37,6 +39,73 @@ enum AssetsCommand {
     Verify,
     /// Show the cached releases with their files' sizes and digests.
     List,
+    /// System extension images of node software (etcd, kubelet) that
+    /// systemd-sysext merges over /usr. Needs no fleet.
+    #[command(subcommand)]
+    Sysext(SysextCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum SysextCommand {
+    /// Build a sysext image from a release archive or a Debian package
+    /// whose digest you pin: the digest is checked before anything is
+    /// unpacked; the image holds only the named binaries (usr/bin/<base
+    /// name>, root-owned, 0755) and its extension-release file, and is the
+    /// same byte for byte from the same input and options. Install it on
+    /// the node as /etc/extensions/<name>.raw.
+    #[command(disable_version_flag = true)]
+    Build(SysextBuildArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("input").required(true).args(["deb", "archive"])))]
+#[command(group(ArgGroup::new("digest").required(true).args(["sha256", "sha512"])))]
+struct SysextBuildArgs {
+    /// The extension's name: lower-case letters, digits, `-`, `_`. The
+    /// node must see the image as <name>.raw.
+    #[arg(long)]
+    name: String,
+    /// The software's version, recorded as SYSEXT_VERSION_ID.
+    #[arg(long = "version", id = "sysext_version", value_name = "VERSION")]
+    sysext_version: String,
+    /// The OS the image is for (extension-release ID; `any` is ID=_any,
+    /// for static binaries).
+    #[arg(long, value_enum)]
+    os: SysextOsArg,
+    /// The host VERSION_ID to require: needed for debian (12) and fedora
+    /// (the Fedora major); without it a flatcar image says SYSEXT_LEVEL=1.0
+    /// and fits every Flatcar release.
+    #[arg(long, value_name = "VERSION")]
+    os_version: Option<String>,
+    /// A Debian package to take the binaries from.
+    #[arg(long, value_name = "FILE")]
+    deb: Option<PathBuf>,
+    /// A release tarball (.tar.gz, .tgz or .tar) to take the binaries from.
+    #[arg(long, value_name = "FILE")]
+    archive: Option<PathBuf>,
+    /// A file of the input to install as usr/bin/<base name>, as a path
+    /// inside it (etcd-v3.5.16-linux-amd64/etcd, or usr/bin/etcd in a
+    /// package). Repeat for more. Without it, a package's every file in
+    /// usr/bin.
+    #[arg(long = "binary", value_name = "PATH")]
+    binaries: Vec<String>,
+    /// The input's pinned sha256 (hex).
+    #[arg(long, value_name = "HEX")]
+    sha256: Option<String>,
+    /// The input's pinned sha512 (hex).
+    #[arg(long, value_name = "HEX")]
+    sha512: Option<String>,
+    /// Where to write the image (replaced atomically).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SysextOsArg {
+    Flatcar,
+    Fedora,
+    Debian,
+    Any,
 }
 
 #[derive(Args, Debug)]
@@ -64,6 +133,9 @@ struct FetchArgs {
 }
 
 pub fn run(cli: &Cli, args: &AssetsArgs) -> anyhow::Result<()> {
+    if let AssetsCommand::Sysext(SysextCommand::Build(b)) = &args.command {
+        return sysext_build(cli, b);
+    }
     let fleet = load_fleet(cli)?;
     let dir = args
         .assets_dir
@@ -73,6 +145,7 @@ pub fn run(cli: &Cli, args: &AssetsArgs) -> anyhow::Result<()> {
         AssetsCommand::Fetch(f) => fetch(cli, &fleet, &dir, f),
         AssetsCommand::Verify => verify(cli, &fleet, &dir),
         AssetsCommand::List => list(cli, &dir),
+        AssetsCommand::Sysext(SysextCommand::Build(b)) => sysext_build(cli, b),
     }
 }
 
@@ -193,6 +266,70 @@ fn list(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<()> {
                 &f.sha512[..16.min(f.sha512.len())]
             );
         }
+    }
+    Ok(())
+}
+
+fn sysext_build(cli: &Cli, args: &SysextBuildArgs) -> anyhow::Result<()> {
+    let (input, what) = match (&args.deb, &args.archive) {
+        (Some(deb), _) => (SysextInput::Deb(deb.clone()), deb),
+        (None, Some(archive)) => (SysextInput::Archive(archive.clone()), archive),
+        (None, None) => anyhow::bail!("give --deb FILE or --archive FILE"),
+    };
+    let expected = match (&args.sha256, &args.sha512) {
+        (Some(hex), _) => Expected {
+            algorithm: Algorithm::Sha256,
+            hex: hex.to_ascii_lowercase(),
+        },
+        (None, Some(hex)) => Expected {
+            algorithm: Algorithm::Sha512,
+            hex: hex.to_ascii_lowercase(),
+        },
+        (None, None) => anyhow::bail!("give --sha256 HEX or --sha512 HEX"),
+    };
+    let spec = SysextSpec {
+        name: args.name.clone(),
+        version: args.sysext_version.clone(),
+        os: match args.os {
+            SysextOsArg::Flatcar => SysextOs::Flatcar,
+            SysextOsArg::Fedora => SysextOs::Fedora,
+            SysextOsArg::Debian => SysextOs::Debian,
+            SysextOsArg::Any => SysextOs::Any,
+        },
+        os_version: args.os_version.clone(),
+        binaries: args.binaries.clone(),
+        expected,
+    };
+    let image = sysext::build(&spec, &input, &args.out).with_context(|| {
+        format!(
+            "building sysext `{}` from {}; nothing was written",
+            spec.name,
+            what.display()
+        )
+    })?;
+    let raw_name = format!("{}.raw", spec.name);
+    if image.path.file_name() != Some(std::ffi::OsStr::new(&raw_name)) {
+        tracing::warn!(
+            "{}: install it on the node as {raw_name}: systemd-sysext looks inside for \
+             extension-release.<image name>",
+            image.path.display()
+        );
+    }
+    if cli.output == Output::Json {
+        return print_json(&json!({
+            "ok": true,
+            "image": image,
+            "extension_release": sysext::extension_release(&spec),
+        }));
+    }
+    println!(
+        "built {}: {} bytes, sha512 {}",
+        image.path.display(),
+        image.size,
+        image.sha512
+    );
+    for f in &image.files {
+        println!("  {f}");
     }
     Ok(())
 }

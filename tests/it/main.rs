@@ -29,6 +29,7 @@ mod secrets;
 mod serve;
 mod state;
 mod state_etcd_smoke;
+mod sysext;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
