@@ -153,10 +153,9 @@ impl Ctx {
                         format!("{at}.name"),
                         format!(
                             "{LOCK_FILE}'s entry for `{}` no longer matches this declaration: it records {}; \
-                             run `metalherd assets fetch --update {}` to re-pin it (a reviewed change to {LOCK_FILE})",
+                             delete that entry and run `metalherd assets fetch` to pin it again (a reviewed change to {LOCK_FILE})",
                             ext.name,
                             differs.join(", "),
-                            ext.name
                         ),
                     );
                 }
