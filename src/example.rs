@@ -32,6 +32,18 @@ pub const FILES: &[(&str, &str)] = &[
     ("sites/fra.yaml", include_str!("../sites/fra.yaml")),
     ("sites/muc.yaml", include_str!("../sites/muc.yaml")),
     (
+        "templates/containerd/10-metalherd.conf",
+        include_str!("../templates/containerd/10-metalherd.conf"),
+    ),
+    (
+        "templates/containerd/config.toml",
+        include_str!("../templates/containerd/config.toml"),
+    ),
+    (
+        "templates/containerd/hosts.toml",
+        include_str!("../templates/containerd/hosts.toml"),
+    ),
+    (
         "templates/dnsmasq/dnsmasq.conf",
         include_str!("../templates/dnsmasq/dnsmasq.conf"),
     ),

@@ -251,9 +251,12 @@ fn image(
         &lab::image::BuildOptions {
             mirror: args.mirror.clone(),
             force: args.force,
+            debs: lab::extensions::debian_packages(fleet),
         },
         &progress,
     )?;
+    let recorded = lab::image::recorded_debs(&report.dir)?;
+    let extensions = lab::extensions::build_and_lock(fleet, &report.dir, &assets, &recorded)?;
     if cli.output == Output::Json {
         return print_json(&json!({
             "dir": report.dir,
@@ -262,6 +265,7 @@ fn image(
             "build_seconds": report.build_seconds,
             "kernel_bytes": report.kernel_bytes,
             "initrd_bytes": report.initrd_bytes,
+            "extensions": extensions,
         }));
     }
     if report.cached {
@@ -279,6 +283,18 @@ fn image(
             report.kernel_bytes as f64 / 1e6,
             report.initrd_bytes as f64 / 1e6,
             report.dir.display()
+        );
+    }
+    for e in &extensions {
+        println!(
+            "extension {} {}: {} ({} bytes, sha512 {}…) from {}, {} assets.lock",
+            e.name,
+            e.version,
+            e.image.display(),
+            e.size,
+            &e.sha512[..16.min(e.sha512.len())],
+            e.deb,
+            if e.cached { "matches" } else { "recorded in" }
         );
     }
     Ok(())

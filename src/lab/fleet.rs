@@ -51,7 +51,34 @@ pub fn files() -> Vec<(&'static str, String)> {
     files
 }
 
+/// The lab fleet's node software: etcd from Debian's package, built into
+/// an extension by `lab image`. It takes the place of the example's
+/// `extensions` (and the comment above them).
+fn lab_extensions() -> String {
+    format!(
+        "# Node software for the lab's Debian VMs, as on Flatcar a system extension:\n\
+         # `metalherd lab image` builds etcd's from Debian's etcd-server package (apt\n\
+         # checks it against Debian's signed archive index) and records its digests\n\
+         # in assets.lock; VMs get it only through Ignition and systemd-sysext. No\n\
+         # kubernetes extension: no package source the lab reaches has a current\n\
+         # kubelet, so lab clusters stop at a healthy etcd quorum.\n\
+         extensions:\n  \
+         - name: etcd\n    \
+         version: {SUITE}\n    \
+         roles: [control-plane]\n    \
+         build:\n      \
+         deb: debian:etcd-server\n"
+    )
+}
+
 fn fleet_yaml(text: &str) -> String {
+    // The example's extensions block: from its comment to `admins:`.
+    let text = match (text.find("# Node software"), text.find("\nadmins:")) {
+        (Some(start), Some(end)) if start < end => {
+            format!("{}{}{}", &text[..start], lab_extensions(), &text[end + 1..])
+        }
+        _ => text.to_string(),
+    };
     let mut out = String::new();
     let mut section = "";
     for line in text.lines() {
@@ -148,6 +175,11 @@ mod tests {
         assert!(
             fleet.contains("version: v1.31.2"),
             "kubernetes untouched: {fleet}"
+        );
+        assert!(fleet.contains("deb: debian:etcd-server"), "{fleet}");
+        assert!(
+            !fleet.contains("kubernetes-node-linux-amd64"),
+            "the lab declares no kubernetes extension: {fleet}"
         );
         let fra = &files
             .iter()

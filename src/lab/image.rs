@@ -3,7 +3,9 @@
 //!
 //! The initrd is two cpio archives back to back: first, uncompressed, the
 //! root filesystem as a zstd squashfs (mmdebstrap, merged-usr: systemd,
-//! OpenSSH, etcd, Debian's Ignition ...); then, gzip-compressed, busybox,
+//! OpenSSH, Debian's Ignition ...; no etcd: node software reaches lab VMs
+//! as system extensions, the way it reaches Flatcar, see
+//! [`super::extensions`]); then, gzip-compressed, busybox,
 //! a few kernel modules and `/init` ([`INIT`]). `/init` mounts the root
 //! read-only under a tmpfs overlay, gets an address by DHCP, runs
 //! Ignition chrooted into the root (fetch stage from `ignition.config.url`
@@ -12,8 +14,10 @@
 //! run as root.
 //!
 //! Layout: `<assets>/lab/<suite>/` holds `vmlinuz`, `initrd.img` and
-//! `MANIFEST.json`. The manifest records the [`input_hash`] of everything
-//! the build depends on (script, `/init`, package list, suite); a
+//! `MANIFEST.json`, and `debs/` the Debian packages extensions are built
+//! from (downloaded, not installed, by the root's apt, which checks them
+//! against Debian's signed index). The manifest records the [`input_hash`] of everything
+//! the build depends on (script, `/init`, package lists, suite); a
 //! directory whose manifest matches, with files of the recorded sizes and
 //! digests, is used as is. A build happens in `<assets>/lab/.build-<pid>/`
 //! and replaces the old directory in one rename; a failed build deletes
@@ -50,7 +54,6 @@ const PACKAGES: &[&str] = &[
     "openssh-server",
     "sudo",
     "curl",
-    "etcd-server",
     "iproute2",
     "ca-certificates",
     "ignition",
@@ -70,6 +73,9 @@ pub struct BuildOptions {
     pub mirror: Option<String>,
     /// Build even when a matching image is there.
     pub force: bool,
+    /// Debian packages to download into `debs/` for the fleet's
+    /// extensions (`build: { deb: debian:PACKAGE }`).
+    pub debs: Vec<String>,
 }
 
 /// What [`build`] made or found.
@@ -97,6 +103,9 @@ struct Manifest {
     files: BTreeMap<String, FileEntry>,
     /// Every package in the root, `name=version`.
     packages: Vec<String>,
+    /// The downloaded extension packages, by file name under `debs/`.
+    #[serde(default)]
+    debs: BTreeMap<String, FileEntry>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -107,11 +116,17 @@ struct FileEntry {
 
 /// The input hash (sha256 hex of every input: the build script, /init,
 /// the package list, the suite) — the cache key.
-pub fn input_hash(version: &str) -> String {
-    hash_inputs(BUILD_SCRIPT, INIT, PACKAGES, version)
+pub fn input_hash(version: &str, debs: &[String]) -> String {
+    hash_inputs(BUILD_SCRIPT, INIT, PACKAGES, version, debs)
 }
 
-fn hash_inputs(script: &str, init: &str, packages: &[&str], version: &str) -> String {
+fn hash_inputs(
+    script: &str,
+    init: &str,
+    packages: &[&str],
+    version: &str,
+    debs: &[String],
+) -> String {
     let mut h = Sha256::new();
     // Each input length-prefixed, so that no two input sets hash alike.
     let mut part = |name: &str, bytes: &[u8]| {
@@ -124,6 +139,9 @@ fn hash_inputs(script: &str, init: &str, packages: &[&str], version: &str) -> St
     part("init", init.as_bytes());
     part("packages", packages.join(",").as_bytes());
     part("suite", version.as_bytes());
+    if !debs.is_empty() {
+        part("debs", debs.join(",").as_bytes());
+    }
     hex::encode(h.finalize())
 }
 
@@ -149,7 +167,7 @@ pub fn build(
     validate_version(version)?;
     let lab = assets_dir.join("lab");
     let target = lab.join(version);
-    let hash = input_hash(version);
+    let hash = input_hash(version, &opts.debs);
     if !opts.force {
         if let Some(report) = cached(&target, &hash) {
             return Ok(report);
@@ -220,6 +238,7 @@ fn build_in(
         .args([version, mirror, &PACKAGES.join(",")])
         .arg(&work)
         .arg(staging)
+        .arg(opts.debs.join(","))
         .env(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -266,6 +285,28 @@ fn build_in(
             .with_context(|| format!("the build made no {}", path.display()))?;
         files.insert(name.to_string(), file_entry(&path)?);
     }
+    let mut debs = BTreeMap::new();
+    let debs_dir = staging.join("debs");
+    for entry in
+        fs::read_dir(&debs_dir).with_context(|| format!("reading {}", debs_dir.display()))?
+    {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+        debs.insert(name, file_entry(&path)?);
+    }
+    for want in &opts.debs {
+        if !debs.keys().any(|f| f.starts_with(&format!("{want}_"))) {
+            bail!(
+                "the build downloaded no package {want} into {}",
+                debs_dir.display()
+            );
+        }
+    }
     let manifest = Manifest {
         flavor: "lab".into(),
         version: version.into(),
@@ -276,6 +317,7 @@ fn build_in(
         build_seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         files,
         packages,
+        debs,
     };
     write_manifest(staging, &manifest)?;
     Ok(manifest)
@@ -328,6 +370,11 @@ fn cached(dir: &Path, hash: &str) -> Option<ImageReport> {
             return None;
         }
     }
+    for (name, recorded) in &manifest.debs {
+        if file_entry(&dir.join("debs").join(name)).ok()? != *recorded {
+            return None;
+        }
+    }
     Some(ImageReport {
         dir: dir.to_path_buf(),
         input_hash: hash.to_string(),
@@ -336,6 +383,21 @@ fn cached(dir: &Path, hash: &str) -> Option<ImageReport> {
         kernel_bytes: manifest.files["vmlinuz"].bytes,
         initrd_bytes: manifest.files["initrd.img"].bytes,
     })
+}
+
+/// The extension packages an image directory holds: file name under
+/// `debs/` → sha256, as its manifest recorded them at build time.
+pub fn recorded_debs(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let path = dir.join("MANIFEST.json");
+    let manifest: Manifest = serde_json::from_slice(
+        &fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", path.display()))?;
+    Ok(manifest
+        .debs
+        .into_iter()
+        .map(|(name, entry)| (name, entry.sha256))
+        .collect())
 }
 
 /// Root, and the programs the script runs, before anything is started.
@@ -473,25 +535,30 @@ mod tests {
 
     #[test]
     fn input_hash_is_stable_and_covers_every_input() {
-        let base = input_hash("bookworm");
-        assert_eq!(base, input_hash("bookworm"));
+        let base = input_hash("bookworm", &[]);
+        assert_eq!(base, input_hash("bookworm", &[]));
         assert_eq!(base.len(), 64);
         assert!(base.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(base, hash_inputs(BUILD_SCRIPT, INIT, PACKAGES, "bookworm"));
+        assert_eq!(
+            base,
+            hash_inputs(BUILD_SCRIPT, INIT, PACKAGES, "bookworm", &[])
+        );
         let variants = [
-            input_hash("trixie"),
-            hash_inputs(&format!("{BUILD_SCRIPT}#"), INIT, PACKAGES, "bookworm"),
-            hash_inputs(BUILD_SCRIPT, &format!("{INIT}#"), PACKAGES, "bookworm"),
-            hash_inputs(BUILD_SCRIPT, INIT, &PACKAGES[1..], "bookworm"),
+            input_hash("trixie", &[]),
+            hash_inputs(&format!("{BUILD_SCRIPT}#"), INIT, PACKAGES, "bookworm", &[]),
+            hash_inputs(BUILD_SCRIPT, &format!("{INIT}#"), PACKAGES, "bookworm", &[]),
+            hash_inputs(BUILD_SCRIPT, INIT, &PACKAGES[1..], "bookworm", &[]),
             // Moving a byte from one input to the next changes the hash.
-            hash_inputs(BUILD_SCRIPT, &format!("x{INIT}"), PACKAGES, "bookworm"),
+            hash_inputs(BUILD_SCRIPT, &format!("x{INIT}"), PACKAGES, "bookworm", &[]),
         ];
+        let with_debs = input_hash("bookworm", &["etcd-server".to_string()]);
+        assert_ne!(base, with_debs, "the extension packages are an input");
         for v in &variants {
             assert_ne!(&base, v);
         }
         assert_ne!(
-            hash_inputs("ab", "c", &[], "x"),
-            hash_inputs("a", "bc", &[], "x")
+            hash_inputs("ab", "c", &[], "x", &[]),
+            hash_inputs("a", "bc", &[], "x", &[])
         );
     }
 
@@ -537,7 +604,8 @@ mod tests {
             built_at: "2026-01-01T00:00:00Z".into(),
             build_seconds: 61.5,
             files,
-            packages: vec!["etcd-server=3.4.23-4+b6".into()],
+            packages: vec!["systemd=252.38-1~deb12u1".into()],
+            debs: BTreeMap::new(),
         };
         write_manifest(&dir, &manifest).unwrap();
         dir
@@ -546,7 +614,7 @@ mod tests {
     #[test]
     fn a_matching_image_is_used_as_is() {
         let assets = tempfile::tempdir().unwrap();
-        let hash = input_hash("bookworm");
+        let hash = input_hash("bookworm", &[]);
         let dir = fake_image(assets.path(), &hash);
         // No root, no mmdebstrap needed: nothing is built.
         let report = build(assets.path(), "bookworm", &BuildOptions::default(), &|s| {
@@ -571,11 +639,11 @@ mod tests {
     #[test]
     fn a_changed_or_different_image_is_not_used() {
         let assets = tempfile::tempdir().unwrap();
-        let hash = input_hash("bookworm");
+        let hash = input_hash("bookworm", &[]);
         let dir = fake_image(assets.path(), &hash);
         assert!(cached(&dir, &hash).is_some());
         assert!(
-            cached(&dir, &input_hash("trixie")).is_none(),
+            cached(&dir, &input_hash("trixie", &[])).is_none(),
             "other inputs"
         );
         fs::write(dir.join("initrd.img"), b"initrd?").unwrap();
@@ -609,6 +677,7 @@ mod tests {
         let opts = BuildOptions {
             mirror: None,
             force: std::env::var_os("METALHERD_LAB_FORCE").is_some(),
+            debs: vec!["etcd-server".into()],
         };
         let started = Instant::now();
         let report = build(&assets, "bookworm", &opts, &|s| {

@@ -16,6 +16,7 @@
 //! commands that talk to lab machines enter the namespace themselves
 //! ([`enter`]).
 
+pub mod extensions;
 pub mod fleet;
 pub mod image;
 
@@ -284,6 +285,21 @@ pub fn up(fleet: &Fleet, opts: &UpOptions, progress: &dyn Fn(&str)) -> anyhow::R
     ensure_lab_fleet(fleet)?;
     ensure_root("lab up")?;
     valid_name(&opts.name)?;
+    // VMs would boot without their node software: refuse, and say how.
+    let unpinned: Vec<&str> = fleet
+        .extensions
+        .iter()
+        .filter(|e| e.image_hash().is_none())
+        .map(|e| e.name.as_str())
+        .collect();
+    if !unpinned.is_empty() {
+        bail!(
+            "extension(s) {} of fleet {} are not built and pinned yet: run `metalherd lab image` first \
+             (it builds them from Debian's packages into the asset cache and records them in assets.lock)",
+            unpinned.join(", "),
+            fleet.name
+        );
+    }
     let started = Instant::now();
     if let Some(old) = load_record(fleet)? {
         if netns_exists(&old.name) || old.processes.iter().any(alive) {

@@ -1,6 +1,6 @@
 //! What role files and templates can use. Every template is rendered with
 //! `fleet`, `site`, `cluster`, `node_network`, `provisioning_network`, `control_planes`,
-//! `generation` and `assets_base`; machine templates also get `machine`
+//! `generation`, `registry` and `assets_base`; machine templates also get `machine`
 //! and `ignition_url`. README.md ("Templates") lists the fields; add new
 //! ones here, in a view struct, so templates never see secrets.
 
@@ -47,6 +47,15 @@ struct NetworkView {
     netmask: IpAddr,
     gateway: IpAddr,
     dns: Vec<IpAddr>,
+}
+
+/// Where images come from: `fleet.yaml`'s `kubernetes.image_registry`
+/// (its host, which names containerd's `certs.d/<host>/` directory) and
+/// the site's `registry_mirror`, if any.
+#[derive(Serialize)]
+struct RegistryView<'a> {
+    host: &'a str,
+    mirror: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -135,6 +144,14 @@ pub fn site_context(fleet: &Fleet, site: &Site, generation: u64) -> Context {
         })
         .collect();
     ctx.insert("control_planes", &peers);
+    let registry = &fleet.kubernetes.image_registry;
+    ctx.insert(
+        "registry",
+        &RegistryView {
+            host: registry.split('/').next().unwrap_or(registry),
+            mirror: site.registry_mirror.as_ref().map(trim_slash),
+        },
+    );
     ctx.insert("generation", &generation);
     ctx.insert(
         "assets_base",

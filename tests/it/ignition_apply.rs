@@ -303,3 +303,63 @@ fn control_plane_extension_is_fetched_over_http_with_its_hash_checked() {
         "the failure names the hash: {log}"
     );
 }
+
+/// A site's registry mirror: Ignition writes containerd's `hosts.toml` for
+/// the fleet's image registry (parsed by Python's tomllib, a real TOML
+/// parser) naming the mirror, the containerd config that points at it,
+/// and the drop-in that makes Flatcar's containerd read that config. A
+/// site without a mirror gets none of it.
+#[test]
+fn registry_mirror_renders_containerd_hosts_toml() {
+    let fleet = super::example_fleet();
+    let site = fleet.path().join("sites/fra.yaml");
+    let yaml = std::fs::read_to_string(&site).unwrap();
+    std::fs::write(
+        &site,
+        format!("{yaml}registry_mirror: https://mirror.fra.example:5000\n"),
+    )
+    .unwrap();
+    let out = render_with_cli(fleet.path());
+    let (_dir, root) = apply(&out.path().join("fra/fra-wk-01.final.ign"));
+    let hosts = root.join("etc/containerd/certs.d/registry.k8s.io/hosts.toml");
+    let python = super::require("python3", "python3");
+    let parsed = Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, tomllib; print(json.dumps(tomllib.load(open(sys.argv[1], 'rb'))))",
+        ])
+        .arg(&hosts)
+        .output()
+        .unwrap();
+    assert!(
+        parsed.status.success(),
+        "hosts.toml is not TOML: {}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    assert_eq!(doc["server"], "https://registry.k8s.io", "{doc}");
+    assert_eq!(
+        doc["host"]["https://mirror.fra.example:5000"]["capabilities"],
+        serde_json::json!(["pull", "resolve"]),
+        "{doc}"
+    );
+    let config = read(&root, "/etc/containerd/config.toml");
+    assert!(
+        config.contains("config_path = \"/etc/containerd/certs.d\""),
+        "{config}"
+    );
+    let dropin = read(
+        &root,
+        "/etc/systemd/system/containerd.service.d/10-metalherd.conf",
+    );
+    assert!(
+        dropin.contains("CONTAINERD_CONFIG=/etc/containerd/config.toml"),
+        "{dropin}"
+    );
+
+    let (_dir, ber) = apply(&out.path().join("ber/ber-wk-01.final.ign"));
+    assert!(
+        !ber.join("etc/containerd").exists(),
+        "a site without a mirror pulls from the registry as is"
+    );
+}

@@ -97,6 +97,71 @@ fn image_dir() -> &'static Path {
     })
 }
 
+/// `lab image` on `fleet` (the image is cached by then): builds the
+/// fleet's etcd extension from the image's Debian package, or finds it
+/// built, and records it in the fleet's assets.lock.
+fn pin_extensions(fleet: &Path, assets: &Path) {
+    let out = mh(
+        fleet,
+        &[
+            "--output",
+            "json",
+            "lab",
+            "image",
+            "--assets-dir",
+            assets.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "lab image (pinning the extensions): {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let doc = json(&out);
+    assert_eq!(doc["cached"], true, "the image was built once: {doc}");
+    assert_eq!(doc["extensions"][0]["name"], "etcd", "{doc}");
+    assert!(
+        std::fs::read_to_string(fleet.join("assets.lock"))
+            .unwrap()
+            .contains("debian:etcd-server"),
+        "assets.lock records the etcd extension"
+    );
+}
+
+/// The lab image's root filesystem holds no etcd: node software reaches
+/// the VMs only as an extension. Read with the real `cpio` and `unsquashfs`
+/// (the root is the squashfs in the initrd's first, uncompressed cpio).
+fn assert_image_has_no_etcd(assets: &Path) {
+    let initrd = assets.join("lab/bookworm/initrd.img");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(require("cpio", "cpio"))
+        .args(["-i", "--quiet", "root.squashfs"])
+        .current_dir(dir.path())
+        .stdin(std::fs::File::open(&initrd).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cpio: {}", text(&out.stderr));
+    let out = Command::new(require("unsquashfs", "squashfs-tools"))
+        .arg("-l")
+        .arg(dir.path().join("root.squashfs"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "unsquashfs: {}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.ends_with("/usr/bin/sshd") || l.ends_with("/usr/sbin/sshd")),
+        "the listing is the root's"
+    );
+    let etcd: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.ends_with("/etcd") || l.contains("/etcd-server"))
+        .collect();
+    assert!(etcd.is_empty(), "the lab image holds etcd: {etcd:?}");
+}
+
 /// A lab fleet whose site fra holds only its three control planes.
 fn lab_fleet() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -137,6 +202,7 @@ impl Lab {
         require_lab_programs();
         let assets = image_dir();
         let fleet = make();
+        pin_extensions(fleet.path(), assets);
         let name = format!("mhlab{}{tag}", std::process::id());
         let mut args = vec!["--output", "json", "lab", "up", "--name", &name];
         for s in sites {
@@ -214,6 +280,7 @@ fn netns_exists(name: &str) -> bool {
 #[test]
 fn provision_a_site_of_three_vms_to_etcd_quorum_then_lab_down() {
     let mut lab = Lab::up("a");
+    assert_image_has_no_etcd(image_dir());
     let started = Instant::now();
     let out = mh(
         lab.path(),
@@ -327,6 +394,42 @@ fn provision_a_site_of_three_vms_to_etcd_quorum_then_lab_down() {
         .unwrap();
     let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(members["members"].as_array().unwrap().len(), 3, "{members}");
+
+    // etcd came as the extension: systemd-sysext merged it on every VM.
+    let out = mh(
+        lab.path(),
+        &[
+            "--output",
+            "json",
+            "exec",
+            "--site",
+            "fra",
+            "--",
+            "sudo",
+            "systemd-sysext",
+            "status",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "systemd-sysext status: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let doc = json(&out);
+    let results = doc["machines"]
+        .as_array()
+        .or_else(|| doc["results"].as_array())
+        .unwrap_or_else(|| panic!("{doc}"));
+    assert_eq!(results.len(), 3, "{doc}");
+    for r in results {
+        let said = r["stdout"].as_str().unwrap_or_default();
+        assert!(
+            said.contains("/usr") && said.contains("etcd"),
+            "etcd is not merged on {}: {said}",
+            r["machine"]
+        );
+    }
 
     // The state: generation 1 at fra, its machines ready.
     let out = mh(

@@ -1,9 +1,12 @@
 #!/bin/sh
 # Builds metalherd's lab node image: a Debian kernel and an initrd whose
 # /init runs Debian's Ignition and then switch_roots into a Debian root
-# with systemd, OpenSSH and etcd. Run by src/lab/image.rs (as root):
+# with systemd and OpenSSH. Node software (etcd) is not in the image: as on
+# Flatcar, it arrives as a system extension; this script only downloads
+# the Debian packages those extensions are built from. Run by
+# src/lab/image.rs (as root):
 #
-#   sh build.sh SUITE MIRROR PACKAGES WORK OUT
+#   sh build.sh SUITE MIRROR PACKAGES WORK OUT [DEBS]
 #
 # SUITE    Debian suite (bookworm)
 # MIRROR   Debian mirror URL
@@ -11,12 +14,15 @@
 # WORK     empty scratch directory (holds `init`; the chroot goes here);
 #          the caller deletes it
 # OUT      directory that receives vmlinuz, initrd.img and packages.txt
+# DEBS     comma-separated packages downloaded (not installed) as .deb files
+#          into OUT/debs/ by the root's apt, which checks each against
+#          Debian's signed archive index
 #
 # Progress: one line per step on stdout ("step NAME more words"); what the
 # programs print goes to stderr.
 set -eu
 
-suite=$1 mirror=$2 packages=$3 work=$4 out=$5
+suite=$1 mirror=$2 packages=$3 work=$4 out=$5 debs=${6:-}
 exec 3>&1 1>&2
 step() { echo "step $*" >&3; }
 
@@ -49,6 +55,12 @@ for k in $keep_modules; do
 	case "$k" in */) k="$k*" ;; esac
 	set -- "$@" --dpkgopt="path-include=/lib/modules/*/kernel/$k"
 done
+# The extension packages: downloaded by the root's apt while its index is
+# there (mmdebstrap deletes it, and /tmp, at the end).
+set -- "$@" --customize-hook='mkdir -p "$1/var/lib/metalherd-debs"'
+if [ -n "$debs" ]; then
+	set -- "$@" --customize-hook="chroot \"\$1\" sh -c 'cd /var/lib/metalherd-debs && apt-get download -q $(echo "$debs" | tr , ' ')'"
+fi
 mmdebstrap --variant=minbase --mode=root --format=directory \
 	--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
 	--aptopt='APT::Install-Recommends "false"' \
@@ -70,6 +82,11 @@ cp "$root/boot/vmlinuz-$kver" "$out/vmlinuz"
 rm -rf "$root"/boot/* "$root"/vmlinuz* "$root"/initrd.img*
 chroot "$root" depmod "$kver"
 chroot "$root" dpkg-query -W -f '${Package}=${Version}\n' >"$out/packages.txt"
+mkdir -p "$out/debs"
+if [ -n "$debs" ]; then
+	mv "$root"/var/lib/metalherd-debs/*.deb "$out/debs/"
+fi
+rm -rf "$root/var/lib/metalherd-debs"
 
 # Debian's Ignition relabels for SELinux after writing files: give it a
 # config to read and a setfiles that does nothing.
@@ -102,17 +119,11 @@ enable getty@.service
 EOF
 echo 'disable *' >"$root/etc/systemd/system-preset/99-metalherd-lab-default.preset"
 # Presets on first boot only enable; what packages enabled at install
-# stays enabled. Debian's etcd.service would start an etcd of its own
-# (Ignition writes and enables the real one); the timers are not wanted
-# on a lab VM.
-chroot "$root" systemctl disable etcd.service apt-daily.timer apt-daily-upgrade.timer \
+# stays enabled: the timers are not wanted on a lab VM.
+chroot "$root" systemctl disable apt-daily.timer apt-daily-upgrade.timer \
 	dpkg-db-backup.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer
 chroot "$root" systemctl enable systemd-networkd.service ssh.service
 chroot "$root" systemctl mask systemd-firstboot.service
-
-# metalherd's etcd unit runs /opt/bin/etcd (where Flatcar nodes have it).
-mkdir -p "$root/opt/bin"
-ln -s /usr/bin/etcd "$root/opt/bin/etcd"
 
 # Ignition creates the core user; it may use sudo without a password.
 echo 'core ALL=(ALL) NOPASSWD:ALL' >"$root/etc/sudoers.d/core"
