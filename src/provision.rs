@@ -202,10 +202,16 @@ async fn wait_report(
                                 "Ignition served to {}; booting",
                                 seen.ignition_client.as_deref().unwrap_or("?")
                             )),
-                            "ignition-refused" => {}
+                            "ignition-refused" | "extension-mismatch" => {}
                             "reported" => {}
                             other => task.phase(other),
                         }
+                    }
+                    if stage == "extension-mismatch" {
+                        bail!(
+                            "its boot will fail: {}",
+                            seen.refused.clone().unwrap_or_default()
+                        );
                     }
                     if stage == "ignition-refused" {
                         let why = seen.refused.clone().unwrap_or_default();

@@ -474,10 +474,13 @@ impl Renderer<'_> {
             file.mode = Some(0o644);
             file.overwrite = Some(true);
             file.contents = Some(ign::Resource {
+                // `mac` lets the boot server say which machine fetched an
+                // image that will fail its hash check.
                 source: Some(format!(
-                    "{}/assets/{}",
+                    "{}/assets/{}?mac={}",
                     context::trim_slash(&site.boot_server),
-                    ext.asset_path()
+                    ext.asset_path(),
+                    machine.mac.hexhyp()
                 )),
                 verification: Some(ign::Verification { hash: Some(hash) }),
                 ..Default::default()

@@ -40,6 +40,10 @@ impl MachineContent {
 
 pub struct Content {
     pub by_mac: HashMap<MacAddr, Arc<MachineContent>>,
+    /// Pinned extension images by their path under `/assets/`, with the
+    /// sha512 machines will check: the boot server checks what it serves
+    /// against it, to say which machine will refuse what.
+    pub extensions: HashMap<String, String>,
     pub require_token: bool,
     pub machines: usize,
 }
@@ -102,8 +106,18 @@ pub fn build(fleet: &Fleet, sites: &[SiteName]) -> anyhow::Result<Content> {
         }
     }
     let machines = by_mac.len();
+    let extensions = fleet
+        .extensions
+        .iter()
+        .filter_map(|e| {
+            let hash = e.image_hash()?;
+            let sha512 = hash.strip_prefix("sha512-")?.to_string();
+            Some((e.asset_path(), sha512))
+        })
+        .collect();
     Ok(Content {
         by_mac,
+        extensions,
         require_token: fleet.boot.require_token,
         machines,
     })

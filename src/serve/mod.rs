@@ -46,6 +46,9 @@ pub enum Stage {
     IgnitionServed,
     /// An Ignition request for this machine was refused (`refused` says why).
     IgnitionRefused,
+    /// It fetched an extension image whose bytes here differ from the pin:
+    /// its Ignition will refuse it and the boot fails (`refused` says which).
+    ExtensionMismatch,
     Reported,
 }
 
@@ -133,6 +136,9 @@ pub struct Shared {
     pub metrics: Metrics,
     assets: PathBuf,
     ttl: Duration,
+    /// sha512 of served extension images, by path, size and mtime: each
+    /// file is hashed once, not on every machine's fetch.
+    digests: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
 }
 
 impl Shared {
@@ -148,6 +154,7 @@ impl Shared {
             metrics: Metrics::default(),
             assets,
             ttl,
+            digests: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -435,11 +442,68 @@ async fn report(
 
 async fn assets(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     UrlPath(path): UrlPath<String>,
+    Query(q): Query<MacQuery>,
     method: Method,
     headers: HeaderMap,
 ) -> Response {
+    let content = shared.content();
+    if let Some(expected) = content.extensions.get(&path) {
+        if let Some(problem) = shared.check_extension(&path, expected).await {
+            // Served all the same: the machine's Ignition checks the hash
+            // and refuses it, which is the guarantee; this says who.
+            tracing::error!("{problem}");
+            let machine = q
+                .mac
+                .as_deref()
+                .and_then(|m| m.parse::<MacAddr>().ok())
+                .and_then(|mac| content.by_mac.get(&mac).cloned());
+            if let Some(m) = machine {
+                shared.saw(&m.name, client, Stage::ExtensionMismatch);
+                if let Some(seen) = lock(&shared.seen).get_mut(m.name.as_str()) {
+                    seen.refused = Some(problem);
+                }
+            }
+        }
+    }
     files::serve(&shared.assets, &path, &method, &headers).await
+}
+
+impl Shared {
+    /// Why the extension image at `path` (under the assets directory) is
+    /// not the pinned one, if it is not.
+    async fn check_extension(&self, path: &str, expected: &str) -> Option<String> {
+        let file = self.assets.join(path);
+        let meta = tokio::fs::metadata(&file).await.ok()?;
+        let key = (meta.len(), meta.modified().ok()?);
+        let cached = lock(&self.digests)
+            .get(&file)
+            .filter(|(len, mtime, _)| (*len, *mtime) == key)
+            .map(|(_, _, d)| d.clone());
+        let actual = match cached {
+            Some(d) => d,
+            None => {
+                let f = file.clone();
+                let d = tokio::task::spawn_blocking(move || crate::assets::verify::digest_file(&f))
+                    .await
+                    .ok()?
+                    .ok()?
+                    .sha512;
+                lock(&self.digests).insert(file, (key.0, key.1, d.clone()));
+                d
+            }
+        };
+        (actual != expected).then(|| {
+            format!(
+                "extension image {path} served from {} has sha512 {}…, not the pinned {}… \
+                 (assets.lock): Ignition refuses it; `metalherd assets verify` names the file",
+                self.assets.display(),
+                &actual[..16],
+                &expected[..16.min(expected.len())]
+            )
+        })
+    }
 }
 
 async fn machines(State(shared): State<Arc<Shared>>) -> Response {

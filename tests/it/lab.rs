@@ -198,11 +198,23 @@ impl Lab {
 
     /// A lab of `sites` for the fleet `make` writes.
     fn up_with(tag: &str, make: fn() -> tempfile::TempDir, sites: &[&str]) -> Lab {
+        Lab::up_in(tag, make, sites, |_, assets| assets.to_path_buf())
+    }
+
+    /// Like [`Lab::up_with`], serving the asset directory that `assets`
+    /// returns for the fleet and the built image's assets.
+    fn up_in(
+        tag: &str,
+        make: fn() -> tempfile::TempDir,
+        sites: &[&str],
+        assets: impl FnOnce(&Path, &Path) -> PathBuf,
+    ) -> Lab {
         let one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         require_lab_programs();
-        let assets = image_dir();
+        let built = image_dir();
         let fleet = make();
-        pin_extensions(fleet.path(), assets);
+        pin_extensions(fleet.path(), built);
+        let assets = &assets(fleet.path(), built);
         let name = format!("mhlab{}{tag}", std::process::id());
         let mut args = vec!["--output", "json", "lab", "up", "--name", &name];
         for s in sites {
@@ -1011,4 +1023,115 @@ fn three_sites_drill_one_then_rebuild_in_waves_stopping_at_a_cut_site() {
         .collect();
     assert_eq!(calls, ["fra weight 0", "fra weight 100"], "{gslb}");
     eprintln!("three-site lab test: {:?}", started.elapsed());
+}
+
+/// A lab fleet whose site fra is its first control plane alone.
+fn one_machine_fleet() -> tempfile::TempDir {
+    let fleet = lab_fleet();
+    let inv = fleet.path().join("inventory/fra.yaml");
+    let body = std::fs::read_to_string(&inv).unwrap();
+    let cut = body.find("  - name: fra-cp-02").unwrap();
+    std::fs::write(&inv, &body[..cut]).unwrap();
+    let spec = fleet.path().join("sites/fra.yaml");
+    let body = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        body.replace("control_plane_count: 3", "control_plane_count: 1"),
+    )
+    .unwrap();
+    fleet
+}
+
+/// The boot server serves an etcd extension whose bytes differ from the
+/// pin in assets.lock (altered in the cache after it was built): the
+/// VM's real Ignition refuses it and its boot stops before systemd, the
+/// console says why (the hash), `provision` names the mismatch and the
+/// machine, and `assets verify` names the file.
+#[test]
+fn a_tampered_extension_is_refused_by_ignition_and_named_everywhere() {
+    let tampered = tempfile::tempdir().unwrap();
+    let dir = tampered.path().to_path_buf();
+    let mut lab = Lab::up_in("t", one_machine_fleet, &["fra"], move |_, built| {
+        let image = dir.join("lab/bookworm");
+        std::fs::create_dir_all(&image).unwrap();
+        for f in ["vmlinuz", "initrd.img", "MANIFEST.json"] {
+            std::fs::hard_link(built.join("lab/bookworm").join(f), image.join(f)).unwrap();
+        }
+        let ext = "extensions/etcd/etcd-bookworm.raw";
+        std::fs::create_dir_all(dir.join("extensions/etcd")).unwrap();
+        let mut bytes = std::fs::read(built.join(ext)).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x5a;
+        std::fs::write(dir.join(ext), bytes).unwrap();
+        dir
+    });
+    let out = mh(
+        lab.path(),
+        &[
+            "--output",
+            "json",
+            "provision",
+            "site",
+            "fra",
+            "--boot-timeout",
+            "600",
+        ],
+    );
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "provision succeeded with a tampered extension: {said}"
+    );
+    assert!(
+        said.contains("fra-cp-01")
+            && said.contains("extensions/etcd/etcd-bookworm.raw")
+            && said.contains("not the pinned")
+            && said.contains("Ignition refuses it"),
+        "provision does not name the mismatch: {said}"
+    );
+
+    // The VM: Ignition's files stage fails on the hash; it never reaches
+    // systemd, so the tampered etcd never runs.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let console = loop {
+        let c = lab.console("fra-cp-01");
+        if c.contains("ignition FAILED") || Instant::now() > deadline {
+            break c;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let failed = console
+        .lines()
+        .find(|l| l.contains("ignition FAILED"))
+        .unwrap_or_else(|| panic!("no Ignition failure on the console:\n{console}"));
+    assert!(
+        failed.to_lowercase().contains("hash"),
+        "the console does not name the hash: {failed}"
+    );
+    assert!(
+        !console.contains("switching to the root"),
+        "the VM went on booting after Ignition failed"
+    );
+    assert!(!console.contains("PRIVATE KEY"), "the console shows a key");
+
+    let out = mh(
+        lab.path(),
+        &[
+            "assets",
+            "verify",
+            "--assets-dir",
+            tampered.path().to_str().unwrap(),
+        ],
+    );
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "assets verify passed a tampered extension: {said}"
+    );
+    assert!(
+        said.contains("extensions/etcd/etcd-bookworm.raw"),
+        "assets verify does not name the file: {said}"
+    );
+    let out = lab.down();
+    assert!(out.status.success(), "lab down: {}", text(&out.stderr));
 }
