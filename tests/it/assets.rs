@@ -180,6 +180,8 @@ fn fetch(s: &Setup, extra: &[&str]) -> std::process::Output {
         "2",
         "--retry-delay-ms",
         "10",
+        // The example fleet's extensions are tests/it/assets_lock.rs's.
+        "--os-only",
     ];
     args.extend_from_slice(extra);
     metalherd(s.fleet.path(), &args)
