@@ -48,19 +48,8 @@ pub enum ExtensionError {
     #[error(transparent)]
     Lock(#[from] LockError),
     /// Served or built bytes that are not what `assets.lock` records.
-    #[error(
-        "{file}: the {what} file's {algorithm} is {actual}, but {LOCK_FILE} records {locked}: \
-         it changed since it was pinned. If the change is expected, delete the entry for `{name}` \
-         from {LOCK_FILE} and fetch again (a reviewed change); the cache and {LOCK_FILE} were not changed"
-    )]
-    LockMismatch {
-        name: String,
-        file: String,
-        what: &'static str,
-        algorithm: &'static str,
-        locked: String,
-        actual: String,
-    },
+    #[error(transparent)]
+    LockMismatch(Box<LockMismatch>),
     #[error("{0}")]
     Refused(String),
     #[error("{}: {source}", path.display())]
@@ -68,6 +57,22 @@ pub enum ExtensionError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{file}: the {what} file's {algorithm} is {actual}, but {LOCK_FILE} records {locked}: \
+     it changed since it was pinned. If the change is expected, delete the entry for `{name}` \
+     from {LOCK_FILE} and fetch again (a reviewed change); the cache and {LOCK_FILE} were not changed"
+)]
+pub struct LockMismatch {
+    pub name: String,
+    pub file: String,
+    /// `served` (the input) or `built` (the image).
+    pub what: &'static str,
+    pub algorithm: &'static str,
+    pub locked: String,
+    pub actual: String,
 }
 
 /// How to fetch.
@@ -331,14 +336,16 @@ fn check_input(
     match verify::digest_file(part)?.check(file, expected) {
         Err(VerifyError::Digest {
             algorithm, actual, ..
-        }) if matches!(basis, Basis::Lock) => Err(ExtensionError::LockMismatch {
-            name: ext.name.clone(),
-            file: file.to_string(),
-            what: "served",
-            algorithm,
-            locked: expected.hex.clone(),
-            actual,
-        }),
+        }) if matches!(basis, Basis::Lock) => {
+            Err(ExtensionError::LockMismatch(Box::new(LockMismatch {
+                name: ext.name.clone(),
+                file: file.to_string(),
+                what: "served",
+                algorithm,
+                locked: expected.hex.clone(),
+                actual,
+            })))
+        }
         other => Ok(other?),
     }
 }
@@ -411,14 +418,14 @@ fn target_os(fleet: &Fleet) -> (SysextOs, Option<String>) {
 fn check_image_against_lock(ext: &Extension, image: &Image) -> Result<(), ExtensionError> {
     match &ext.locked {
         Some(l) if !l.image_sha512.eq_ignore_ascii_case(&image.sha512) => {
-            Err(ExtensionError::LockMismatch {
+            Err(ExtensionError::LockMismatch(Box::new(LockMismatch {
                 name: ext.name.clone(),
                 file: ext.file_name(),
                 what: "built",
                 algorithm: Algorithm::Sha512.name(),
                 locked: l.image_sha512.clone(),
                 actual: image.sha512.clone(),
-            })
+            })))
         }
         _ => Ok(()),
     }
