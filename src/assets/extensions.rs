@@ -180,7 +180,7 @@ async fn fetch_one(
         ExtensionSource::Image(url) | ExtensionSource::Archive { url, .. } => url.clone(),
         ExtensionSource::Deb { source, .. } => match url::Url::parse(source) {
             Ok(url) if !source.starts_with("debian:") => url,
-            _ => return Ok(lab_built(opts, ext, source)),
+            _ => return lab_built(opts, ext, source),
         },
     };
     let file = file_name_of(&url).unwrap_or_else(|| ext.name.clone());
@@ -233,21 +233,27 @@ async fn fetch_one(
 
 /// A `debian:` source: nothing to fetch. Its image, if `lab image` has
 /// put one in the cache, is re-checked against the lock.
-fn lab_built(opts: &FetchOptions<'_>, ext: &Extension, source: &str) -> Outcome {
+fn lab_built(
+    opts: &FetchOptions<'_>,
+    ext: &Extension,
+    source: &str,
+) -> Result<Outcome, ExtensionError> {
     let path = opts.assets_dir.join(ext.asset_path());
     let mut note = format!("{source} is built by `metalherd lab image`, not fetched");
     match (cache::image_pin(ext), path.exists()) {
         (Some((expected, against)), true) => match cache::check_image(&path, &expected) {
             Ok(()) => note.push_str(&format!("; its cached image matches {against}")),
-            Err(p) => note.push_str(&format!(
-                "; its cached image {} does NOT match {against}: {p}",
-                ext.asset_path()
-            )),
+            Err(p) => {
+                return Err(ExtensionError::Refused(format!(
+                    "{}: {p} ({against}); rebuild it with `metalherd lab image`",
+                    ext.asset_path()
+                )))
+            }
         },
         (None, true) => note.push_str("; its cached image is not pinned yet"),
         (_, false) => note.push_str("; no image cached yet"),
     }
-    Outcome::Skipped { note }
+    Ok(Outcome::Skipped { note })
 }
 
 /// `.partial/` in the cache, where downloads wait to be verified.

@@ -358,3 +358,50 @@ fn a_mirror_serves_inputs_and_checksums_for_air_gapped_sites() {
     );
     assert!(cached(&v).exists());
 }
+
+#[test]
+fn debian_packages_are_left_to_lab_image_and_their_cached_image_checked() {
+    let v = setup();
+    let yaml = v.fleet.path().join("inventory/fleet.yaml");
+    let text_before = std::fs::read_to_string(&yaml).unwrap();
+    let tools = "  - name: tools\n    version: \"1.0\"\n    roles: [worker]\n    \
+                 build:\n      deb: debian:etcd-client\nadmins:";
+    std::fs::write(&yaml, text_before.replacen("admins:", tools, 1)).unwrap();
+    let out = fetch(&v, &[]);
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(
+        text(&out.stdout).contains(
+            "skipped extension tools 1.0: debian:etcd-client is built by `metalherd lab image`, \
+             not fetched; no image cached yet"
+        ),
+        "{}",
+        both(&out)
+    );
+
+    // As `lab image` would leave it: an image and its lock entry; then
+    // the cached file is changed.
+    super::ignition_apply::lock_extension(v.fleet.path(), "tools", b"the image");
+    let cached = v.fleet.path().join("assets/extensions/tools/tools-1.0.raw");
+    std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+    std::fs::write(&cached, b"the image").unwrap();
+    let out = fetch(&v, &[]);
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(
+        text(&out.stdout).contains("its cached image matches assets.lock"),
+        "{}",
+        both(&out)
+    );
+    std::fs::write(&cached, b"another image").unwrap();
+    let out = fetch(&v, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(
+        text(&out.stdout).contains(&format!(
+            "FAIL  extension tools 1.0: extensions/tools/tools-1.0.raw: sha512 digest mismatch: \
+             expected {}, got {}",
+            sha512(b"the image"),
+            sha512(b"another image")
+        )),
+        "{}",
+        both(&out)
+    );
+}
