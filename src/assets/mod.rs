@@ -1,15 +1,20 @@
 //! OS images: fetch a pinned Flatcar or Fedora CoreOS release, verify it
 //! (digest and OpenPGP signature) before it enters the cache, and keep the
-//! cache that the boot server serves at `/assets/`.
+//! cache that the boot server serves at `/assets/`. Node software
+//! (system extensions) enters the same cache through [`extensions`].
 //!
 //! Cache layout (under `assets/` in the fleet, or `--assets-dir`):
 //! `blobs/sha512/<hex>` holds each file once, by content; a release
 //! directory `<flavor>/<version>/` links its files there by name, beside
 //! their `.sig` (and Flatcar's `.DIGESTS`) and a `MANIFEST.json`. A release
 //! directory appears in one rename, complete and verified, or not at all.
-//! Downloads in progress live in `.partial/` and resume from there.
+//! Extension images are linked there as
+//! `extensions/<name>/<name>-<version>.raw`, each in one rename; their
+//! digests are in the fleet's `assets.lock`. Downloads in progress live in
+//! `.partial/` and resume from there.
 
 pub mod download;
+pub mod extensions;
 pub mod sysext;
 pub mod verify;
 

@@ -1,9 +1,10 @@
 //! `metalherd assets fetch|verify|list`: the OS image cache the boot server
-//! serves at `/assets/`; `metalherd assets sysext build`: a system
+//! serves at `/assets/`, and the fleet's extensions in it
+//! (`crate::assets::extensions`); `metalherd assets sysext build`: a system
 //! extension image of node software (see `crate::assets::sysext`).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,7 +15,7 @@ use super::{load_fleet, print_json, Cli, Output};
 use crate::assets::download::{Fetcher, RetryPolicy};
 use crate::assets::sysext::{self, SysextInput, SysextOs, SysextSpec};
 use crate::assets::verify::{Algorithm, Expected, SigningKeys};
-use crate::assets::{self, Release};
+use crate::assets::{self, extensions, Release};
 use crate::fleet::{Fleet, OsFlavor};
 
 #[derive(Args, Debug)]
@@ -30,14 +31,19 @@ pub struct AssetsArgs {
 enum AssetsCommand {
     /// Download a release's kernel and initrd (and FCOS rootfs), check
     /// each file's digest and OpenPGP signature against os.signing_keys,
-    /// and add the release to the cache. Nothing enters the cache unless
-    /// every file verified.
+    /// and add the release to the cache; then fetch every extension the
+    /// fleet declares, check it against its pin (the fleet's, assets.lock's,
+    /// or the first time the vendor's checksum file), build its sysext
+    /// image and cache it, recording both digests in assets.lock. Nothing
+    /// enters the cache unless it verified.
     #[command(disable_version_flag = true)]
     Fetch(FetchArgs),
-    /// Re-check every cached file's digest and signature. Exits 1 if any
-    /// fails.
+    /// Re-check every cached file's digest and signature, and every cached
+    /// extension image against assets.lock (or the fleet's pin). Exits 1 if
+    /// any fails.
     Verify,
-    /// Show the cached releases with their files' sizes and digests.
+    /// Show the cached releases with their files' sizes and digests, and
+    /// the cached extension images.
     List,
     /// System extension images of node software (etcd, kubelet) that
     /// systemd-sysext merges over /usr. Needs no fleet.
@@ -109,6 +115,7 @@ enum SysextOsArg {
 }
 
 #[derive(Args, Debug)]
+#[command(group(ArgGroup::new("only").args(["extensions_only", "os_only"])))]
 struct FetchArgs {
     /// OS flavor [default: os.flavor].
     #[arg(long, value_parser = ["flatcar", "fcos"])]
@@ -121,9 +128,20 @@ struct FetchArgs {
     release_version: Option<String>,
     /// Fetch from this mirror instead of the vendor: Flatcar files at
     /// URL/<version>/<file>, Fedora CoreOS metadata at
-    /// URL/streams/<channel>.json.
+    /// URL/streams/<channel>.json, an extension's input, checksum file and
+    /// signature at URL/extensions/<name>/<file name of its URL>.
     #[arg(long, value_name = "URL")]
     mirror: Option<String>,
+    /// Fetch only the fleet's extensions, not the OS release.
+    #[arg(long)]
+    extensions_only: bool,
+    /// Fetch only the OS release, not the extensions.
+    #[arg(long)]
+    os_only: bool,
+    /// Never write assets.lock: refuse an extension that neither the fleet
+    /// nor assets.lock pins (for CI and nightly jobs).
+    #[arg(long)]
+    locked: bool,
     /// Retries per file after a connection error, timeout or 5xx.
     #[arg(long, default_value_t = 5)]
     retries: u32,
@@ -144,7 +162,7 @@ pub fn run(cli: &Cli, args: &AssetsArgs) -> anyhow::Result<()> {
     match &args.command {
         AssetsCommand::Fetch(f) => fetch(cli, &fleet, &dir, f),
         AssetsCommand::Verify => verify(cli, &fleet, &dir),
-        AssetsCommand::List => list(cli, &dir),
+        AssetsCommand::List => list(cli, &fleet, &dir),
         AssetsCommand::Sysext(SysextCommand::Build(b)) => sysext_build(cli, b),
     }
 }
@@ -159,24 +177,20 @@ fn signing_keys(fleet: &Fleet) -> anyhow::Result<SigningKeys> {
     Ok(SigningKeys::load(&paths)?)
 }
 
-fn fetch(cli: &Cli, fleet: &Fleet, dir: &std::path::Path, args: &FetchArgs) -> anyhow::Result<()> {
+fn fetch(cli: &Cli, fleet: &Fleet, dir: &Path, args: &FetchArgs) -> anyhow::Result<()> {
     let flavor = match args.flavor.as_deref() {
         Some("fcos") => OsFlavor::Fcos,
         Some(_) => OsFlavor::Flatcar,
         None => fleet.os.flavor,
     };
-    let release = Release {
-        flavor,
-        channel: args
-            .channel
-            .clone()
-            .unwrap_or_else(|| fleet.os.channel.clone()),
-        version: args
-            .release_version
-            .clone()
-            .unwrap_or_else(|| fleet.os.version.clone()),
+    let os = !args.extensions_only && flavor != OsFlavor::Lab;
+    // The OS release needs keys; extensions only if a checksum file is
+    // signed.
+    let keys = if os || !fleet.os.signing_keys.is_empty() {
+        Some(signing_keys(fleet)?)
+    } else {
+        None
     };
-    let keys = signing_keys(fleet)?;
     let policy = RetryPolicy {
         retries: args.retries,
         base_delay: Duration::from_millis(args.retry_delay_ms),
@@ -188,6 +202,123 @@ fn fetch(cli: &Cli, fleet: &Fleet, dir: &std::path::Path, args: &FetchArgs) -> a
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let mut release = serde_json::Value::Null;
+    if os {
+        let keys = keys.as_ref().context("no signing keys")?;
+        release = fetch_os(cli, fleet, dir, args, flavor, (&fetcher, keys, &runtime))?;
+    } else if !args.extensions_only && cli.output == Output::Text {
+        println!("skipped the OS: the lab's image is built by `metalherd lab image`, not fetched");
+    }
+    if args.os_only {
+        if cli.output == Output::Json {
+            return print_json(&json!({ "ok": true, "dir": dir, "release": release }));
+        }
+        return Ok(());
+    }
+    let opts = extensions::FetchOptions {
+        fetcher: &fetcher,
+        keys: keys.as_ref(),
+        mirror: args.mirror.as_deref(),
+        locked: args.locked,
+        assets_dir: dir,
+    };
+    let results = runtime.block_on(extensions::fetch_all(&opts, fleet));
+    let mut docs = Vec::new();
+    let mut failed = Vec::new();
+    for (ext, result) in &results {
+        let what = format!("extension {} {}", ext.name, ext.version);
+        match result {
+            Ok(outcome) => {
+                let mut doc = serde_json::to_value(outcome)?;
+                doc["ok"] = json!(true);
+                docs.push(doc);
+                if cli.output == Output::Text {
+                    print_outcome(&what, ext, outcome);
+                }
+            }
+            Err(e) => {
+                let message = crate::errfmt::chain(e);
+                docs.push(json!({ "ok": false, "error": message }));
+                failed.push(ext.name.as_str());
+                if cli.output == Output::Text {
+                    println!("FAIL  {what}: {message}");
+                }
+            }
+        }
+        if let Some(doc) = docs.last_mut() {
+            doc["name"] = json!(ext.name);
+            doc["version"] = json!(ext.version);
+        }
+    }
+    if cli.output == Output::Json {
+        print_json(&json!({
+            "ok": failed.is_empty(),
+            "dir": dir,
+            "release": release,
+            "extensions": docs,
+        }))?;
+    }
+    if !failed.is_empty() {
+        return Err(super::Reported(format!(
+            "{} of {} extensions failed: {}",
+            failed.len(),
+            results.len(),
+            failed.join(", ")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn print_outcome(what: &str, ext: &crate::fleet::Extension, outcome: &extensions::Outcome) {
+    match outcome {
+        extensions::Outcome::Cached {
+            input,
+            source_digest,
+            basis,
+            image,
+            image_size,
+            image_sha512,
+            lock_written,
+        } => {
+            let lock = if *lock_written {
+                "assets.lock written"
+            } else if ext.locked.is_some() {
+                "matches assets.lock"
+            } else {
+                "assets.lock not written (--locked)"
+            };
+            println!(
+                "cached {what}: {input} {} verified against {basis}; image {image} \
+                 ({image_size} bytes, sha512 {}…); {lock}",
+                source_digest.algorithm.name(),
+                &image_sha512[..16.min(image_sha512.len())]
+            );
+        }
+        extensions::Outcome::Skipped { note } => println!("skipped {what}: {note}"),
+    }
+}
+
+/// The OS release part of `assets fetch`: its manifest as JSON.
+fn fetch_os(
+    cli: &Cli,
+    fleet: &Fleet,
+    dir: &Path,
+    args: &FetchArgs,
+    flavor: OsFlavor,
+    (fetcher, keys, runtime): (&Fetcher, &SigningKeys, &tokio::runtime::Runtime),
+) -> anyhow::Result<serde_json::Value> {
+    let release = Release {
+        flavor,
+        channel: args
+            .channel
+            .clone()
+            .unwrap_or_else(|| fleet.os.channel.clone()),
+        version: args
+            .release_version
+            .clone()
+            .unwrap_or_else(|| fleet.os.version.clone()),
+    };
     let what = format!(
         "{} {} {}",
         release.flavor.as_str(),
@@ -196,32 +327,38 @@ fn fetch(cli: &Cli, fleet: &Fleet, dir: &std::path::Path, args: &FetchArgs) -> a
     );
     let manifest = runtime
         .block_on(assets::fetch(
-            &fetcher,
-            &keys,
+            fetcher,
+            keys,
             &release,
             args.mirror.as_deref(),
             dir,
         ))
         .with_context(|| format!("fetching {what}; the cache was not changed"))?;
-    if cli.output == Output::Json {
-        return print_json(&json!({ "ok": true, "dir": dir, "release": manifest }));
+    if cli.output == Output::Text {
+        println!(
+            "cached {what} in {}: {} files verified",
+            dir.join(release.flavor.as_str())
+                .join(&release.version)
+                .display(),
+            manifest.files.len()
+        );
     }
-    println!(
-        "cached {what} in {}: {} files verified",
-        dir.join(release.flavor.as_str())
-            .join(&release.version)
-            .display(),
-        manifest.files.len()
-    );
-    Ok(())
+    Ok(serde_json::to_value(manifest)?)
 }
 
-fn verify(cli: &Cli, fleet: &Fleet, dir: &std::path::Path) -> anyhow::Result<()> {
-    let keys = signing_keys(fleet)?;
-    let results = assets::verify_cache(dir, &keys)?;
-    let failed: Vec<_> = results.iter().filter(|r| !r.ok).collect();
+fn verify(cli: &Cli, fleet: &Fleet, dir: &Path) -> anyhow::Result<()> {
+    let releases = assets::list(dir)?;
+    // Keys are needed only for OS files.
+    let results = if releases.is_empty() {
+        Vec::new()
+    } else {
+        assets::verify_cache(dir, &signing_keys(fleet)?)?
+    };
+    let exts = extensions::verify_cached(fleet, dir);
+    let failed = results.iter().filter(|r| !r.ok).count() + exts.iter().filter(|r| !r.ok).count();
+    let total = results.len() + exts.len();
     if cli.output == Output::Json {
-        print_json(&json!({ "ok": failed.is_empty(), "files": results }))?;
+        print_json(&json!({ "ok": failed == 0, "files": results, "extensions": exts }))?;
     } else {
         for r in &results {
             match &r.problem {
@@ -229,29 +366,28 @@ fn verify(cli: &Cli, fleet: &Fleet, dir: &std::path::Path) -> anyhow::Result<()>
                 Some(p) => println!("FAIL  {}/{}/{}: {p}", r.flavor, r.version, r.name),
             }
         }
+        for r in &exts {
+            match &r.problem {
+                None => println!("ok    {} (matches {})", r.path, r.against),
+                Some(p) => println!("FAIL  {}: {p} ({})", r.path, r.against),
+            }
+        }
     }
-    if !failed.is_empty() {
-        let summary = format!(
-            "{} of {} cached files failed verification",
-            failed.len(),
-            results.len()
-        );
+    if failed > 0 {
+        let summary = format!("{failed} of {total} cached files failed verification");
         return Err(super::Reported(summary).into());
     }
     if cli.output == Output::Text {
-        println!(
-            "{} of {} cached files verified",
-            results.len(),
-            results.len()
-        );
+        println!("{total} of {total} cached files verified");
     }
     Ok(())
 }
 
-fn list(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<()> {
+fn list(cli: &Cli, fleet: &Fleet, dir: &Path) -> anyhow::Result<()> {
     let releases = assets::list(dir)?;
+    let exts = extensions::list_cached(fleet, dir)?;
     if cli.output == Output::Json {
-        return print_json(&json!({ "dir": dir, "releases": releases }));
+        return print_json(&json!({ "dir": dir, "releases": releases, "extensions": exts }));
     }
     if releases.is_empty() {
         println!("no releases cached in {}", dir.display());
@@ -266,6 +402,19 @@ fn list(cli: &Cli, dir: &std::path::Path) -> anyhow::Result<()> {
                 &f.sha512[..16.min(f.sha512.len())]
             );
         }
+    }
+    if !exts.is_empty() {
+        println!("extensions");
+    }
+    for e in &exts {
+        println!(
+            "  {:<20} {:<27} {:>12} bytes  sha512 {}…  {}",
+            e.name,
+            e.version,
+            e.size,
+            &e.sha512[..16.min(e.sha512.len())],
+            if e.pinned { "pinned" } else { "NOT pinned" }
+        );
     }
     Ok(())
 }

@@ -14,13 +14,13 @@ const KERNEL: &str = "flatcar_production_pxe.vmlinuz";
 const INITRD: &str = "flatcar_production_pxe_image.cpio.gz";
 
 /// A throwaway GnuPG home; its agent is stopped on drop.
-struct Gpg {
+pub struct Gpg {
     home: tempfile::TempDir,
     gpg: PathBuf,
 }
 
 impl Gpg {
-    fn new() -> Gpg {
+    pub fn new() -> Gpg {
         let gpg = require("gpg", "gnupg");
         Gpg {
             home: tempfile::Builder::new().prefix("mh-gpg").tempdir().unwrap(),
@@ -55,7 +55,7 @@ impl Gpg {
         fpr
     }
 
-    fn ed25519_key(&self, uid: &str) -> String {
+    pub fn ed25519_key(&self, uid: &str) -> String {
         self.run(&["--quick-gen-key", uid, "ed25519", "sign", "never"]);
         self.fingerprint(uid)
     }
@@ -66,13 +66,13 @@ impl Gpg {
         line.split(':').nth(9).unwrap().to_string()
     }
 
-    fn export(&self, fpr: &str, to: &Path) {
+    pub fn export(&self, fpr: &str, to: &Path) {
         let key = self.run(&["--armor", "--export", fpr]);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::write(to, key).unwrap();
     }
 
-    fn sign(&self, fpr: &str, data: &[u8]) -> Vec<u8> {
+    pub fn sign(&self, fpr: &str, data: &[u8]) -> Vec<u8> {
         let file = self.home.path().join("to-sign");
         std::fs::write(&file, data).unwrap();
         self.run(&[
@@ -180,6 +180,8 @@ fn fetch(s: &Setup, extra: &[&str]) -> std::process::Output {
         "2",
         "--retry-delay-ms",
         "10",
+        // The example fleet's extensions are tests/it/assets_lock.rs's.
+        "--os-only",
     ];
     args.extend_from_slice(extra);
     metalherd(s.fleet.path(), &args)

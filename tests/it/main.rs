@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod assets;
+mod assets_lock;
 mod bootstrap;
 mod broken_fleets;
 mod cli;
