@@ -215,7 +215,7 @@ fn first_fetch_writes_the_lock_caches_the_image_and_render_includes_it() {
         .expect("the extension is rendered");
     assert_eq!(
         file["contents"]["source"],
-        format!("http://10.10.0.2:8080/assets/{IMAGE}")
+        format!("http://10.10.0.2:8080/assets/{IMAGE}?mac=52-54-00-fa-00-01")
     );
     assert_eq!(
         file["contents"]["verification"]["hash"],

@@ -106,6 +106,9 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let (status, body, cut, content_range) = {
         let mut s = state.lock().unwrap();
         s.requests.push((path.clone(), range.clone()));
+        // Files are found by path; the query (an Ignition URL's `mac=`) is
+        // recorded, not matched.
+        let path = path.split('?').next().unwrap_or("/").to_string();
         if let Some(n) = s.fail_500.get_mut(&path).filter(|n| **n > 0) {
             *n -= 1;
             ("500 Internal Server Error", b"boom".to_vec(), None, None)
