@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 use crate::fleet::Site;
 use crate::pki::{ClusterPki, StoredPkiError};
 use crate::state::crypt::Sealer;
-use crate::state::{self, Holder, SiteRecord, StateStore};
+use crate::state::{self, Holder, StateStore};
 
 /// How long an admin kubeconfig is valid unless `--ttl` says otherwise.
 pub const DEFAULT_TTL: std::time::Duration = std::time::Duration::from_secs(8 * 3600);
@@ -241,9 +241,8 @@ pub async fn issue_admin(
         return Err(KubeconfigError::Exists { path: path.into() });
     }
     let name = site.name.to_string();
-    let record = state::get_json::<SiteRecord>(store, &format!("sites/{}", site.name))
+    let record = state::records::read_site(store, &site.name)
         .await?
-        .map(|(r, _)| r)
         .filter(|r| r.generation > 0)
         .ok_or_else(|| KubeconfigError::NoGeneration { site: name.clone() })?;
     let current = record.generation;

@@ -100,7 +100,7 @@ pub fn state_path(state_dir: &Path, site: &str, generation: u64) -> std::path::P
 
 /// The state-store key prefix of a generation's PKI.
 pub fn state_prefix(site: &str, generation: u64) -> String {
-    format!("pki/{site}/{generation}/")
+    crate::state::Key::pki(site, generation).to_string()
 }
 
 /// Errors of [`load_or_create`]: making the PKI or storing it.
@@ -126,7 +126,7 @@ pub enum StoredPkiError {
 /// The state-store key that marks a generation's PKI as compromised
 /// (written by `lockdown`, holding the case).
 pub fn compromised_marker(site: &str, generation: u64) -> String {
-    format!("pki/{site}/{generation}.compromised")
+    crate::state::Key::pki_compromised(site, generation).to_string()
 }
 
 /// The stored PKI of `site`'s generation `generation`, or a new one made
@@ -143,7 +143,7 @@ pub async fn load_or_create(
 ) -> Result<(ClusterPki, bool), StoredPkiError> {
     use crate::state::Expect;
     let prefix = state_prefix(site.name.as_str(), generation);
-    let marker = format!("pki/{}/{generation}.complete", site.name);
+    let marker = crate::state::Key::pki_complete(&site.name, generation);
     if let Some(pki) = load(store, sealer, site, generation).await? {
         return Ok((pki, false));
     }
@@ -182,7 +182,7 @@ pub async fn load(
             why: String::from_utf8_lossy(&e.value).trim().to_string(),
         });
     }
-    let marker = format!("pki/{}/{generation}.complete", site.name);
+    let marker = crate::state::Key::pki_complete(&site.name, generation);
     if store.get(&marker).await?.is_none() {
         return Ok(None);
     }

@@ -14,7 +14,7 @@ use crate::fleet::{Role, Site, SiteName};
 use crate::job::Reporter;
 use crate::ssh::Timeouts;
 use crate::state::journal::Journal;
-use crate::state::{self, Expect, Holder, MachineRecord, MachineState, SiteRecord, StateStore};
+use crate::state::{self, Expect, Holder, MachineRecord, MachineState, StateStore};
 
 #[derive(Subcommand, Debug)]
 pub enum BootstrapCommand {
@@ -70,13 +70,18 @@ pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
         // One operation at a time per site, fleet-wide.
         let lock = store
             .lock(
-                &format!("sites/{}", site.name),
+                &crate::state::Key::site(&site.name),
                 &holder,
                 state::lock_ttl(&fleet),
             )
             .await?;
-        let mut journal =
-            Journal::begin(store, "bootstrap", &format!("site/{}", site.name), &holder).await?;
+        let mut journal = Journal::begin(
+            store,
+            "bootstrap",
+            &crate::state::Key::target_site(&site.name),
+            &holder,
+        )
+        .await?;
         let pki = pki_step(
             &mut journal,
             store,
@@ -202,37 +207,26 @@ pub(super) async fn record(
     site: &Site,
     generation: u64,
 ) -> anyhow::Result<()> {
-    let key = format!("sites/{}", site.name);
-    let now = state::now_rfc3339();
-    let (old, expect) = match state::get_json::<SiteRecord>(store, &key).await? {
-        Some((old, rev)) => (old, Expect::Revision(rev)),
-        None => (SiteRecord::default(), Expect::Absent),
-    };
-    let mut retired = old.retired;
-    if old.generation != generation && old.generation > 0 && !retired.contains(&old.generation) {
-        retired.push(old.generation);
-    }
-    retired.retain(|g| *g != generation);
-    // The roles `site` gave its machines are now the current generation's
-    // (a blue-green replace built it on other machines than the inventory
-    // says); differences from the inventory stay recorded.
-    let roles = crate::lifecycle::roles::overrides(site, &old.roles, &old.next_roles);
-    let record = SiteRecord {
-        generation,
-        updated: now.clone(),
-        retired,
-        drained: old.drained,
-        roles,
-        next_roles: Default::default(),
-    };
-    state::put_json(store, &key, &record, expect).await?;
+    state::records::update_site(store, &site.name, |record| {
+        if record.generation != generation
+            && record.generation > 0
+            && !record.retired.contains(&record.generation)
+        {
+            record.retired.push(record.generation);
+        }
+        record.retired.retain(|g| *g != generation);
+        record.generation = generation;
+        // The roles `site` gave its machines are now the current
+        // generation's (a blue-green replace built it on other machines
+        // than the inventory says); differences from the inventory stay
+        // recorded.
+        record.roles = crate::lifecycle::roles::overrides(site, &record.roles, &record.next_roles);
+        record.next_roles.clear();
+    })
+    .await?;
     for m in site.machines.iter().filter(|m| m.role != Role::Spare) {
-        let record = MachineRecord {
-            state: MachineState::Ready,
-            since: now.clone(),
-            generation: Some(generation),
-        };
-        state::put_json(store, &format!("machines/{}", m.name), &record, Expect::Any).await?;
+        let record = MachineRecord::now(MachineState::Ready, Some(generation));
+        state::records::put_machine(store, &m.name, &record, Expect::Any).await?;
     }
     Ok(())
 }

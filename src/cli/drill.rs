@@ -184,9 +184,11 @@ async fn drill(
     let store = store.as_ref();
     let holder = Holder::current(&format!("drill site {}", site.name));
     let ttl = state::lock_ttl(fleet);
-    let fleet_lock = store.lock("fleet", &holder, ttl).await?;
+    let fleet_lock = store
+        .lock(&crate::state::Key::fleet(), &holder, ttl)
+        .await?;
     let site_lock = store
-        .lock(&format!("sites/{}", site.name), &holder, ttl)
+        .lock(&crate::state::Key::site(&site.name), &holder, ttl)
         .await?;
     let result = locked(
         fleet, keys, site, args, observe, bake, reporter, store, &sealer, &holder,
@@ -229,7 +231,7 @@ async fn locked(
         )
         .await?;
     }
-    let before = state::get_json::<SiteRecord>(store, &format!("sites/{}", site.name))
+    let before = state::get_json::<SiteRecord>(store, &crate::state::Key::site(&site.name))
         .await?
         .map(|(r, _)| r.generation)
         .filter(|g| *g > 0);
@@ -250,8 +252,13 @@ async fn locked(
         steps: Vec::new(),
         error: None,
     };
-    let mut journal =
-        Journal::begin(store, "drill", &format!("site/{}", site.name), holder).await?;
+    let mut journal = Journal::begin(
+        store,
+        "drill",
+        &crate::state::Key::target_site(&site.name),
+        holder,
+    )
+    .await?;
     if !failing.is_empty() {
         journal
             .step(

@@ -189,9 +189,10 @@ pub fn plan(cli: &Cli, cmd: &PlanCommand) -> anyhow::Result<()> {
     let bake = bake_of(&fleet, &None)?;
     let (record, checks) = runtime()?.block_on(async {
         let (store, sealer) = state::open(&fleet)?;
-        let record = state::get_json::<SiteRecord>(store.as_ref(), &format!("sites/{}", site.name))
-            .await?
-            .map(|(r, _)| r);
+        let record =
+            state::get_json::<SiteRecord>(store.as_ref(), &crate::state::Key::site(&site.name))
+                .await?
+                .map(|(r, _)| r);
         let opts = lifecycle::Options {
             probe_health: !args.no_probe,
             ..Default::default()
@@ -275,23 +276,7 @@ pub(super) async fn set_drained(
     site: &Site,
     drained: Option<String>,
 ) -> anyhow::Result<()> {
-    let key = format!("sites/{}", site.name);
-    let (record, expect) = match state::get_json::<SiteRecord>(store, &key).await? {
-        Some((r, rev)) => (r, Expect::Revision(rev)),
-        None => (
-            SiteRecord {
-                updated: state::now_rfc3339(),
-                ..SiteRecord::default()
-            },
-            Expect::Absent,
-        ),
-    };
-    let record = SiteRecord {
-        drained,
-        updated: state::now_rfc3339(),
-        ..record
-    };
-    state::put_json(store, &key, &record, expect).await?;
+    state::records::set_drained(store, &site.name, drained).await?;
     Ok(())
 }
 
@@ -320,9 +305,11 @@ async fn replace_one(
     let holder = Holder::current(&format!("replace site {}", site.name));
     let ttl = state::lock_ttl(fleet);
     // One disrupted site at a time, fleet-wide; then this site.
-    let fleet_lock = store.lock("fleet", &holder, ttl).await?;
+    let fleet_lock = store
+        .lock(&crate::state::Key::fleet(), &holder, ttl)
+        .await?;
     let site_lock = store
-        .lock(&format!("sites/{}", site.name), &holder, ttl)
+        .lock(&crate::state::Key::site(&site.name), &holder, ttl)
         .await?;
     let names: Vec<&str> = crate::provision::machines(site)
         .iter()
@@ -336,13 +323,13 @@ async fn replace_one(
             return Err(e);
         }
     };
-    let record = state::get_json::<SiteRecord>(store, &format!("sites/{}", site.name))
+    let record = state::get_json::<SiteRecord>(store, &crate::state::Key::site(&site.name))
         .await?
         .map(|(r, _)| r);
     let from = record.as_ref().map(|r| r.generation).filter(|g| *g > 0);
     // An unfinished replace resumes towards the generation it was building:
     // when it died after its `record` step, the recorded one is already it.
-    let target = format!("site/{}", site.name);
+    let target = crate::state::Key::target_site(&site.name);
     let resumed_to = crate::state::journal::latest(store, "replace", &target)
         .await?
         .filter(|op| op.status != crate::state::journal::Status::Succeeded)
@@ -701,17 +688,7 @@ async fn assign(
     site: &Site,
     next: &BTreeMap<String, Role>,
 ) -> anyhow::Result<String> {
-    let key = format!("sites/{}", site.name);
-    let (record, expect) = match state::get_json::<SiteRecord>(store, &key).await? {
-        Some((r, rev)) => (r, Expect::Revision(rev)),
-        None => (SiteRecord::default(), Expect::Absent),
-    };
-    let record = SiteRecord {
-        next_roles: next.clone(),
-        updated: state::now_rfc3339(),
-        ..record
-    };
-    state::put_json(store, &key, &record, expect).await?;
+    state::records::update_site(store, &site.name, |r| r.next_roles = next.clone()).await?;
     let url = format!(
         "{}/api/v1/machines",
         site.boot_server.as_str().trim_end_matches('/')
@@ -932,8 +909,13 @@ async fn blue_green_steps(
                     since: state::now_rfc3339(),
                     generation: None,
                 };
-                state::put_json(store, &format!("machines/{}", m.name), &record, Expect::Any)
-                    .await?;
+                state::put_json(
+                    store,
+                    &crate::state::Key::machine(&m.name),
+                    &record,
+                    Expect::Any,
+                )
+                .await?;
             }
             if !failed.is_empty() {
                 bail!(
@@ -961,7 +943,7 @@ pub fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<()> {
     let fleet = super::load_fleet(cli)?;
     let entries = runtime()?.block_on(async {
         let (store, _) = state::open(&fleet)?;
-        let list = store.list("audit/").await?;
+        let list = store.list(&crate::state::Key::audit_log()).await?;
         let mut out = Vec::new();
         for e in list {
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&e.value) {
@@ -1156,7 +1138,7 @@ pub fn release(cli: &Cli, cmd: &ReleaseCommand) -> anyhow::Result<()> {
         fleet.name
     );
     anyhow::ensure!(!args.reason.trim().is_empty(), "--reason must say why");
-    let key = format!("machines/{}", args.machine);
+    let key = crate::state::Key::machine(&args.machine);
     let previous = runtime()?.block_on(async {
         let (store, _) = state::open(&fleet)?;
         let store = store.as_ref();

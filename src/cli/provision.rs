@@ -128,13 +128,18 @@ pub fn run(cli: &Cli, cmd: &ProvisionCommand) -> anyhow::Result<()> {
         let holder = Holder::current(&format!("provision site {}", site.name));
         let lock = store
             .lock(
-                &format!("sites/{}", site.name),
+                &crate::state::Key::site(&site.name),
                 &holder,
                 state::lock_ttl(&fleet),
             )
             .await?;
-        let mut journal =
-            Journal::begin(store, "provision", &format!("site/{}", site.name), &holder).await?;
+        let mut journal = Journal::begin(
+            store,
+            "provision",
+            &crate::state::Key::target_site(&site.name),
+            &holder,
+        )
+        .await?;
         let result = steps(
             &fleet,
             site,
@@ -231,8 +236,13 @@ pub(super) async fn steps(
                     since: state::now_rfc3339(),
                     generation: Some(generation),
                 };
-                state::put_json(store, &format!("machines/{}", m.name), &record, Expect::Any)
-                    .await?;
+                state::put_json(
+                    store,
+                    &crate::state::Key::machine(&m.name),
+                    &record,
+                    Expect::Any,
+                )
+                .await?;
             }
             let (p, t) = provision::power_on(fleet, site, opts).await;
             since = t;

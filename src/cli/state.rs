@@ -149,15 +149,16 @@ async fn show(
         if only.is_some_and(|o| o != site.name.as_str()) {
             continue;
         }
-        let record = state::get_json::<SiteRecord>(store, &format!("sites/{}", site.name)).await?;
+        let record =
+            state::get_json::<SiteRecord>(store, &crate::state::Key::site(&site.name)).await?;
         let mut machines = Vec::new();
         let moved = record
             .as_ref()
             .map(|(r, _)| r.roles.clone())
             .unwrap_or_default();
         for m in &site.machines {
-            let r =
-                state::get_json::<MachineRecord>(store, &format!("machines/{}", m.name)).await?;
+            let r = state::get_json::<MachineRecord>(store, &crate::state::Key::machine(&m.name))
+                .await?;
             // The role it holds now: the state's after a blue-green replace.
             let role = moved.get(m.name.as_str()).copied().unwrap_or(m.role);
             machines.push(json!({
@@ -305,7 +306,7 @@ async fn demo(
     let holder = Holder::current(&format!("demo {}", args.target));
     let lock = store
         .lock(
-            &format!("sites/{}", args.target),
+            &crate::state::Key::site(&args.target),
             &holder,
             state::lock_ttl(fleet),
         )

@@ -142,9 +142,11 @@ pub async fn lockdown(
         site.cluster.name, opts.case
     ));
     let ttl = state::lock_ttl(fleet);
-    let fleet_lock = store.lock("fleet", &holder, ttl).await?;
+    let fleet_lock = store
+        .lock(&crate::state::Key::fleet(), &holder, ttl)
+        .await?;
     let site_lock = match store
-        .lock(&format!("sites/{}", site.name), &holder, ttl)
+        .lock(&crate::state::Key::site(&site.name), &holder, ttl)
         .await
     {
         Ok(l) => l,
@@ -188,7 +190,7 @@ struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     async fn locked(&self, ev: Evidence) -> anyhow::Result<Report> {
         let (site, opts) = (self.site, self.opts);
-        let key = format!("sites/{}", site.name);
+        let key = crate::state::Key::site(&site.name);
         let generation = state::get_json::<SiteRecord>(self.store, &key)
             .await?
             .map(|(r, _)| r.generation)
@@ -244,7 +246,7 @@ impl<'a> Ctx<'a> {
         let mut journal = Journal::begin(
             self.store,
             "lockdown",
-            &format!("site/{}", site.name),
+            &crate::state::Key::target_site(&site.name),
             self.holder,
         )
         .await?;
@@ -428,7 +430,7 @@ impl<'a> Ctx<'a> {
             };
             state::put_json(
                 self.store,
-                &format!("machines/{}", m.name),
+                &crate::state::Key::machine(&m.name),
                 &record,
                 Expect::Any,
             )
@@ -461,14 +463,12 @@ impl<'a> Ctx<'a> {
         tracing::info!(
             "{site}: generation {g} retired as compromised; {deleted} private files deleted"
         );
-        let key = format!("sites/{site}");
-        if let Some((mut record, rev)) = state::get_json::<SiteRecord>(self.store, &key).await? {
+        state::records::update_site(self.store, site, |record| {
             if !record.retired.contains(&g) {
                 record.retired.push(g);
             }
-            record.updated = state::now_rfc3339();
-            state::put_json(self.store, &key, &record, Expect::Revision(rev)).await?;
-        }
+        })
+        .await?;
         Ok(())
     }
 
@@ -598,23 +598,7 @@ fn status<'r>(report: &'r mut Report, machine: &str) -> Option<&'r mut MachineSt
 
 /// Records the site drained for the lockdown (creating its record).
 async fn set_drained(store: &dyn StateStore, site: &Site, why: &str) -> anyhow::Result<()> {
-    let key = format!("sites/{}", site.name);
-    let (record, expect) = match state::get_json::<SiteRecord>(store, &key).await? {
-        Some((r, rev)) => (r, Expect::Revision(rev)),
-        None => (
-            SiteRecord {
-                updated: state::now_rfc3339(),
-                ..SiteRecord::default()
-            },
-            Expect::Absent,
-        ),
-    };
-    let record = SiteRecord {
-        drained: Some(why.to_string()),
-        updated: state::now_rfc3339(),
-        ..record
-    };
-    state::put_json(store, &key, &record, expect).await?;
+    state::records::set_drained(store, &site.name, Some(why.to_string())).await?;
     Ok(())
 }
 

@@ -89,8 +89,8 @@ async fn other_sites(
     let mut healthy_capacity = 0;
     let locks = store.locks().await.unwrap_or_default();
     for other in fleet.sites.iter().filter(|s| s.name != site.name) {
-        let lock_key = format!("sites/{}", other.name);
-        if let Some(l) = locks.iter().find(|l| l.name == lock_key) {
+        let lock_key = crate::state::Key::site(&other.name);
+        if let Some(l) = locks.iter().find(|l| l.name == *lock_key) {
             problems.push(format!(
                 "{} is disrupted: locked by {} since {}",
                 other.name, l.holder, l.holder.since
@@ -318,7 +318,7 @@ pub async fn refuse_quarantined(
     let mut held = Vec::new();
     for m in machines {
         if let Some((r, _)) =
-            state::get_json::<state::MachineRecord>(store, &format!("machines/{m}")).await?
+            state::get_json::<state::MachineRecord>(store, &crate::state::Key::machine(m)).await?
         {
             if r.state == state::MachineState::Quarantined {
                 held.push(format!("{m} (since {})", r.since));

@@ -44,7 +44,7 @@ pub async fn effective(
     let mut fleet = fleet.clone();
     for site in &mut fleet.sites {
         if let Some((record, _)) =
-            state::get_json::<SiteRecord>(store, &format!("sites/{}", site.name)).await?
+            state::get_json::<SiteRecord>(store, &crate::state::Key::site(&site.name)).await?
         {
             apply(site, in_effect(&record, building));
         }

@@ -580,7 +580,7 @@ async fn recorded_roles(fleet: &fleet::Fleet, sites: &[SiteName]) -> anyhow::Res
         if !sites.is_empty() && !sites.contains(&site.name) {
             continue;
         }
-        let key = format!("sites/{}", site.name);
+        let key = crate::state::Key::site(&site.name);
         if let Some((record, _)) =
             crate::state::get_json::<crate::state::SiteRecord>(store.as_ref(), &key).await?
         {

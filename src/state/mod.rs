@@ -14,6 +14,10 @@
 //! `secrets/` are sealed with `state.encryption_key` when one is set
 //! ([`crypt`]). [`journal`] records operations step by step on top.
 //!
+//! [`records`] names every key and holds the record types with their one
+//! update function each; [`memory`] is the in-memory backend of the unit
+//! tests.
+//!
 //! To add a backend: implement [`StateStore`] (and [`LockGuard`]), add a
 //! `StateBackend` variant in the fleet and a line in [`open`].
 
@@ -21,6 +25,10 @@ pub mod crypt;
 pub mod etcd;
 pub mod journal;
 pub mod local;
+pub mod memory;
+pub mod records;
+
+pub use records::{Key, MachineRecord, MachineState, SiteRecord};
 
 use std::fmt;
 use std::time::Duration;
@@ -250,48 +258,6 @@ pub fn lock_ttl(fleet: &crate::fleet::Fleet) -> Duration {
     }
 }
 
-/// A machine's place in its lifecycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MachineState {
-    Available,
-    Provisioning,
-    Ready,
-    Draining,
-    Wiped,
-    Quarantined,
-}
-
-/// `machines/<name>`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct MachineRecord {
-    pub state: MachineState,
-    pub since: String,
-    pub generation: Option<u64>,
-}
-
-/// `sites/<name>`: the generation running there.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SiteRecord {
-    pub generation: u64,
-    pub updated: String,
-    /// Generations that ran there before, oldest first.
-    pub retired: Vec<u64>,
-    /// Set while the site is drained (taken out of service), with why; a
-    /// failed replace leaves it set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drained: Option<String>,
-    /// The roles of the site's machines in the current generation, where a
-    /// blue-green replace moved them away from the inventory's (machine →
-    /// role; machines not listed keep their inventory role).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub roles: std::collections::BTreeMap<String, crate::fleet::Role>,
-    /// The roles of the generation a blue-green replace is building; the
-    /// boot server renders these while they are set.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub next_roles: std::collections::BTreeMap<String, crate::fleet::Role>,
-}
-
 /// Reads a JSON object of the store.
 pub async fn get_json<T: serde::de::DeserializeOwned>(
     store: &dyn StateStore,
@@ -330,7 +296,8 @@ pub async fn audit(
 ) -> Result<(), StateError> {
     let holder = Holder::current(action);
     let key = format!(
-        "audit/{}-{:08x}",
+        "{}{}-{:08x}",
+        records::Key::audit_log(),
         holder.since.replace([':', '-', '.', '+'], ""),
         rand_core::RngCore::next_u32(&mut rand_core::OsRng)
     );
