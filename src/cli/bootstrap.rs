@@ -220,7 +220,7 @@ pub(super) async fn record(
         // generation's (a blue-green replace built it on other machines
         // than the inventory says); differences from the inventory stay
         // recorded.
-        record.roles = crate::lifecycle::roles::overrides(site, &record.roles, &record.next_roles);
+        record.roles = crate::fleet::roles::overrides(site, &record.roles, &record.next_roles);
         record.next_roles.clear();
     })
     .await?;

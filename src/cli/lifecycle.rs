@@ -670,7 +670,7 @@ async fn blue_green_roles(
     if !how.blue_green {
         return Ok(None);
     }
-    let next = lifecycle::roles::blue_green(site)?;
+    let next = crate::fleet::roles::blue_green(site)?;
     let building: Vec<&str> = site
         .machines
         .iter()
@@ -770,7 +770,7 @@ async fn blue_green_steps(
         .iter_mut()
         .find(|s| s.name == site.name)
         .context("the site vanished from the fleet")?;
-    lifecycle::roles::apply(new_site, next);
+    crate::fleet::roles::apply(new_site, next);
     let new_site = new_site.clone();
 
     let start = Instant::now();

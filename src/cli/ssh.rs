@@ -113,7 +113,7 @@ fn with_recorded_roles(fleet: Fleet) -> anyhow::Result<Fleet> {
     }
     let read = runtime()?.block_on(async {
         let (store, _) = crate::state::open(&fleet)?;
-        crate::lifecycle::roles::effective(&fleet, store.as_ref(), false).await
+        crate::fleet::roles::effective(&fleet, store.as_ref(), false).await
     });
     match read {
         Ok(f) => Ok(f),

@@ -424,7 +424,7 @@ impl Ctx {
                 .iter()
                 .flatten()
                 .filter(|w| {
-                    self.parse_as::<crate::lifecycle::window::Window>(w, "windows")
+                    self.parse_as::<crate::fleet::window::Window>(w, "windows")
                         .is_some()
                 })
                 .map(|w| w.to_string())

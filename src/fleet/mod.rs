@@ -13,7 +13,9 @@ pub mod extensions;
 mod load;
 pub mod lock;
 mod raw;
+pub mod roles;
 pub mod types;
+pub mod window;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -14,13 +14,12 @@
 
 pub mod drill;
 pub mod lockdown;
-pub mod roles;
-pub mod window;
 
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::fleet::window;
 use crate::fleet::{Fleet, Site};
 use crate::state::{self, crypt::Sealer, SiteRecord, StateStore};
 

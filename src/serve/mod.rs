@@ -553,7 +553,7 @@ async fn load(opts: Arc<Options>) -> anyhow::Result<(Content, fleet::Fleet, Stri
     let view = async {
         let (store, _) = crate::state::open(&fleet)?;
         let roles = recorded_roles(&fleet, &opts.sites).await?;
-        let view = crate::lifecycle::roles::effective(&fleet, store.as_ref(), true).await?;
+        let view = crate::fleet::roles::effective(&fleet, store.as_ref(), true).await?;
         anyhow::Ok((view, roles))
     };
     // A state the boot server cannot read (an etcd backend that is down)
@@ -584,7 +584,7 @@ async fn recorded_roles(fleet: &fleet::Fleet, sites: &[SiteName]) -> anyhow::Res
         if let Some((record, _)) =
             crate::state::get_json::<crate::state::SiteRecord>(store.as_ref(), &key).await?
         {
-            for (m, role) in crate::lifecycle::roles::in_effect(&record, true) {
+            for (m, role) in crate::fleet::roles::in_effect(&record, true) {
                 out.push_str(&format!("{m}={role} "));
             }
         }
