@@ -162,18 +162,15 @@ pub fn ensure_state(fleet: &Fleet) -> Result<(Keys, usize), KeyError> {
     {
         return ensure(fleet, &fleet.state_dir());
     }
-    // Callers may be inside an async runtime or not: run on a thread of
-    // our own with a runtime of its own.
+    // Callers may be inside the runtime or not: block on it from a thread
+    // of our own (blocking from one of its tasks would panic).
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|source| KeyError::Io {
-                        path: fleet.root.clone(),
-                        source,
-                    })?;
+                let runtime = crate::runtime::get().map_err(|source| KeyError::Io {
+                    path: fleet.root.clone(),
+                    source,
+                })?;
                 runtime.block_on(ensure_in_store(fleet))
             })
             .join()

@@ -22,6 +22,7 @@ pub mod pki;
 pub mod power;
 pub mod provision;
 pub mod render;
+pub mod runtime;
 pub mod serve;
 pub mod ssh;
 pub mod state;

@@ -198,14 +198,11 @@ fn fetch(cli: &Cli, fleet: &Fleet, dir: &Path, args: &FetchArgs) -> anyhow::Resu
     };
     let bars = std::io::stderr().is_terminal() && cli.verbose == 0 && !cli.quiet;
     let fetcher = Fetcher::new(policy, bars)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = super::context::runtime()?;
     let mut release = serde_json::Value::Null;
     if os {
         let keys = keys.as_ref().context("no signing keys")?;
-        release = fetch_os(cli, fleet, dir, args, flavor, (&fetcher, keys, &runtime))?;
+        release = fetch_os(cli, fleet, dir, args, flavor, (&fetcher, keys, runtime))?;
     } else if !args.extensions_only && cli.output == Output::Text {
         println!("skipped the OS: the lab's image is built by `metalherd lab image`, not fetched");
     }

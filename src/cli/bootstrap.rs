@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::ssh::{fleet_and_keys, runtime, SshArgs};
+use super::context::{fleet_and_keys, runtime};
+use super::ssh::SshArgs;
 use super::{print_json, Cli, Output};
 use crate::bootstrap::{self, Options};
 use crate::fleet::{Role, Site, SiteName};

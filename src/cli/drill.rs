@@ -17,11 +17,11 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use super::context::{fleet_and_keys, runtime};
 use super::lifecycle::{
     bake_of, hook, print_checks, replace_steps, set_drained, site, How, ReplaceReport, BLOCKED,
 };
 use super::provision::Report;
-use super::ssh::{fleet_and_keys, runtime};
 use super::{print_json, Cli, Exit, Output};
 use crate::fleet::{Fleet, Site, SiteName};
 use crate::job::Reporter;

@@ -9,8 +9,8 @@ use clap::Args;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
+use super::context::runtime;
 use super::lifecycle::{parse_duration, site};
-use super::ssh::runtime;
 use super::{load_fleet, print_json, Cli, Output};
 use crate::fleet::SiteName;
 use crate::kubeconfig::{self, Options};

@@ -10,8 +10,8 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::json;
 
+use super::context::{fleet_and_keys, runtime};
 use super::provision::{steps, Report, Tuning};
-use super::ssh::{fleet_and_keys, runtime};
 use super::{print_json, Cli, Exit, Output};
 use crate::bootstrap::Phase;
 use crate::fleet::{Fleet, Role, Site, SiteName};

@@ -9,6 +9,7 @@
 
 mod assets;
 mod bootstrap;
+mod context;
 mod dev;
 mod drill;
 mod init;

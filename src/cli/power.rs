@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
@@ -64,11 +63,7 @@ pub fn run(cli: &Cli, args: &PowerArgs) -> anyhow::Result<()> {
             max_delay: Duration::from_secs(10),
         },
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = super::context::runtime()?;
     if action != power::Action::Status {
         let names: Vec<&str> = targets.iter().map(|(_, m)| m.name.as_str()).collect();
         runtime.block_on(async {

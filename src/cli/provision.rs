@@ -9,7 +9,8 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::bootstrap::{pki_step, print_phases, record};
-use super::ssh::{fleet_and_keys, runtime, SshArgs};
+use super::context::{fleet_and_keys, runtime};
+use super::ssh::SshArgs;
 use super::{print_json, Cli, Output};
 use crate::assets::download::RetryPolicy;
 use crate::bootstrap::{self, Phase};

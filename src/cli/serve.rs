@@ -49,11 +49,7 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| fleet.root.join("assets")),
         token_ttl: Duration::from_secs(args.token_ttl),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(serve::run(opts))
+    super::context::runtime()?.block_on(serve::run(opts))
 }
 
 #[derive(Args, Debug)]

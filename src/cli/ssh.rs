@@ -9,10 +9,11 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{load_fleet, print_json, Cli, Output};
+use super::context::{fleet_and_keys, runtime};
+use super::{print_json, Cli, Output};
 use crate::fleet::{Fleet, Machine, MachineName, Site, SiteName};
 use crate::job::{self, Reporter, Target};
-use crate::keys::{self, Keys};
+use crate::keys::Keys;
 use crate::ssh::{command_line, Session, Timeouts};
 
 /// Connection settings shared by `ssh`, `exec` and `bootstrap`.
@@ -74,56 +75,6 @@ pub(crate) fn ssh_target(keys: &Keys, machine: &Machine) -> anyhow::Result<crate
         machine.ip,
         host_key,
     ))
-}
-
-pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
-/// Loads the fleet and the keys; refuses to invent keys for machines
-/// that were never rendered (their Ignition would not carry them).
-pub(crate) fn fleet_and_keys(cli: &Cli) -> anyhow::Result<(Fleet, Keys)> {
-    let fleet = load_fleet(cli)?;
-    // A lab fleet's machines live in the lab's network namespace.
-    crate::lab::enter(&fleet)?;
-    let fleet = with_recorded_roles(fleet)?;
-    let state_dir = fleet.state_dir();
-    let (keys, created) = keys::ensure_state(&fleet)
-        .with_context(|| format!("loading SSH keys from {}", state_dir.display()))?;
-    if created > 0 {
-        tracing::warn!(
-            "generated {created} SSH key(s) that no machine has yet: render and provision those machines before connecting"
-        );
-    }
-    Ok((fleet, keys))
-}
-
-/// The fleet with the roles its state records (a blue-green replace moves
-/// a site's roles onto other machines than the inventory names); the
-/// inventory's roles when nothing is recorded or the state cannot be read
-/// (said as a warning: operations that need the state fail on it anyway).
-fn with_recorded_roles(fleet: Fleet) -> anyhow::Result<Fleet> {
-    if matches!(&fleet.state.backend, crate::fleet::StateBackend::Local { path } if !fleet.root.join(path).exists())
-    {
-        return Ok(fleet);
-    }
-    let read = runtime()?.block_on(async {
-        let (store, _) = crate::state::open(&fleet)?;
-        crate::fleet::roles::effective(&fleet, store.as_ref(), false).await
-    });
-    match read {
-        Ok(f) => Ok(f),
-        Err(e) => {
-            tracing::warn!(
-                "reading the recorded roles from the state: {e:#}; using the inventory's roles"
-            );
-            Ok(fleet)
-        }
-    }
 }
 
 pub fn run_ssh(cli: &Cli, args: &SshCommandArgs) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::ssh::runtime;
+use super::context::runtime;
 use super::{load_fleet, print_json, Cli, Output};
 use crate::state::journal::{self, Journal};
 use crate::state::{self, Holder, MachineRecord, SiteRecord};
