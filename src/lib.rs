@@ -17,6 +17,7 @@ pub mod keys;
 pub mod kubeconfig;
 pub mod lab;
 pub mod lifecycle;
+pub mod operation;
 pub mod parallel;
 pub mod pki;
 pub mod power;

@@ -18,15 +18,13 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::context::{fleet_and_keys, runtime};
-use super::lifecycle::{
-    bake_of, hook, print_checks, replace_steps, set_drained, site, How, ReplaceReport, BLOCKED,
-};
+use super::lifecycle::{bake_of, print_checks, replace_steps, site, How, ReplaceReport, BLOCKED};
 use super::provision::Report;
 use super::{print_json, Cli, Exit, Output};
 use crate::fleet::{Fleet, Site, SiteName};
 use crate::job::Reporter;
 use crate::lifecycle::drill::{DrillReport, Step};
-use crate::lifecycle::{self, Check};
+use crate::lifecycle::{self, traffic, Check};
 use crate::power::{self, Action};
 use crate::state::journal::Journal;
 use crate::state::{self, Holder, SiteRecord, StateStore};
@@ -183,20 +181,12 @@ async fn drill(
     let (store, sealer) = state::open(fleet)?;
     let store = store.as_ref();
     let holder = Holder::current(&format!("drill site {}", site.name));
-    let ttl = state::lock_ttl(fleet);
-    let fleet_lock = store
-        .lock(&crate::state::Key::fleet(), &holder, ttl)
-        .await?;
-    let site_lock = store
-        .lock(&crate::state::Key::site(&site.name), &holder, ttl)
-        .await?;
-    let result = locked(
-        fleet, keys, site, args, observe, bake, reporter, store, &sealer, &holder,
-    )
-    .await;
-    site_lock.release().await?;
-    fleet_lock.release().await?;
-    result
+    crate::operation::with_site_locks(store, fleet, site, &holder, || {
+        locked(
+            fleet, keys, site, args, observe, bake, reporter, store, &sealer, &holder,
+        )
+    })
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -217,20 +207,17 @@ async fn locked(
         .map(|m| m.name.as_str())
         .collect();
     lifecycle::refuse_quarantined(store, &names, &format!("drill of {}", site.name)).await?;
-    let checks = lifecycle::check(fleet, site, store, sealer, &lifecycle::Options::default()).await;
-    let failing = lifecycle::failing(&checks);
-    if !failing.is_empty() && !args.how.force {
-        return Ok(Outcome::Blocked(checks));
-    }
+    let how = crate::operation::Override {
+        force: args.how.force,
+        reason: args.how.reason.as_deref(),
+    };
+    let operation = format!("drill site {}", site.name);
+    let gated = match crate::operation::gate(fleet, site, store, sealer, &operation, how).await? {
+        crate::operation::Gate::Refused { checks } => return Ok(Outcome::Blocked(checks)),
+        crate::operation::Gate::Open(gated) => gated,
+    };
+    let failing = gated.overridden.clone();
     let reason = args.how.reason.clone();
-    if !failing.is_empty() {
-        state::audit(
-            store,
-            "override",
-            json!({ "operation": format!("drill site {}", site.name), "blockers": failing, "reason": reason }),
-        )
-        .await?;
-    }
     let before = state::get_json::<SiteRecord>(store, &crate::state::Key::site(&site.name))
         .await?
         .map(|(r, _)| r.generation)
@@ -259,18 +246,7 @@ async fn locked(
         holder,
     )
     .await?;
-    if !failing.is_empty() {
-        journal
-            .step(
-                &format!(
-                    "override: {} (reason: {})",
-                    failing.join("; "),
-                    reason.as_deref().unwrap_or("")
-                ),
-                || async { anyhow::Ok(()) },
-            )
-            .await?;
-    }
+    gated.journal(&mut journal).await?;
     let mut timeline = Timeline {
         start: Instant::now(),
         steps: Vec::new(),
@@ -298,7 +274,7 @@ async fn locked(
     let stored = serde_json::to_vec(&report)?;
     store
         .put(
-            &format!("reports/drill/{}/{}", site.name, report.stem()),
+            &crate::state::Key::drill_report(&site.name, &report.stem()),
             &stored,
             state::Expect::Any,
         )
@@ -332,14 +308,11 @@ async fn drill_steps(
     let began = Instant::now();
     let drained = journal
         .step("drain", || async {
-            set_drained(store, site, Some("drill".into())).await?;
-            match &fleet.traffic {
-                Some(t) => {
-                    hook(fleet, site, "drain", &t.drain).await?;
-                    anyhow::Ok(format!("traffic.drain `{}` ran", t.drain))
-                }
-                None => anyhow::Ok("no traffic hooks configured; marked drained".into()),
-            }
+            traffic::drain(store, fleet, site, "drill".into()).await?;
+            anyhow::Ok(match &fleet.traffic {
+                Some(t) => format!("traffic.drain `{}` ran", t.drain),
+                None => "no traffic hooks configured; marked drained".into(),
+            })
         })
         .await;
     push(timeline, "drain", began, &drained);
@@ -352,7 +325,7 @@ async fn drill_steps(
             if args.isolate { "isolate" } else { "power off" },
             || async {
                 if let Some(d) = fleet.drill.as_ref().filter(|_| args.isolate) {
-                    hook(fleet, site, "isolate", &d.isolate).await?;
+                    traffic::hook(fleet, site, "drill.isolate", &d.isolate).await?;
                     return anyhow::Ok(format!("drill.isolate `{}` ran", d.isolate));
                 }
                 power_off(fleet, site, &args.how).await
@@ -395,7 +368,7 @@ async fn drill_steps(
         let began = Instant::now();
         let back = journal
             .step("reconnect", || async {
-                hook(fleet, site, "reconnect", &d.reconnect).await?;
+                traffic::hook(fleet, site, "drill.reconnect", &d.reconnect).await?;
                 anyhow::Ok(format!("drill.reconnect `{}` ran", d.reconnect))
             })
             .await;

@@ -16,7 +16,7 @@ use super::{print_json, Cli, Exit, Output};
 use crate::bootstrap::Phase;
 use crate::fleet::{Fleet, Role, Site, SiteName};
 use crate::job::Reporter;
-use crate::lifecycle::{self, Check};
+use crate::lifecycle::{self, traffic, Check};
 use crate::power::{self, Action};
 use crate::state::journal::Journal;
 use crate::state::{self, Expect, Holder, SiteRecord, StateStore};
@@ -237,49 +237,6 @@ pub(super) fn print_checks(checks: &[Check]) {
     }
 }
 
-/// Runs a traffic hook with `{site}` substituted, in the fleet directory.
-pub(super) async fn hook(
-    fleet: &Fleet,
-    site: &Site,
-    which: &str,
-    command: &str,
-) -> anyhow::Result<()> {
-    let command = command.replace("{site}", site.name.as_str());
-    let out = tokio::time::timeout(
-        Duration::from_secs(300),
-        tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(&command)
-            .current_dir(&fleet.root)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .with_context(|| format!("traffic.{which} `{command}` did not finish within 300 s"))?
-    .with_context(|| format!("running traffic.{which} `{command}`"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        bail!(
-            "traffic.{which} `{command}` exited {}: {}",
-            out.status
-                .code()
-                .map_or("by signal".into(), |c| c.to_string()),
-            err.lines().last().unwrap_or("")
-        );
-    }
-    Ok(())
-}
-
-pub(super) async fn set_drained(
-    store: &dyn StateStore,
-    site: &Site,
-    drained: Option<String>,
-) -> anyhow::Result<()> {
-    state::records::set_drained(store, &site.name, drained).await?;
-    Ok(())
-}
-
 #[derive(Serialize)]
 pub(super) struct ReplaceReport {
     #[serde(flatten)]
@@ -302,133 +259,117 @@ async fn replace_one(
     let args = how;
     let (store, sealer) = state::open(fleet)?;
     let store = store.as_ref();
-    let holder = Holder::current(&format!("replace site {}", site.name));
-    let ttl = state::lock_ttl(fleet);
-    // One disrupted site at a time, fleet-wide; then this site.
-    let fleet_lock = store
-        .lock(&crate::state::Key::fleet(), &holder, ttl)
-        .await?;
-    let site_lock = store
-        .lock(&crate::state::Key::site(&site.name), &holder, ttl)
-        .await?;
-    let names: Vec<&str> = crate::provision::machines(site)
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect();
-    let next = match blue_green_roles(store, site, how, &names).await {
-        Ok(next) => next,
-        Err(e) => {
-            site_lock.release().await?;
-            fleet_lock.release().await?;
-            return Err(e);
+    let operation = format!("replace site {}", site.name);
+    let holder = Holder::current(&operation);
+    crate::operation::with_site_locks(store, fleet, site, &holder, || async {
+        let names: Vec<&str> = crate::provision::machines(site)
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        let next = blue_green_roles(store, site, how, &names).await?;
+        let from = state::records::site_generation(store, &site.name).await?;
+        // An unfinished replace resumes towards the generation it was
+        // building: when it died after its `record` step, the recorded one
+        // is already it.
+        let target = crate::state::Key::target_site(&site.name);
+        let resumed_to = crate::state::journal::latest(store, "replace", &target)
+            .await?
+            .filter(|op| op.status != crate::state::journal::Status::Succeeded)
+            .and_then(|op| op.generation);
+        let to = resumed_to.unwrap_or(from.unwrap_or(0) + 1);
+        let how_override = crate::operation::Override {
+            force: args.force,
+            reason: args.reason.as_deref(),
+        };
+        let gated =
+            match crate::operation::gate(fleet, site, store, &sealer, &operation, how_override)
+                .await?
+            {
+                crate::operation::Gate::Refused { checks } => {
+                    let report = ReplaceReport {
+                        report: Report {
+                            site: site.name.to_string(),
+                            generation: to,
+                            ok: false,
+                            phases: Vec::new(),
+                            error: None,
+                            took_ms: 0,
+                        },
+                        from_generation: from,
+                        checks,
+                        overridden: Vec::new(),
+                    };
+                    return anyhow::Ok((report, true));
+                }
+                crate::operation::Gate::Open(gated) => gated,
+            };
+        let mut journal = Journal::begin(store, "replace", &target, &holder).await?;
+        journal.set_generation(to).await?;
+        gated.journal(&mut journal).await?;
+        let mut report = ReplaceReport {
+            report: Report {
+                site: site.name.to_string(),
+                generation: to,
+                ok: false,
+                phases: Vec::new(),
+                error: None,
+                took_ms: 0,
+            },
+            from_generation: from,
+            checks: gated.checks,
+            overridden: gated.overridden,
+        };
+        let result = match &next {
+            Some(next) => {
+                blue_green_steps(
+                    fleet,
+                    site,
+                    keys,
+                    store,
+                    &sealer,
+                    args,
+                    to,
+                    bake,
+                    reporter,
+                    &mut journal,
+                    &mut report,
+                    next,
+                )
+                .await
+            }
+            None => {
+                replace_steps(
+                    fleet,
+                    site,
+                    keys,
+                    store,
+                    &sealer,
+                    args,
+                    to,
+                    bake,
+                    reporter,
+                    &mut journal,
+                    &mut report,
+                    true,
+                )
+                .await
+            }
+        };
+        if let Err(e) = result {
+            report.report.error = Some(format!("{e:#}"));
         }
-    };
-    let record = state::get_json::<SiteRecord>(store, &crate::state::Key::site(&site.name))
-        .await?
-        .map(|(r, _)| r);
-    let from = record.as_ref().map(|r| r.generation).filter(|g| *g > 0);
-    // An unfinished replace resumes towards the generation it was building:
-    // when it died after its `record` step, the recorded one is already it.
-    let target = crate::state::Key::target_site(&site.name);
-    let resumed_to = crate::state::journal::latest(store, "replace", &target)
-        .await?
-        .filter(|op| op.status != crate::state::journal::Status::Succeeded)
-        .and_then(|op| op.generation);
-    let to = resumed_to.unwrap_or(from.unwrap_or(0) + 1);
-    let checks =
-        lifecycle::check(fleet, site, store, &sealer, &lifecycle::Options::default()).await;
-    let failing = lifecycle::failing(&checks);
-    let mut report = ReplaceReport {
-        report: Report {
-            site: site.name.to_string(),
-            generation: to,
-            ok: false,
-            phases: Vec::new(),
-            error: None,
-            took_ms: 0,
-        },
-        from_generation: from,
-        checks,
-        overridden: Vec::new(),
-    };
-    if !failing.is_empty() {
-        if !args.force {
-            site_lock.release().await?;
-            fleet_lock.release().await?;
-            return anyhow::Ok((report, true));
-        }
-        let reason = args.reason.clone().unwrap_or_default();
+        report.report.ok = report.report.error.is_none();
+        journal.finish(report.report.error.clone()).await?;
         state::audit(
             store,
-            "override",
-            json!({ "operation": format!("replace site {}", site.name), "blockers": failing, "reason": reason }),
+            "replace",
+            json!({ "site": site.name, "from": from, "to": to, "ok": report.report.ok,
+                    "error": report.report.error, "overridden": report.overridden }),
         )
         .await?;
-        report.overridden = failing.clone();
-    }
-    let mut journal = Journal::begin(store, "replace", &target, &holder).await?;
-    journal.set_generation(to).await?;
-    if !report.overridden.is_empty() {
-        let reason = args.reason.clone().unwrap_or_default();
-        let blockers = report.overridden.join("; ");
-        journal
-            .step(
-                &format!("override: {blockers} (reason: {reason})"),
-                || async { anyhow::Ok(()) },
-            )
-            .await?;
-    }
-    let result = match &next {
-        Some(next) => {
-            blue_green_steps(
-                fleet,
-                site,
-                keys,
-                store,
-                &sealer,
-                args,
-                to,
-                bake,
-                reporter,
-                &mut journal,
-                &mut report,
-                next,
-            )
-            .await
-        }
-        None => {
-            replace_steps(
-                fleet,
-                site,
-                keys,
-                store,
-                &sealer,
-                args,
-                to,
-                bake,
-                reporter,
-                &mut journal,
-                &mut report,
-                true,
-            )
-            .await
-        }
-    };
-    if let Err(e) = result {
-        report.report.error = Some(format!("{e:#}"));
-    }
-    report.report.ok = report.report.error.is_none();
-    journal.finish(report.report.error.clone()).await?;
-    state::audit(
-        store,
-        "replace",
-        json!({ "site": site.name, "from": from, "to": to, "ok": report.report.ok,
-                "error": report.report.error, "overridden": report.overridden }),
-    )
-    .await?;
-    site_lock.release().await?;
-    fleet_lock.release().await?;
-    anyhow::Ok((report, false))
+        anyhow::Ok((report, false))
+    })
+    .await
 }
 
 pub fn replace(cli: &Cli, cmd: &ReplaceCommand) -> anyhow::Result<()> {
@@ -526,12 +467,8 @@ pub(super) async fn replace_steps(
         Ok(None)
     } else {
         journal
-            .step("drain", || async {
-                set_drained(store, site, Some(format!("replace to generation {to}"))).await?;
-                if let Some(t) = &fleet.traffic {
-                    hook(fleet, site, "drain", &t.drain).await?;
-                }
-                anyhow::Ok(())
+            .step("drain", || {
+                traffic::drain(store, fleet, site, format!("replace to generation {to}"))
             })
             .await
     };
@@ -641,12 +578,7 @@ pub(super) async fn replace_steps(
 
     let start = Instant::now();
     let restored = journal
-        .step("restore", || async {
-            if let Some(t) = &fleet.traffic {
-                hook(fleet, site, "restore", &t.restore).await?;
-            }
-            set_drained(store, site, None).await
-        })
+        .step("restore", || traffic::restore(store, fleet, site))
         .await;
     report
         .report
@@ -865,20 +797,10 @@ async fn blue_green_steps(
     let start = Instant::now();
     let switched = journal
         .step("switch", || async {
-            set_drained(
-                store,
-                site,
-                Some(format!("blue-green switch to generation {to}")),
-            )
-            .await?;
-            if let Some(t) = &fleet.traffic {
-                hook(fleet, site, "drain", &t.drain).await?;
-            }
+            let why = format!("blue-green switch to generation {to}");
+            traffic::drain(store, fleet, site, why).await?;
             super::bootstrap::record(store, &new_site, to).await?;
-            if let Some(t) = &fleet.traffic {
-                hook(fleet, site, "restore", &t.restore).await?;
-            }
-            set_drained(store, site, None).await
+            traffic::restore(store, fleet, site).await
         })
         .await;
     report.report.phases.push(timed(

@@ -141,38 +141,21 @@ pub async fn lockdown(
         "lockdown cluster {} (case {})",
         site.cluster.name, opts.case
     ));
-    let ttl = state::lock_ttl(fleet);
-    let fleet_lock = store
-        .lock(&crate::state::Key::fleet(), &holder, ttl)
-        .await?;
-    let site_lock = match store
-        .lock(&crate::state::Key::site(&site.name), &holder, ttl)
-        .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            fleet_lock.release().await?;
-            return Err(e.into());
-        }
-    };
-    let ctx = Ctx {
-        fleet,
-        site,
-        keys,
-        forensics,
-        opts,
-        reporter,
-        store,
-        sealer: &sealer,
-        holder: &holder,
-    };
-    let result = match Evidence::create(&case_dir, &holder) {
-        Ok(ev) => ctx.locked(ev).await,
-        Err(e) => Err(e),
-    };
-    site_lock.release().await?;
-    fleet_lock.release().await?;
-    result
+    crate::operation::with_site_locks(store, fleet, site, &holder, || async {
+        let ctx = Ctx {
+            fleet,
+            site,
+            keys,
+            forensics,
+            opts,
+            reporter,
+            store,
+            sealer: &sealer,
+            holder: &holder,
+        };
+        ctx.locked(Evidence::create(&case_dir, &holder)?).await
+    })
+    .await
 }
 
 struct Ctx<'a> {
@@ -307,11 +290,7 @@ impl<'a> Ctx<'a> {
 
         let drained = format!("lockdown {case}");
         run_step(journal, report, case, "drain", || async {
-            set_drained(self.store, site, &drained).await?;
-            match &self.fleet.traffic {
-                Some(t) => drain_hook(self.fleet, site, &t.drain).await,
-                None => Ok(()),
-            }
+            super::traffic::drain(self.store, self.fleet, site, drained.clone()).await
         })
         .await;
 
@@ -594,40 +573,4 @@ fn said<T>(o: &Outcome<T>) -> String {
 
 fn status<'r>(report: &'r mut Report, machine: &str) -> Option<&'r mut MachineStatus> {
     report.machines.iter_mut().find(|m| m.machine == machine)
-}
-
-/// Records the site drained for the lockdown (creating its record).
-async fn set_drained(store: &dyn StateStore, site: &Site, why: &str) -> anyhow::Result<()> {
-    state::records::set_drained(store, &site.name, Some(why.to_string())).await?;
-    Ok(())
-}
-
-/// Runs the `traffic.drain` hook with `{site}` substituted, in the fleet
-/// directory, bounded to 300 s.
-async fn drain_hook(fleet: &Fleet, site: &Site, command: &str) -> anyhow::Result<()> {
-    let command = command.replace("{site}", site.name.as_str());
-    let out = tokio::time::timeout(
-        Duration::from_secs(300),
-        tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(&command)
-            .current_dir(&fleet.root)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .with_context(|| format!("traffic.drain `{command}` did not finish within 300 s"))?
-    .with_context(|| format!("running traffic.drain `{command}`"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        bail!(
-            "traffic.drain `{command}` exited {}: {}",
-            out.status
-                .code()
-                .map_or("by signal".into(), |c| c.to_string()),
-            err.lines().last().unwrap_or("")
-        );
-    }
-    Ok(())
 }

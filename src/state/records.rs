@@ -53,6 +53,11 @@ impl Key {
         Key("audit/".into())
     }
 
+    /// `reports/drill/<site>/<stem>`: a drill's report.
+    pub fn drill_report(site: impl fmt::Display, stem: &str) -> Key {
+        Key(format!("reports/drill/{site}/{stem}"))
+    }
+
     /// A journal target: `site/<site>`.
     pub fn target_site(site: impl fmt::Display) -> String {
         format!("site/{site}")
