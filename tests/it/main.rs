@@ -35,6 +35,15 @@ mod sysext;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The lab's scenarios ([`lab::scenarios`]): by far the longest test, so
+/// it is named to sort first (libtest starts tests in name order) and runs
+/// from the start on one test thread while the rest of the suite shares
+/// the other.
+#[test]
+fn a_lab_first() {
+    lab::scenarios();
+}
+
 /// The repository, which is also the shipped example fleet.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
