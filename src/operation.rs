@@ -12,10 +12,28 @@ use std::future::Future;
 use serde_json::json;
 
 use crate::fleet::{Fleet, Site};
+use crate::job::Reporter;
+use crate::keys::Keys;
 use crate::lifecycle::{self, Check};
 use crate::state::crypt::Sealer;
 use crate::state::journal::Journal;
 use crate::state::{self, Holder, Key, StateStore};
+
+/// What an operation's steps work with: the fleet and the site acted on,
+/// the keys that reach its machines, the state and the sealer of its
+/// secrets, who holds the locks, and where progress goes. Copied freely;
+/// a blue-green replace swaps `fleet` and `site` for the ones with the
+/// new roles.
+#[derive(Clone, Copy)]
+pub struct OpCtx<'a> {
+    pub fleet: &'a Fleet,
+    pub site: &'a Site,
+    pub keys: &'a Keys,
+    pub store: &'a dyn StateStore,
+    pub sealer: &'a Sealer,
+    pub holder: &'a Holder,
+    pub reporter: &'a Reporter,
+}
 
 /// Runs `body` while `holder` holds the fleet lock (one disrupted site at
 /// a time, fleet-wide) and the site's lock, and releases both whatever

@@ -258,7 +258,6 @@ impl Builder {
     }
 
     /// A leaf certificate signed by `ca`; returns (cert PEM, key PEM).
-    #[allow(clippy::too_many_arguments)]
     fn leaf(
         &mut self,
         ca: &Ca,

@@ -25,6 +25,7 @@ use crate::fleet::{Fleet, Site, SiteName};
 use crate::job::Reporter;
 use crate::lifecycle::drill::{DrillReport, Step};
 use crate::lifecycle::{self, traffic, Check};
+use crate::operation::OpCtx;
 use crate::power::{self, Action};
 use crate::state::journal::Journal;
 use crate::state::{self, Holder, SiteRecord, StateStore};
@@ -181,27 +182,35 @@ async fn drill(
     let (store, sealer) = state::open(fleet)?;
     let store = store.as_ref();
     let holder = Holder::current(&format!("drill site {}", site.name));
+    let ctx = OpCtx {
+        fleet,
+        site,
+        keys,
+        store,
+        sealer: &sealer,
+        holder: &holder,
+        reporter,
+    };
     crate::operation::with_site_locks(store, fleet, site, &holder, || {
-        locked(
-            fleet, keys, site, args, observe, bake, reporter, store, &sealer, &holder,
-        )
+        locked(ctx, args, observe, bake)
     })
     .await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn locked(
-    fleet: &Fleet,
-    keys: &crate::keys::Keys,
-    site: &Site,
+    ctx: OpCtx<'_>,
     args: &DrillArgs,
     observe: Duration,
     bake: Duration,
-    reporter: &Reporter,
-    store: &dyn StateStore,
-    sealer: &crate::state::crypt::Sealer,
-    holder: &Holder,
 ) -> anyhow::Result<Outcome> {
+    let OpCtx {
+        fleet,
+        site,
+        store,
+        sealer,
+        holder,
+        ..
+    } = ctx;
     let names: Vec<&str> = crate::provision::machines(site)
         .iter()
         .map(|m| m.name.as_str())
@@ -252,15 +261,10 @@ async fn locked(
         steps: Vec::new(),
     };
     let result = drill_steps(
-        fleet,
-        keys,
-        site,
+        ctx,
         args,
         observe,
         bake,
-        reporter,
-        store,
-        sealer,
         &mut journal,
         &mut timeline,
         &mut report,
@@ -290,21 +294,22 @@ async fn locked(
     Ok(Outcome::Ran(Box::new(report)))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn drill_steps(
-    fleet: &Fleet,
-    keys: &crate::keys::Keys,
-    site: &Site,
+    ctx: OpCtx<'_>,
     args: &DrillArgs,
     observe: Duration,
     bake: Duration,
-    reporter: &Reporter,
-    store: &dyn StateStore,
-    sealer: &crate::state::crypt::Sealer,
     journal: &mut Journal<'_>,
     timeline: &mut Timeline,
     report: &mut DrillReport,
 ) -> anyhow::Result<()> {
+    let OpCtx {
+        fleet,
+        site,
+        store,
+        sealer,
+        ..
+    } = ctx;
     let began = Instant::now();
     let drained = journal
         .step("drain", || async {
@@ -399,21 +404,7 @@ async fn drill_steps(
         overridden: Vec::new(),
     };
     let rebuild_at = Instant::now();
-    let rebuilt = replace_steps(
-        fleet,
-        site,
-        keys,
-        store,
-        sealer,
-        &args.how,
-        to,
-        bake,
-        reporter,
-        journal,
-        &mut replace,
-        false,
-    )
-    .await;
+    let rebuilt = replace_steps(ctx, &args.how, to, bake, journal, &mut replace, false).await;
     // The replace's phases ran one after the other: lay them out in turn.
     let mut offset = rebuild_at.duration_since(timeline.start).as_millis();
     for p in &replace.report.phases {

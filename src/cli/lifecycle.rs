@@ -17,6 +17,7 @@ use crate::bootstrap::Phase;
 use crate::fleet::{Fleet, Role, Site, SiteName};
 use crate::job::Reporter;
 use crate::lifecycle::{self, traffic, Check};
+use crate::operation::OpCtx;
 use crate::power::{self, Action};
 use crate::state::journal::Journal;
 use crate::state::{self, Expect, Holder, SiteRecord, StateStore};
@@ -36,6 +37,10 @@ pub struct PlanArgs {
     /// Judge only the recorded state: do not ask the other sites' etcd.
     #[arg(long)]
     no_probe: bool,
+    /// Plan a blue-green replace (`replace site S --blue-green`): built on
+    /// the spares while the current generation serves.
+    #[arg(long)]
+    blue_green: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -135,43 +140,6 @@ pub(super) fn site<'a>(fleet: &'a Fleet, name: &SiteName) -> anyhow::Result<&'a 
         .with_context(|| format!("no site `{name}` in fleet {}", fleet.name))
 }
 
-/// The steps of a replace, as `plan` shows them.
-fn plan_steps(
-    fleet: &Fleet,
-    site: &Site,
-    from: Option<u64>,
-    to: u64,
-    bake: Duration,
-) -> Vec<String> {
-    let hook = |h: Option<&str>| {
-        h.map(|c| format!("`{}`", c.replace("{site}", site.name.as_str())))
-            .unwrap_or_else(|| "(no traffic hook configured)".into())
-    };
-    let machines = crate::provision::machines(site)
-        .iter()
-        .map(|m| m.name.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    vec![
-        format!("take the locks `fleet` and `sites/{}`", site.name),
-        "check the blockers (other sites healthy and in service, capacity, alarms, window)".into(),
-        format!("drain: {}", hook(fleet.traffic.as_ref().map(|t| t.drain.as_str()))),
-        format!("power off {machines}"),
-        format!(
-            "provision generation {to} (fresh PKI) on them: network boot, reports, SSH, etcd quorum{}",
-            from.map(|g| format!("; generation {g} keeps its PKI in the state until retired"))
-                .unwrap_or_default()
-        ),
-        "health: every etcd member healthy over TLS with the new CA".into(),
-        format!("bake {} s with health green", bake.as_secs()),
-        format!("restore: {}", hook(fleet.traffic.as_ref().map(|t| t.restore.as_str()))),
-        match from {
-            Some(g) => format!("retire generation {g}"),
-            None => "record the generation (none was running)".into(),
-        },
-    ]
-}
-
 pub(super) fn bake_of(fleet: &Fleet, arg: &Option<String>) -> anyhow::Result<Duration> {
     match arg
         .as_deref()
@@ -200,23 +168,31 @@ pub fn plan(cli: &Cli, cmd: &PlanCommand) -> anyhow::Result<()> {
         let checks = lifecycle::check(&fleet, site, store.as_ref(), &sealer, &opts).await;
         anyhow::Ok((record, checks))
     })?;
-    let from = record.as_ref().map(|r| r.generation);
+    let from = record.as_ref().map(|r| r.generation).filter(|g| *g > 0);
     let to = from.unwrap_or(0) + 1;
-    let steps = plan_steps(&fleet, site, from, to, bake);
+    let steps = if args.blue_green {
+        let next = crate::fleet::roles::blue_green(site)?;
+        lifecycle::plan::blue_green(&fleet, site, &next, from, to, bake)
+    } else {
+        lifecycle::plan::replace(&fleet, site, from, to, bake)
+    };
     let blocked = checks.iter().any(|c| !c.ok);
     if cli.output == Output::Json {
         return print_json(&json!({
             "site": site.name, "from_generation": from, "to_generation": to,
-            "steps": steps, "checks": checks, "blocked": blocked,
+            "blue_green": args.blue_green, "steps": steps, "checks": checks, "blocked": blocked,
         }));
     }
     println!(
-        "replace site {}: generation {} -> {to}",
+        "replace site {}{}: generation {} -> {to}, holding the locks `fleet` and `sites/{}`, \
+         after the blockers below pass:",
         site.name,
-        from.map_or("none".to_string(), |g| g.to_string())
+        if args.blue_green { " --blue-green" } else { "" },
+        from.map_or("none".to_string(), |g| g.to_string()),
+        site.name
     );
     for (i, s) in steps.iter().enumerate() {
-        println!("  {}. {s}", i + 1);
+        println!("  {:>2}. {:<14} {}", i + 1, s.step, s.does);
     }
     println!("blockers now:");
     print_checks(&checks);
@@ -319,41 +295,20 @@ async fn replace_one(
             checks: gated.checks,
             overridden: gated.overridden,
         };
+        let ctx = OpCtx {
+            fleet,
+            site,
+            keys,
+            store,
+            sealer: &sealer,
+            holder: &holder,
+            reporter,
+        };
         let result = match &next {
             Some(next) => {
-                blue_green_steps(
-                    fleet,
-                    site,
-                    keys,
-                    store,
-                    &sealer,
-                    args,
-                    to,
-                    bake,
-                    reporter,
-                    &mut journal,
-                    &mut report,
-                    next,
-                )
-                .await
+                blue_green_steps(ctx, args, to, bake, &mut journal, &mut report, next).await
             }
-            None => {
-                replace_steps(
-                    fleet,
-                    site,
-                    keys,
-                    store,
-                    &sealer,
-                    args,
-                    to,
-                    bake,
-                    reporter,
-                    &mut journal,
-                    &mut report,
-                    true,
-                )
-                .await
-            }
+            None => replace_steps(ctx, args, to, bake, &mut journal, &mut report, true).await,
         };
         if let Err(e) = result {
             report.report.error = Some(format!("{e:#}"));
@@ -438,22 +393,23 @@ pub fn replace(cli: &Cli, cmd: &ReplaceCommand) -> anyhow::Result<()> {
 
 /// The steps of a replace after the checks; `drain: false` when the
 /// caller (a drill) has drained the site already.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn replace_steps(
-    fleet: &Fleet,
-    site: &Site,
-    keys: &crate::keys::Keys,
-    store: &dyn StateStore,
-    sealer: &crate::state::crypt::Sealer,
+    ctx: OpCtx<'_>,
     args: &How,
     to: u64,
     bake: Duration,
-    reporter: &Reporter,
     journal: &mut Journal<'_>,
     report: &mut ReplaceReport,
     drain: bool,
 ) -> anyhow::Result<()> {
-    let (opts, boot_opts) = args.tuning.options(to);
+    let OpCtx {
+        fleet,
+        site,
+        store,
+        sealer,
+        ..
+    } = ctx;
+    let (opts, _) = args.tuning.options(to);
     let timed = |name: &str, start: Instant, ok: bool, note: Option<String>| Phase {
         name: name.to_string(),
         ok,
@@ -514,16 +470,10 @@ pub(super) async fn replace_steps(
         took_ms: 0,
     };
     let provisioned = steps(
-        fleet,
-        site,
-        keys,
-        store,
-        sealer,
+        ctx,
+        &args.tuning,
         to,
         args.validity_days,
-        &opts,
-        &boot_opts,
-        reporter,
         journal,
         &mut inner,
         true,
@@ -673,22 +623,23 @@ async fn assign(
 /// serving; traffic drained only for the switch; N's machines powered off
 /// as the new spares. A failure before the switch leaves N serving and
 /// nothing drained; one during the switch leaves the site drained.
-#[allow(clippy::too_many_arguments)]
 async fn blue_green_steps(
-    fleet: &Fleet,
-    site: &Site,
-    keys: &crate::keys::Keys,
-    store: &dyn StateStore,
-    sealer: &crate::state::crypt::Sealer,
+    ctx: OpCtx<'_>,
     args: &How,
     to: u64,
     bake: Duration,
-    reporter: &Reporter,
     journal: &mut Journal<'_>,
     report: &mut ReplaceReport,
     next: &BTreeMap<String, Role>,
 ) -> anyhow::Result<()> {
-    let (opts, boot_opts) = args.tuning.options(to);
+    let OpCtx {
+        fleet,
+        site,
+        store,
+        sealer,
+        ..
+    } = ctx;
+    let (opts, _) = args.tuning.options(to);
     let timed = |name: &str, start: Instant, ok: bool, note: Option<String>| Phase {
         name: name.to_string(),
         ok,
@@ -723,17 +674,16 @@ async fn blue_green_steps(
         error: None,
         took_ms: 0,
     };
+    let new_ctx = OpCtx {
+        fleet: &new_fleet,
+        site: &new_site,
+        ..ctx
+    };
     let provisioned = steps(
-        &new_fleet,
-        &new_site,
-        keys,
-        store,
-        sealer,
+        new_ctx,
+        &args.tuning,
         to,
         args.validity_days,
-        &opts,
-        &boot_opts,
-        reporter,
         journal,
         &mut inner,
         false,

@@ -16,6 +16,7 @@ use crate::assets::download::RetryPolicy;
 use crate::bootstrap::{self, Phase};
 use crate::fleet::SiteName;
 use crate::job::Reporter;
+use crate::operation::OpCtx;
 use crate::provision::{self, Options};
 use crate::ssh::Timeouts;
 use crate::state::journal::Journal;
@@ -113,7 +114,6 @@ pub fn run(cli: &Cli, cmd: &ProvisionCommand) -> anyhow::Result<()> {
     let site = fleet
         .site(args.site.as_str())
         .with_context(|| format!("no site `{}` in fleet {}", args.site, fleet.name))?;
-    let (opts, boot_opts) = args.tuning.options(args.generation);
     let reporter = Reporter::new(super::progress_bars(cli));
     let mut report = Report {
         site: site.name.to_string(),
@@ -141,17 +141,20 @@ pub fn run(cli: &Cli, cmd: &ProvisionCommand) -> anyhow::Result<()> {
             &holder,
         )
         .await?;
-        let result = steps(
-            &fleet,
+        let ctx = OpCtx {
+            fleet: &fleet,
             site,
-            &keys,
+            keys: &keys,
             store,
-            &sealer,
+            sealer: &sealer,
+            holder: &holder,
+            reporter: &reporter,
+        };
+        let result = steps(
+            ctx,
+            &args.tuning,
             args.generation,
             args.validity_days,
-            &opts,
-            &boot_opts,
-            &reporter,
             &mut journal,
             &mut report,
             true,
@@ -202,23 +205,30 @@ pub fn run(cli: &Cli, cmd: &ProvisionCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The provision's journaled steps, shared with `replace`.
-#[allow(clippy::too_many_arguments)]
+/// The provision's journaled steps, shared with `replace`: generation
+/// `generation` (certificates valid `validity_days`) on the site of `ctx`,
+/// recorded as running there when `record_generation` (a blue-green
+/// replace records it at its switch instead).
 pub(super) async fn steps(
-    fleet: &crate::fleet::Fleet,
-    site: &crate::fleet::Site,
-    keys: &crate::keys::Keys,
-    store: &dyn state::StateStore,
-    sealer: &crate::state::crypt::Sealer,
+    ctx: OpCtx<'_>,
+    tuning: &Tuning,
     generation: u64,
     validity_days: i64,
-    opts: &Options,
-    boot_opts: &bootstrap::Options,
-    reporter: &Reporter,
     journal: &mut Journal<'_>,
     report: &mut Report,
     record_generation: bool,
 ) -> anyhow::Result<()> {
+    let OpCtx {
+        fleet,
+        site,
+        keys,
+        store,
+        sealer,
+        reporter,
+        ..
+    } = ctx;
+    let (opts, boot_opts) = tuning.options(generation);
+    let (opts, boot_opts) = (&opts, &boot_opts);
     let names: Vec<&str> = provision::machines(site)
         .iter()
         .map(|m| m.name.as_str())

@@ -14,6 +14,7 @@
 
 pub mod drill;
 pub mod lockdown;
+pub mod plan;
 pub mod traffic;
 
 use std::time::Duration;

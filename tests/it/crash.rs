@@ -329,6 +329,17 @@ fn provision_and_replace_killed_at_every_step_resume_and_converge() {
         );
     }
 
+    // `plan` names the steps `replace` journals, in its order.
+    let out = site.metalherd(&["--output", "json", "plan", "site", "fra", "--no-probe"]);
+    assert!(out.status.success(), "plan: {}", all(&out));
+    let planned: Vec<String> = json(&out)["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(planned, REPLACE_STEPS, "plan and replace disagree");
+
     // replace: generation 2, 3, ... each killed at the next step.
     let replace = [
         "replace",

@@ -928,6 +928,29 @@ fn three_sites_drill_one_then_rebuild_in_waves_stopping_at_a_cut_site() {
         "{}",
         text(&out.stderr)
     );
+    let out = mh(
+        lab.path(),
+        &[
+            "--output",
+            "json",
+            "plan",
+            "site",
+            "fra",
+            "--blue-green",
+            "--no-probe",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "plan --blue-green: {}",
+        text(&out.stderr)
+    );
+    let planned: Vec<String> = json(&out)["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap().to_string())
+        .collect();
     let gslb_before = std::fs::read_to_string(lab.path().join(".metalherd/lab/gslb.log")).unwrap();
     let t = Instant::now();
     let out = mh(
@@ -973,6 +996,26 @@ fn three_sites_drill_one_then_rebuild_in_waves_stopping_at_a_cut_site() {
     assert!(
         !phases.contains(&"power off") && !phases.contains(&"drain"),
         "{phases:?}"
+    );
+    // The journal ran exactly the steps `plan --blue-green` named.
+    let out = mh(lab.path(), &["--output", "json", "state", "history"]);
+    let history = json(&out);
+    let op = history["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "replace" && o["target"] == "site/fra")
+        .unwrap_or_else(|| panic!("no replace of fra: {history}"));
+    let journaled: Vec<String> = op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .filter(|n| !n.starts_with("override"))
+        .collect();
+    assert_eq!(
+        journaled, planned,
+        "plan --blue-green and the journal disagree: {op}"
     );
     let fra = site_state(&lab, "fra");
     assert_eq!(fra["generation"], 3, "{fra}");

@@ -118,9 +118,11 @@ fn each_blocker_refuses_by_name_and_changes_nothing() {
         "{win}"
     );
     let steps = plan["steps"].as_array().unwrap();
-    assert!(steps
-        .iter()
-        .any(|s| s.as_str().unwrap().contains("scripts/gslb-weight fra 0")));
+    assert!(steps.iter().any(|s| s["step"] == "drain"
+        && s["does"]
+            .as_str()
+            .unwrap()
+            .contains("scripts/gslb-weight fra 0")));
 
     // replace refuses, naming every blocker, exit 4; nothing drained.
     let out = metalherd(dir, &["replace", "site", "fra", "--bake", "0"]);
