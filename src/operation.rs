@@ -35,6 +35,45 @@ pub struct OpCtx<'a> {
     pub reporter: &'a Reporter,
 }
 
+/// What an operation opens before its context: the state, the sealer of
+/// its secrets, and who it holds the locks as.
+pub struct Opened {
+    pub store: std::sync::Arc<dyn StateStore>,
+    pub sealer: Sealer,
+    pub holder: Holder,
+}
+
+impl Opened {
+    /// Opens `fleet`'s state for `operation` (`replace site fra`).
+    pub fn new(fleet: &Fleet, operation: &str) -> anyhow::Result<Opened> {
+        let (store, sealer) = state::open(fleet)?;
+        Ok(Opened {
+            store,
+            sealer,
+            holder: Holder::current(operation),
+        })
+    }
+
+    /// The context of an operation on `site`.
+    pub fn ctx<'a>(
+        &'a self,
+        fleet: &'a Fleet,
+        site: &'a Site,
+        keys: &'a Keys,
+        reporter: &'a Reporter,
+    ) -> OpCtx<'a> {
+        OpCtx {
+            fleet,
+            site,
+            keys,
+            store: self.store.as_ref(),
+            sealer: &self.sealer,
+            holder: &self.holder,
+            reporter,
+        }
+    }
+}
+
 /// Runs `body` while `holder` holds the fleet lock (one disrupted site at
 /// a time, fleet-wide) and the site's lock, and releases both whatever
 /// `body` returns. A lock that cannot be taken fails before `body` runs,
@@ -50,30 +89,85 @@ pub async fn with_site_locks<T, Fut>(
 where
     Fut: Future<Output = anyhow::Result<T>>,
 {
+    let names = [Key::fleet(), Key::site(&site.name)];
+    with_locks(store, fleet, &names, holder, body).await
+}
+
+/// [`with_site_locks`] for the operations that build a site without taking
+/// it down (provision, bootstrap): only the site's lock, so the other
+/// sites' operations go on.
+pub async fn with_site_lock<T, Fut>(
+    store: &dyn StateStore,
+    fleet: &Fleet,
+    site: &Site,
+    holder: &Holder,
+    body: impl FnOnce() -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    with_locks(store, fleet, &[Key::site(&site.name)], holder, body).await
+}
+
+/// Takes `names` in order, runs `body`, releases them in reverse order.
+async fn with_locks<T, Fut>(
+    store: &dyn StateStore,
+    fleet: &Fleet,
+    names: &[Key],
+    holder: &Holder,
+    body: impl FnOnce() -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: Future<Output = anyhow::Result<T>>,
+{
     let ttl = state::lock_ttl(fleet);
-    let fleet_lock = store.lock(&Key::fleet(), holder, ttl).await?;
-    let site_lock = match store.lock(&Key::site(&site.name), holder, ttl).await {
-        Ok(lock) => lock,
-        Err(e) => {
-            if let Err(r) = fleet_lock.release().await {
-                tracing::warn!("releasing the fleet lock: {r}");
+    let mut held = Vec::with_capacity(names.len());
+    for name in names {
+        match store.lock(name, holder, ttl).await {
+            Ok(lock) => held.push(lock),
+            Err(e) => {
+                release_all(held, names).await.unwrap_or_else(|r| {
+                    tracing::warn!("{r}");
+                });
+                return Err(e.into());
             }
-            return Err(e.into());
         }
-    };
+    }
     let result = body().await;
-    let site_released = site_lock.release().await;
-    let fleet_released = fleet_lock.release().await;
-    match (result, site_released.and(fleet_released)) {
+    let released = release_all(held, names).await;
+    match (result, released) {
         (Ok(value), Ok(())) => Ok(value),
-        (Ok(_), Err(e)) => Err(e.into()),
+        (Ok(_), Err(e)) => Err(e),
         (Err(e), released) => {
             if let Err(r) = released {
-                tracing::warn!("releasing the locks of {}: {r}", site.name);
+                tracing::warn!("{r}");
             }
             Err(e)
         }
     }
+}
+
+/// Releases every lock of `held` (the first `held.len()` of `names`), last
+/// taken first; the first failure is returned after trying them all.
+async fn release_all(held: Vec<Box<dyn state::LockGuard>>, names: &[Key]) -> anyhow::Result<()> {
+    let mut first = Ok(());
+    for (lock, name) in held.into_iter().zip(names).rev() {
+        if let Err(e) = lock.release().await {
+            if first.is_ok() {
+                first = Err(anyhow::anyhow!("releasing the lock `{name}`: {e}"));
+            }
+        }
+    }
+    first
+}
+
+/// How an operation that passes the [`gate`] ended.
+#[derive(Debug)]
+pub enum Outcome<R> {
+    /// Refused by these checks; nothing was changed.
+    Refused(Vec<Check>),
+    /// It ran; `R` says how that went.
+    Ran(R),
 }
 
 /// How an operation treats failing safety checks.

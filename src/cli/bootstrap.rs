@@ -4,18 +4,17 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::context::{fleet_and_keys, runtime};
-use super::ssh::SshArgs;
+use super::args::SshArgs;
+use super::context::{fleet_and_keys, runtime, site};
+use super::print::print_phases;
 use super::{print_json, Cli, Output};
-use crate::bootstrap::{self, Options};
-use crate::fleet::{Role, Site, SiteName};
+use crate::bootstrap::Options;
+use crate::fleet::SiteName;
 use crate::job::Reporter;
+use crate::operation::Opened;
 use crate::ssh::Timeouts;
-use crate::state::journal::Journal;
-use crate::state::{self, Expect, Holder, MachineRecord, MachineState, StateStore};
 
 #[derive(Subcommand, Debug)]
 pub enum BootstrapCommand {
@@ -49,9 +48,7 @@ pub struct SiteArgs {
 pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
     let BootstrapCommand::Site(args) = cmd;
     let (fleet, keys) = fleet_and_keys(cli)?;
-    let site = fleet
-        .site(args.site.as_str())
-        .with_context(|| format!("no site `{}` in fleet {}", args.site, fleet.name))?;
+    let site = site(&fleet, &args.site)?;
     let opts = Options {
         generation: args.generation,
         user: args.ssh.user.clone(),
@@ -63,54 +60,12 @@ pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
         ready_timeout: Duration::from_secs(args.ready_timeout),
     };
     let reporter = Reporter::new(super::progress_bars(cli));
-    let report = runtime()?.block_on(async {
-        let (store, sealer) = state::open(&fleet)?;
-        let store = store.as_ref();
-        let operation = format!("bootstrap site {}", site.name);
-        let holder = Holder::current(&operation);
-        // One operation at a time per site, fleet-wide.
-        let lock = store
-            .lock(
-                &crate::state::Key::site(&site.name),
-                &holder,
-                state::lock_ttl(&fleet),
-            )
-            .await?;
-        let mut journal = Journal::begin(
-            store,
-            "bootstrap",
-            &crate::state::Key::target_site(&site.name),
-            &holder,
-        )
-        .await?;
-        let pki = pki_step(
-            &mut journal,
-            store,
-            &sealer,
-            site,
-            args.generation,
-            args.validity_days,
-        )
-        .await?;
-        let report = bootstrap::bootstrap_site(
-            &fleet,
-            site,
-            &keys,
-            &pki,
-            &opts,
-            &reporter,
-            Some(&mut journal),
-        )
-        .await?;
-        if report.ok {
-            journal
-                .step("record", || record(store, site, args.generation))
-                .await?;
-        }
-        journal.finish(report.error.clone()).await?;
-        lock.release().await?;
-        anyhow::Ok(report)
-    })?;
+    let opened = Opened::new(&fleet, &format!("bootstrap site {}", site.name))?;
+    let report = runtime()?.block_on(crate::provision::bootstrap(
+        opened.ctx(&fleet, site, &keys, &reporter),
+        &opts,
+        args.validity_days,
+    ))?;
     if cli.output == Output::Json {
         print_json(&serde_json::to_value(&report)?)?;
     } else {
@@ -139,95 +94,4 @@ pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
             .into())
         }
     }
-}
-
-/// Journal step `pki`: the generation's PKI, made once and kept in the
-/// state (a resumed run that skips the step loads it).
-pub(super) async fn pki_step(
-    journal: &mut Journal<'_>,
-    store: &dyn StateStore,
-    sealer: &crate::state::crypt::Sealer,
-    site: &Site,
-    generation: u64,
-    validity_days: i64,
-) -> anyhow::Result<crate::pki::ClusterPki> {
-    let args_generation = generation;
-    let pki = journal
-        .step("pki", || async {
-            let (pki, created) =
-                crate::pki::load_or_create(store, sealer, site, args_generation, validity_days)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "preparing the PKI of {} generation {}",
-                            site.name, args_generation
-                        )
-                    })?;
-            if created {
-                tracing::info!(
-                    "{}: generated the PKI of generation {} ({})",
-                    site.name,
-                    args_generation,
-                    store.describe()
-                );
-            }
-            Ok(pki)
-        })
-        .await?;
-    // A resumed run skips the step but still needs the PKI: it is stored.
-    let pki = match pki {
-        Some(p) => p,
-        None => {
-            crate::pki::load_or_create(store, sealer, site, args_generation, validity_days)
-                .await?
-                .0
-        }
-    };
-    Ok(pki)
-}
-
-/// Prints the phases of a report, one line each with its duration.
-pub(super) fn print_phases(phases: &[bootstrap::Phase]) {
-    for p in phases {
-        let status = if p.ok { "ok" } else { "FAILED" };
-        println!(
-            "{:<16} {status:<7} {:>8.1} s",
-            p.name,
-            p.duration_ms as f64 / 1000.0
-        );
-        for n in &p.notes {
-            println!("    {n}");
-        }
-    }
-}
-
-/// Records generation `generation` as running at `site` and its nodes as
-/// ready.
-pub(super) async fn record(
-    store: &dyn StateStore,
-    site: &Site,
-    generation: u64,
-) -> anyhow::Result<()> {
-    state::records::update_site(store, &site.name, |record| {
-        if record.generation != generation
-            && record.generation > 0
-            && !record.retired.contains(&record.generation)
-        {
-            record.retired.push(record.generation);
-        }
-        record.retired.retain(|g| *g != generation);
-        record.generation = generation;
-        // The roles `site` gave its machines are now the current
-        // generation's (a blue-green replace built it on other machines
-        // than the inventory says); differences from the inventory stay
-        // recorded.
-        record.roles = crate::fleet::roles::overrides(site, &record.roles, &record.next_roles);
-        record.next_roles.clear();
-    })
-    .await?;
-    for m in site.machines.iter().filter(|m| m.role != Role::Spare) {
-        let record = MachineRecord::now(MachineState::Ready, Some(generation));
-        state::records::put_machine(store, &m.name, &record, Expect::Any).await?;
-    }
-    Ok(())
 }

@@ -13,6 +13,8 @@ pub(crate) fn runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
     crate::runtime::get().context("starting the async runtime")
 }
 
+pub(crate) use crate::lifecycle::site;
+
 /// Loads the fleet and the keys; refuses to invent keys for machines
 /// that were never rendered (their Ignition would not carry them).
 pub(crate) fn fleet_and_keys(cli: &Cli) -> anyhow::Result<(Fleet, Keys)> {

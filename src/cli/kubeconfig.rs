@@ -10,8 +10,9 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 
 use super::context::runtime;
-use super::lifecycle::{parse_duration, site};
+use super::context::site;
 use super::{load_fleet, print_json, Cli, Output};
+use crate::fleet::window::parse_duration;
 use crate::fleet::SiteName;
 use crate::kubeconfig::{self, Options};
 use crate::state;

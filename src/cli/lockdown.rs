@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use super::args::SshArgs;
 use super::context::{fleet_and_keys, runtime};
-use super::ssh::SshArgs;
 use super::{print_json, Cli, Output};
 use crate::job::Reporter;
 use crate::lifecycle::lockdown::{self, CaseId, Options, ReplaceOn, Report};

@@ -7,20 +7,26 @@
 //! To add a command: a module here with its `Args` and `run`, a variant in
 //! [`Command`], a line in `dispatch`.
 
+mod args;
 mod assets;
+mod audit;
 mod bootstrap;
 mod context;
 mod dev;
 mod drill;
+mod errors;
 mod init;
 mod inventory;
 mod kubeconfig;
 mod lab;
-mod lifecycle;
 mod lockdown;
+mod plan;
 mod power;
+mod print;
 mod provision;
+mod rebuild;
 mod render;
+mod replace;
 mod serve;
 mod ssh;
 mod state;
@@ -96,13 +102,13 @@ pub enum Command {
     Provision(provision::ProvisionCommand),
     /// What `replace` would do to a site, and which blockers hold now.
     #[command(subcommand)]
-    Plan(lifecycle::PlanCommand),
+    Plan(plan::PlanCommand),
     /// Replace a site's cluster with a fresh generation, under the safety rules.
     #[command(subcommand)]
-    Replace(lifecycle::ReplaceCommand),
+    Replace(replace::ReplaceCommand),
     /// The nightly job: replace sites in waves, one at a time, stopping at
     /// the first failure.
-    Rebuild(lifecycle::RebuildArgs),
+    Rebuild(rebuild::RebuildArgs),
     /// A disaster drill: take a site away, prove the others carry the
     /// load, optionally rebuild it, and write a timed report.
     #[command(subcommand)]
@@ -113,9 +119,9 @@ pub enum Command {
     Lockdown(lockdown::LockdownCommand),
     /// Release a quarantined machine (recorded with a reason).
     #[command(subcommand)]
-    Release(lifecycle::ReleaseCommand),
+    Release(audit::ReleaseCommand),
     /// The audit log: every operation, who ran it, overrides and their reasons.
-    Audit(lifecycle::AuditArgs),
+    Audit(audit::AuditArgs),
     /// Issue a short-lived admin kubeconfig for a site's current cluster
     /// generation (recorded in the audit log).
     ///
@@ -155,9 +161,9 @@ pub enum Command {
 /// Parses the command line, runs the command and maps the outcome to an
 /// exit code.
 pub fn main() -> ExitCode {
-    quiet_on_broken_pipe();
+    errors::quiet_on_broken_pipe();
     let cli = Cli::parse();
-    init_logging(&cli);
+    errors::init_logging(&cli);
     match dispatch(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -175,9 +181,9 @@ pub fn main() -> ExitCode {
                 kind == Some(std::io::ErrorKind::BrokenPipe)
             };
             if err.chain().any(broken_pipe) {
-                return ExitCode::from(BROKEN_PIPE);
+                return ExitCode::from(errors::BROKEN_PIPE);
             }
-            report_error(&cli, &err);
+            errors::report_error(&cli, &err);
             // A lock held by another run is not a failure of this one:
             // schedulers tell the two apart by the exit code.
             let code = err
@@ -195,12 +201,12 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Render(args) => render::run(cli, args),
         Command::Init(args) => init::run(cli, args),
         Command::Provision(cmd) => provision::run(cli, cmd),
-        Command::Plan(cmd) => lifecycle::plan(cli, cmd),
-        Command::Replace(cmd) => lifecycle::replace(cli, cmd),
-        Command::Audit(args) => lifecycle::audit(cli, args),
+        Command::Plan(cmd) => plan::run(cli, cmd),
+        Command::Replace(cmd) => replace::run(cli, cmd),
+        Command::Audit(args) => audit::audit(cli, args),
         Command::Kubeconfig(args) => kubeconfig::run(cli, args),
-        Command::Rebuild(args) => lifecycle::rebuild(cli, args),
-        Command::Release(cmd) => lifecycle::release(cli, cmd),
+        Command::Rebuild(args) => rebuild::run(cli, args),
+        Command::Release(cmd) => audit::release(cli, cmd),
         Command::Lockdown(cmd) => lockdown::run(cli, cmd),
         Command::Drill(cmd) => drill::run(cli, cmd),
         Command::Lab(cmd) => lab::run(cli, cmd),
@@ -223,47 +229,6 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Dev(cmd) => dev::run(cli, cmd),
     }
-}
-
-/// The exit code of a process killed by SIGPIPE (128 + 13).
-const BROKEN_PIPE: u8 = 141;
-
-/// `metalherd … | head`: once the reader has gone, stop quietly with the
-/// exit code of a Unix tool killed by SIGPIPE, instead of panicking in
-/// `println!` (Rust ignores SIGPIPE, so writes fail with EPIPE; restoring
-/// the signal's default would need `unsafe`, which this crate forbids).
-fn quiet_on_broken_pipe() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
-            std::process::exit(BROKEN_PIPE.into());
-        }
-        default(info)
-    }));
-}
-
-fn init_logging(cli: &Cli) {
-    let level = match (cli.quiet, cli.verbose) {
-        (true, _) => "error",
-        (false, 0) => "info",
-        (false, 1) => "debug",
-        (false, _) => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("METALHERD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("metalherd={level}")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .without_time()
-        .init();
 }
 
 /// Loads the fleet named by `--fleet`.
@@ -296,37 +261,3 @@ pub(crate) struct Exit(pub u8);
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct Reported(pub String);
-
-/// Errors go to stderr with their whole chain; a fleet that failed to load
-/// lists every problem. With `--output json` the same goes to stdout as a
-/// document, for scripts.
-fn report_error(cli: &Cli, err: &anyhow::Error) {
-    if let Some(Reported(summary)) = err.downcast_ref::<Reported>() {
-        if cli.output == Output::Text {
-            eprintln!("error: {summary}");
-        }
-        return;
-    }
-    let diagnostics = err
-        .downcast_ref::<LoadError>()
-        .map(|e| e.diagnostics.clone())
-        .unwrap_or_default();
-    if cli.output == Output::Json {
-        let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
-        let _ = print_json(&serde_json::json!({
-            "ok": false,
-            "error": chain.join(": "),
-            "diagnostics": diagnostics,
-        }));
-        return;
-    }
-    let mut stderr = std::io::stderr().lock();
-    for d in &diagnostics {
-        let _ = writeln!(stderr, "error: {d}");
-    }
-    let _ = write!(stderr, "error: {err}");
-    for cause in err.chain().skip(1) {
-        let _ = write!(stderr, ": {cause}");
-    }
-    let _ = writeln!(stderr);
-}

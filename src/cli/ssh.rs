@@ -9,23 +9,13 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::json;
 
+use super::args::SshArgs;
 use super::context::{fleet_and_keys, runtime};
 use super::{print_json, Cli, Output};
 use crate::fleet::{Fleet, Machine, MachineName, Site, SiteName};
 use crate::job::{self, Reporter, Target};
 use crate::keys::Keys;
 use crate::ssh::{command_line, Session, Timeouts};
-
-/// Connection settings shared by `ssh`, `exec` and `bootstrap`.
-#[derive(Args, Debug, Clone)]
-pub struct SshArgs {
-    /// The user to log in as (metalherd's key is in its authorized keys).
-    #[arg(long, default_value = "core")]
-    pub user: String,
-    /// Seconds to wait for a connection and authentication.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
-    pub connect_timeout: u64,
-}
 
 #[derive(Args, Debug)]
 pub struct SshCommandArgs {

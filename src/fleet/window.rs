@@ -127,6 +127,30 @@ pub fn open(windows: &[Window], at: Timestamp) -> bool {
     windows.is_empty() || windows.iter().any(|w| w.contains(at))
 }
 
+/// A duration as fleet.yaml and the CLI write it: `10m`, `90s`, `1h`,
+/// `1d`, `0`.
+pub fn parse_duration(text: &str) -> anyhow::Result<std::time::Duration> {
+    use anyhow::Context;
+    let t = text.trim();
+    if t == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("duration {text:?}: expected a number and s, m, h or d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("duration {text:?}: expected a number and s, m, h or d (e.g. 10m)"),
+    };
+    n.checked_mul(unit)
+        .map(std::time::Duration::from_secs)
+        .with_context(|| format!("duration {text:?} is too long"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

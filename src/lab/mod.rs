@@ -16,6 +16,7 @@
 //! commands that talk to lab machines enter the namespace themselves
 //! ([`enter`]).
 
+pub mod console;
 pub mod extensions;
 pub mod fleet;
 pub mod image;

@@ -574,3 +574,31 @@ fn said<T>(o: &Outcome<T>) -> String {
 fn status<'r>(report: &'r mut Report, machine: &str) -> Option<&'r mut MachineStatus> {
     report.machines.iter_mut().find(|m| m.machine == machine)
 }
+/// `release machine M`: a quarantined machine becomes `available` again
+/// (commands may then power it off, wipe it and reprovision it), recorded
+/// in the audit log with `reason`. Returns since when it was quarantined.
+pub async fn release(
+    store: &dyn StateStore,
+    machine: &crate::fleet::MachineName,
+    reason: &str,
+) -> anyhow::Result<String> {
+    use crate::state::records;
+    let Some((record, rev)) = records::read_machine(store, machine).await? else {
+        bail!("{machine} is not quarantined (no state recorded)");
+    };
+    if record.state != MachineState::Quarantined {
+        bail!(
+            "{machine} is not quarantined (it is {:?}); nothing to release",
+            record.state
+        );
+    }
+    let released = MachineRecord::now(MachineState::Available, None);
+    records::put_machine(store, machine, &released, Expect::Revision(rev)).await?;
+    state::audit(
+        store,
+        "release",
+        json!({ "machine": machine, "reason": reason, "quarantined_since": record.since }),
+    )
+    .await?;
+    Ok(record.since)
+}

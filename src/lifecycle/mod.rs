@@ -12,17 +12,22 @@
 //! override is returned so the caller records it in the journal and the
 //! audit log.
 
+pub mod blue_green;
 pub mod drill;
 pub mod lockdown;
 pub mod plan;
+pub mod rebuild;
+pub mod replace;
 pub mod traffic;
 
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use serde::Serialize;
 
 use crate::fleet::window;
-use crate::fleet::{Fleet, Site};
+use crate::fleet::{Fleet, Site, SiteName};
 use crate::state::{self, crypt::Sealer, SiteRecord, StateStore};
 
 /// One safety rule and whether it holds.
@@ -68,6 +73,22 @@ pub async fn check(
         alarms(fleet, opts).await,
         in_window(fleet, opts),
     ]
+}
+
+/// Site `name` of `fleet`, or an error naming the fleet.
+pub fn site<'a>(fleet: &'a Fleet, name: &SiteName) -> anyhow::Result<&'a Site> {
+    fleet
+        .site(name.as_str())
+        .with_context(|| format!("no site `{name}` in fleet {}", fleet.name))
+}
+
+/// The bake time: `arg` (`--bake`), else `rebuild.bake` in fleet.yaml,
+/// else 10 minutes.
+pub fn bake(fleet: &Fleet, arg: Option<&str>) -> anyhow::Result<Duration> {
+    match arg.or(fleet.rebuild.as_ref().and_then(|r| r.bake.as_deref())) {
+        Some(t) => crate::fleet::window::parse_duration(t),
+        None => Ok(Duration::from_secs(600)),
+    }
 }
 
 /// The failing checks, as one line each (`alarms: …`).

@@ -126,6 +126,28 @@ pub fn is_sealed(stored: &[u8]) -> bool {
     stored.starts_with(AGE_HEADER)
 }
 
+/// Writes a new identity to `path` (created 0600, in a 0700 directory if
+/// that is new; an existing file is never overwritten); returns its
+/// public key.
+pub fn write_identity(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let (secret, public) = Sealer::generate_identity();
+    let text = format!("# public key: {public}\n{}\n", secret.as_str());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            crate::fsutil::create_dir_with_mode(dir, 0o700)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    crate::fsutil::create_file(path, text.as_bytes(), 0o600).with_context(|| {
+        format!(
+            "writing {} (an existing key is never overwritten)",
+            path.display()
+        )
+    })?;
+    Ok(public)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

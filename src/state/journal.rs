@@ -286,3 +286,39 @@ impl<'a> Journal<'a> {
         Ok(self.record)
     }
 }
+/// `state demo`: a journaled operation of `steps` steps of `step_ms` each
+/// on `target`, holding the lock `sites/<target>`; each step appends its
+/// name to `marker` when it runs. The crash tests kill it mid-step.
+pub async fn demo(
+    store: &dyn StateStore,
+    target: &str,
+    steps: u32,
+    step_ms: u64,
+    marker: &std::path::Path,
+    lock_ttl: std::time::Duration,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let holder = Holder::current(&format!("demo {target}"));
+    let lock = store
+        .lock(&super::Key::site(target), &holder, lock_ttl)
+        .await?;
+    let mut journal = Journal::begin(store, "demo", target, &holder).await?;
+    for i in 1..=steps {
+        let name = format!("step-{i}");
+        journal
+            .step(&name, || async {
+                tokio::time::sleep(std::time::Duration::from_millis(step_ms)).await;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(marker)?;
+                writeln!(f, "{name}")?;
+                f.sync_all()?;
+                anyhow::Ok(())
+            })
+            .await?;
+    }
+    journal.finish(None).await?;
+    lock.release().await?;
+    Ok(())
+}

@@ -26,6 +26,7 @@ pub mod etcd;
 pub mod journal;
 pub mod local;
 pub mod memory;
+pub mod migrate;
 pub mod records;
 
 pub use records::{Key, MachineRecord, MachineState, SiteRecord};

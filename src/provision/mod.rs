@@ -9,6 +9,10 @@
 //! refused. A refused replay means someone else holds the machine's config
 //! (its private host key included): that machine fails, the others go on.
 
+mod steps;
+
+pub use steps::{bootstrap, pki_step, provision, record, steps, Generation, Report, Tuning};
+
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};

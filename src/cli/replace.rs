@@ -1,0 +1,80 @@
+//! `metalherd replace site S [--blue-green]`: the site's cluster replaced
+//! by a fresh generation under the safety rules (see
+//! `crate::lifecycle::replace`).
+
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+
+use super::args::How;
+use super::context::{fleet_and_keys, runtime, site};
+use super::print::{print_phases, refused};
+use super::{print_json, Cli, Output, Reported};
+use crate::fleet::SiteName;
+use crate::job::Reporter;
+use crate::lifecycle::replace;
+use crate::operation::Outcome;
+
+#[derive(Subcommand, Debug)]
+pub enum ReplaceCommand {
+    /// Replace one site's cluster with generation N+1: drain, power off,
+    /// provision, health, bake, restore traffic, retire generation N.
+    Site(ReplaceArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReplaceArgs {
+    site: SiteName,
+    #[command(flatten)]
+    how: How,
+}
+
+pub fn run(cli: &Cli, cmd: &ReplaceCommand) -> anyhow::Result<()> {
+    let ReplaceCommand::Site(args) = cmd;
+    let started = Instant::now();
+    let (fleet, keys) = fleet_and_keys(cli)?;
+    let site = site(&fleet, &args.site)?;
+    let how = args.how.how(&fleet)?;
+    let reporter = Reporter::new(super::progress_bars(cli));
+    let outcome = runtime()?.block_on(replace::replace(&fleet, &keys, site, &how, &reporter))?;
+    let mut report = match outcome {
+        Outcome::Refused(checks) => {
+            let what = format!("replace of {}", site.name);
+            return Err(refused(cli, &what, site.name.as_str(), &checks));
+        }
+        Outcome::Ran(report) => report,
+    };
+    report.report.took_ms = started.elapsed().as_millis();
+    if cli.output == Output::Json {
+        print_json(&serde_json::to_value(&report)?)?;
+    } else {
+        print_phases(&report.report.phases);
+    }
+    match &report.report.error {
+        None => {
+            if cli.output == Output::Text {
+                println!(
+                    "replace of {}: generation {} -> {} done in {:.0} s",
+                    site.name,
+                    report
+                        .from_generation
+                        .map_or("none".into(), |g| g.to_string()),
+                    report.report.generation,
+                    report.report.took_ms as f64 / 1000.0
+                );
+            }
+            Ok(())
+        }
+        Some(e) => {
+            if cli.output == Output::Text {
+                eprintln!("{e}");
+            }
+            Err(Reported(format!(
+                "replace of {} failed (the site stays drained): {}",
+                site.name,
+                e.lines().next().unwrap_or("")
+            ))
+            .into())
+        }
+    }
+}

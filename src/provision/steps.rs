@@ -1,0 +1,337 @@
+//! The provision as an operation: its journaled steps (power on, boot,
+//! pki, the bootstrap's, record), shared by `provision`, `replace`, the
+//! blue-green replace and a drill's rebuild; and the `provision` and
+//! `bootstrap` operations themselves, each under its site's lock.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::Options;
+use crate::assets::download::RetryPolicy;
+use crate::bootstrap::{self, Phase};
+use crate::fleet::{Role, Site};
+use crate::operation::OpCtx;
+use crate::ssh::Timeouts;
+use crate::state::journal::Journal;
+use crate::state::{records, Expect, Key, MachineRecord, MachineState, StateStore};
+
+/// How long each part of a provision may take, and how wide it fans out.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    /// From power-on to a machine's first-boot report.
+    pub boot_timeout: Duration,
+    /// Each step on a machine (power, SSH commands).
+    pub step_timeout: Duration,
+    /// Waiting for etcd quorum and the API server's /readyz.
+    pub ready_timeout: Duration,
+    /// Machines worked on at once in the site.
+    pub parallel: usize,
+    /// The SSH user, and how long a connection may take.
+    pub user: String,
+    pub connect_timeout: Duration,
+}
+
+impl Default for Tuning {
+    /// The CLI's defaults.
+    fn default() -> Self {
+        Tuning {
+            boot_timeout: Duration::from_secs(900),
+            step_timeout: Duration::from_secs(120),
+            ready_timeout: Duration::from_secs(300),
+            parallel: 8,
+            user: "core".into(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Tuning {
+    /// The provision's and the bootstrap's options for `generation`.
+    pub fn options(&self, generation: u64) -> (Options, bootstrap::Options) {
+        let timeouts = Timeouts {
+            connect: self.connect_timeout,
+            step: self.step_timeout,
+        };
+        let opts = Options {
+            power: crate::power::Options {
+                per_site: self.parallel,
+                state_timeout: self.step_timeout,
+                retry: RetryPolicy {
+                    retries: 3,
+                    base_delay: Duration::from_millis(500),
+                    max_delay: Duration::from_secs(10),
+                },
+            },
+            boot_timeout: self.boot_timeout,
+            ssh_timeout: self.step_timeout,
+            user: self.user.clone(),
+            timeouts,
+            parallel: self.parallel,
+            poll: Duration::from_secs(1),
+        };
+        let boot = bootstrap::Options {
+            generation,
+            user: self.user.clone(),
+            timeouts,
+            parallel: self.parallel,
+            ready_timeout: self.ready_timeout,
+        };
+        (opts, boot)
+    }
+}
+
+/// What a provision did, for the summary and `--output json`.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub site: String,
+    pub generation: u64,
+    pub ok: bool,
+    pub phases: Vec<Phase>,
+    pub error: Option<String>,
+    pub took_ms: u128,
+}
+
+impl Report {
+    /// A report of `site` building `generation`, nothing done yet.
+    pub fn new(site: &Site, generation: u64) -> Report {
+        Report {
+            site: site.name.to_string(),
+            generation,
+            ok: false,
+            phases: Vec::new(),
+            error: None,
+            took_ms: 0,
+        }
+    }
+
+    /// Records how `result` ended the operation.
+    pub fn finish(&mut self, result: anyhow::Result<()>, started: Instant) {
+        if let Err(e) = result {
+            self.error = Some(format!("{e:#}"));
+        }
+        self.ok = self.error.is_none();
+        self.took_ms = started.elapsed().as_millis();
+    }
+}
+
+/// What the provision and bootstrap operations are given besides their
+/// context: the generation and how long its certificates are valid.
+#[derive(Clone, Copy, Debug)]
+pub struct Generation {
+    pub number: u64,
+    pub validity_days: i64,
+}
+
+/// `metalherd provision site S`: the site's machines provisioned and its
+/// cluster bootstrapped as `generation`, under the site's lock, journaled
+/// (a rerun resumes after the last completed step).
+pub async fn provision(
+    ctx: OpCtx<'_>,
+    tuning: &Tuning,
+    generation: Generation,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let OpCtx {
+        fleet,
+        site,
+        store,
+        holder,
+        ..
+    } = ctx;
+    crate::operation::with_site_lock(store, fleet, site, holder, || async {
+        let target = Key::target_site(&site.name);
+        let mut journal = Journal::begin(store, "provision", &target, holder).await?;
+        let mut report = Report::new(site, generation.number);
+        let result = steps(ctx, tuning, generation, &mut journal, &mut report, true).await;
+        report.finish(result, started);
+        journal.finish(report.error.clone()).await?;
+        anyhow::Ok(report)
+    })
+    .await
+}
+
+/// `metalherd bootstrap site S`: the control plane of machines that booted
+/// their Ignition, under the site's lock, journaled.
+pub async fn bootstrap(
+    ctx: OpCtx<'_>,
+    opts: &bootstrap::Options,
+    validity_days: i64,
+) -> anyhow::Result<bootstrap::Report> {
+    let OpCtx {
+        fleet,
+        site,
+        keys,
+        store,
+        sealer,
+        holder,
+        reporter,
+    } = ctx;
+    crate::operation::with_site_lock(store, fleet, site, holder, || async {
+        let target = Key::target_site(&site.name);
+        let mut journal = Journal::begin(store, "bootstrap", &target, holder).await?;
+        let generation = Generation {
+            number: opts.generation,
+            validity_days,
+        };
+        let pki = pki_step(&mut journal, store, sealer, site, generation).await?;
+        let report =
+            bootstrap::bootstrap_site(fleet, site, keys, &pki, opts, reporter, Some(&mut journal))
+                .await?;
+        if report.ok {
+            journal
+                .step("record", || record(store, site, opts.generation))
+                .await?;
+        }
+        journal.finish(report.error.clone()).await?;
+        anyhow::Ok(report)
+    })
+    .await
+}
+
+/// The provision's journaled steps, shared with `replace`: `generation` on
+/// the site of `ctx`, recorded as running there when `record_generation`
+/// (a blue-green replace records it at its switch instead).
+pub async fn steps(
+    ctx: OpCtx<'_>,
+    tuning: &Tuning,
+    generation: Generation,
+    journal: &mut Journal<'_>,
+    report: &mut Report,
+    record_generation: bool,
+) -> anyhow::Result<()> {
+    let OpCtx {
+        fleet,
+        site,
+        keys,
+        store,
+        sealer,
+        reporter,
+        ..
+    } = ctx;
+    let (opts, boot_opts) = tuning.options(generation.number);
+    let (opts, boot_opts) = (&opts, &boot_opts);
+    let names: Vec<&str> = super::machines(site)
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    crate::lifecycle::refuse_quarantined(store, &names, &format!("provision of {}", site.name))
+        .await?;
+    // Power on. A resumed run that completed this step does not power the
+    // machines again, and accepts the boot reports they made since.
+    let mut since = 0;
+    let mut phase = None;
+    let result = journal
+        .step("power on", || async {
+            for m in super::machines(site) {
+                let record =
+                    MachineRecord::now(MachineState::Provisioning, Some(generation.number));
+                records::put_machine(store, &m.name, &record, Expect::Any).await?;
+            }
+            let (p, t) = super::power_on(fleet, site, opts).await;
+            since = t;
+            let result = super::failed(&p);
+            phase = Some(p);
+            result
+        })
+        .await;
+    report.phases.extend(phase.take());
+    result?;
+
+    let mut phase = None;
+    let result = journal
+        .step("boot", || async {
+            let p = super::wait_booted(site, keys, since, opts, reporter).await;
+            let result = super::failed(&p);
+            phase = Some(p);
+            result
+        })
+        .await;
+    report.phases.extend(phase.take());
+    result?;
+
+    let pki = pki_step(journal, store, sealer, site, generation).await?;
+    let boot =
+        bootstrap::bootstrap_site(fleet, site, keys, &pki, boot_opts, reporter, Some(journal))
+            .await?;
+    report.phases.extend(boot.phases);
+    if let Some(e) = boot.error {
+        anyhow::bail!(e);
+    }
+    if record_generation {
+        journal
+            .step("record", || record(store, site, generation.number))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Journal step `pki`: the generation's PKI, made once and kept in the
+/// state (a resumed run that skips the step loads it).
+pub async fn pki_step(
+    journal: &mut Journal<'_>,
+    store: &dyn StateStore,
+    sealer: &crate::state::crypt::Sealer,
+    site: &Site,
+    generation: Generation,
+) -> anyhow::Result<crate::pki::ClusterPki> {
+    let Generation {
+        number,
+        validity_days,
+    } = generation;
+    let pki = journal
+        .step("pki", || async {
+            let (pki, created) =
+                crate::pki::load_or_create(store, sealer, site, number, validity_days)
+                    .await
+                    .with_context(|| {
+                        format!("preparing the PKI of {} generation {number}", site.name)
+                    })?;
+            if created {
+                tracing::info!(
+                    "{}: generated the PKI of generation {number} ({})",
+                    site.name,
+                    store.describe()
+                );
+            }
+            Ok(pki)
+        })
+        .await?;
+    // A resumed run skips the step but still needs the PKI: it is stored.
+    match pki {
+        Some(p) => Ok(p),
+        None => Ok(
+            crate::pki::load_or_create(store, sealer, site, number, validity_days)
+                .await?
+                .0,
+        ),
+    }
+}
+
+/// Records generation `generation` as running at `site` and its nodes as
+/// ready.
+pub async fn record(store: &dyn StateStore, site: &Site, generation: u64) -> anyhow::Result<()> {
+    records::update_site(store, &site.name, |record| {
+        if record.generation != generation
+            && record.generation > 0
+            && !record.retired.contains(&record.generation)
+        {
+            record.retired.push(record.generation);
+        }
+        record.retired.retain(|g| *g != generation);
+        record.generation = generation;
+        // The roles `site` gave its machines are now the current
+        // generation's (a blue-green replace built it on other machines
+        // than the inventory says); differences from the inventory stay
+        // recorded.
+        record.roles = crate::fleet::roles::overrides(site, &record.roles, &record.next_roles);
+        record.next_roles.clear();
+    })
+    .await?;
+    for m in site.machines.iter().filter(|m| m.role != Role::Spare) {
+        let record = MachineRecord::now(MachineState::Ready, Some(generation));
+        records::put_machine(store, &m.name, &record, Expect::Any).await?;
+    }
+    Ok(())
+}
