@@ -12,6 +12,7 @@ pub mod errfmt;
 pub mod example;
 pub mod fleet;
 pub mod fsutil;
+pub mod infra;
 pub mod job;
 pub mod keys;
 pub mod kubeconfig;

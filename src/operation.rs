@@ -8,10 +8,12 @@
 //! [`gate`], begin its journal, journal the override, then its steps.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use serde_json::json;
 
 use crate::fleet::{Fleet, Site};
+use crate::infra::Infra;
 use crate::job::Reporter;
 use crate::keys::Keys;
 use crate::lifecycle::{self, Check};
@@ -21,9 +23,9 @@ use crate::state::{self, Holder, Key, StateStore};
 
 /// What an operation's steps work with: the fleet and the site acted on,
 /// the keys that reach its machines, the state and the sealer of its
-/// secrets, who holds the locks, and where progress goes. Copied freely;
-/// a blue-green replace swaps `fleet` and `site` for the ones with the
-/// new roles.
+/// secrets, who holds the locks, where progress goes, and the world it
+/// acts on. Copied freely; a blue-green replace swaps `fleet` and `site`
+/// for the ones with the new roles.
 #[derive(Clone, Copy)]
 pub struct OpCtx<'a> {
     pub fleet: &'a Fleet,
@@ -33,33 +35,36 @@ pub struct OpCtx<'a> {
     pub sealer: &'a Sealer,
     pub holder: &'a Holder,
     pub reporter: &'a Reporter,
+    pub infra: &'a dyn Infra,
 }
 
-/// What an operation opens before its context: the state, the sealer of
-/// its secrets, and who it holds the locks as.
-pub struct Opened {
-    pub store: std::sync::Arc<dyn StateStore>,
+/// Where operations run: the fleet's state, the sealer of its secrets,
+/// and the world they act on ([`Infra`]: the real one, or a unit test's
+/// fake).
+pub struct Env {
+    pub store: Arc<dyn StateStore>,
     pub sealer: Sealer,
-    pub holder: Holder,
+    pub infra: Arc<dyn Infra>,
 }
 
-impl Opened {
-    /// Opens `fleet`'s state for `operation` (`replace site fra`).
-    pub fn new(fleet: &Fleet, operation: &str) -> anyhow::Result<Opened> {
+impl Env {
+    /// `fleet`'s state, acting on the real world.
+    pub fn open(fleet: &Fleet) -> anyhow::Result<Env> {
         let (store, sealer) = state::open(fleet)?;
-        Ok(Opened {
+        Ok(Env {
             store,
             sealer,
-            holder: Holder::current(operation),
+            infra: Arc::new(crate::infra::Real),
         })
     }
 
-    /// The context of an operation on `site`.
+    /// The context of an operation on `site`, its locks held as `holder`.
     pub fn ctx<'a>(
         &'a self,
         fleet: &'a Fleet,
         site: &'a Site,
         keys: &'a Keys,
+        holder: &'a Holder,
         reporter: &'a Reporter,
     ) -> OpCtx<'a> {
         OpCtx {
@@ -68,8 +73,9 @@ impl Opened {
             keys,
             store: self.store.as_ref(),
             sealer: &self.sealer,
-            holder: &self.holder,
+            holder,
             reporter,
+            infra: self.infra.as_ref(),
         }
     }
 }
@@ -217,15 +223,24 @@ impl Gated {
 /// The safety checks of taking `site` down for `operation` (`replace site
 /// fra`): refused when any fails and `how` does not force it; a forced
 /// run's blockers are written to the audit log before anything changes.
-pub async fn gate(
-    fleet: &Fleet,
-    site: &Site,
-    store: &dyn StateStore,
-    sealer: &Sealer,
-    operation: &str,
-    how: Override<'_>,
-) -> anyhow::Result<Gate> {
-    let checks = lifecycle::check(fleet, site, store, sealer, &lifecycle::Options::default()).await;
+pub async fn gate(ctx: OpCtx<'_>, operation: &str, how: Override<'_>) -> anyhow::Result<Gate> {
+    let OpCtx {
+        fleet,
+        site,
+        store,
+        sealer,
+        infra,
+        ..
+    } = ctx;
+    let checks = lifecycle::check(
+        fleet,
+        site,
+        store,
+        sealer,
+        infra,
+        &lifecycle::Options::default(),
+    )
+    .await;
     let failing = lifecycle::failing(&checks);
     if failing.is_empty() {
         return Ok(Gate::Open(Gated {

@@ -13,8 +13,9 @@ use super::{print_json, Cli, Output};
 use crate::bootstrap::Options;
 use crate::fleet::SiteName;
 use crate::job::Reporter;
-use crate::operation::Opened;
+use crate::operation::Env;
 use crate::ssh::Timeouts;
+use crate::state::Holder;
 
 #[derive(Subcommand, Debug)]
 pub enum BootstrapCommand {
@@ -60,9 +61,10 @@ pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
         ready_timeout: Duration::from_secs(args.ready_timeout),
     };
     let reporter = Reporter::new(super::progress_bars(cli));
-    let opened = Opened::new(&fleet, &format!("bootstrap site {}", site.name))?;
+    let env = Env::open(&fleet)?;
+    let holder = Holder::current(&format!("bootstrap site {}", site.name));
     let report = runtime()?.block_on(crate::provision::bootstrap(
-        opened.ctx(&fleet, site, &keys, &reporter),
+        env.ctx(&fleet, site, &keys, &holder, &reporter),
         &opts,
         args.validity_days,
     ))?;

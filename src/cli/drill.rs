@@ -16,7 +16,7 @@ use crate::fleet::window::parse_duration;
 use crate::fleet::SiteName;
 use crate::job::Reporter;
 use crate::lifecycle::drill::{self, Drill};
-use crate::operation::Outcome;
+use crate::operation::{Env, Outcome};
 
 #[derive(Subcommand, Debug)]
 pub enum DrillCommand {
@@ -76,7 +76,14 @@ pub fn run(cli: &Cli, cmd: &DrillCommand) -> anyhow::Result<()> {
         observe,
         how,
     };
-    let outcome = runtime()?.block_on(drill::drill(&fleet, &keys, site, &drill, &reporter))?;
+    let outcome = runtime()?.block_on(drill::drill(
+        &Env::open(&fleet)?,
+        &fleet,
+        &keys,
+        site,
+        &drill,
+        &reporter,
+    ))?;
     let report = match outcome {
         Outcome::Refused(checks) => {
             let what = format!("drill of {}", site.name);

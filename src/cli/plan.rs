@@ -9,6 +9,7 @@ use super::context::{fleet_and_keys, runtime, site};
 use super::print::print_checks;
 use super::{print_json, Cli, Output};
 use crate::fleet::SiteName;
+use crate::infra::Real;
 use crate::lifecycle;
 use crate::state::{self, records};
 
@@ -42,7 +43,7 @@ pub fn run(cli: &Cli, cmd: &PlanCommand) -> anyhow::Result<()> {
             probe_health: !args.no_probe,
             ..Default::default()
         };
-        let checks = lifecycle::check(&fleet, site, store.as_ref(), &sealer, &opts).await;
+        let checks = lifecycle::check(&fleet, site, store.as_ref(), &sealer, &Real, &opts).await;
         anyhow::Ok((from, checks))
     })?;
     let to = from.unwrap_or(0) + 1;

@@ -10,8 +10,9 @@ use super::print::print_phases;
 use super::{print_json, Cli, Output};
 use crate::fleet::SiteName;
 use crate::job::Reporter;
-use crate::operation::Opened;
+use crate::operation::Env;
 use crate::provision::{self, Generation};
+use crate::state::Holder;
 
 #[derive(Subcommand, Debug)]
 pub enum ProvisionCommand {
@@ -38,13 +39,14 @@ pub fn run(cli: &Cli, cmd: &ProvisionCommand) -> anyhow::Result<()> {
     let (fleet, keys) = fleet_and_keys(cli)?;
     let site = site(&fleet, &args.site)?;
     let reporter = Reporter::new(super::progress_bars(cli));
-    let opened = Opened::new(&fleet, &format!("provision site {}", site.name))?;
+    let env = Env::open(&fleet)?;
+    let holder = Holder::current(&format!("provision site {}", site.name));
     let generation = Generation {
         number: args.generation,
         validity_days: args.validity_days,
     };
     let report = runtime()?.block_on(provision::provision(
-        opened.ctx(&fleet, site, &keys, &reporter),
+        env.ctx(&fleet, site, &keys, &holder, &reporter),
         &args.tuning.tuning(),
         generation,
     ))?;

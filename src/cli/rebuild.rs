@@ -13,6 +13,7 @@ use super::{print_json, Cli, Exit, Output, Reported};
 use crate::fleet::SiteName;
 use crate::job::Reporter;
 use crate::lifecycle::rebuild::{self, Status};
+use crate::operation::Env;
 
 #[derive(Args, Debug)]
 pub struct RebuildArgs {
@@ -37,7 +38,14 @@ pub fn run(cli: &Cli, args: &RebuildArgs) -> anyhow::Result<()> {
     }
     let waves = rebuild::waves(&fleet, &args.sites);
     let reporter = Reporter::new(super::progress_bars(cli));
-    let report = runtime()?.block_on(rebuild::rebuild(&fleet, &keys, waves, &how, &reporter))?;
+    let report = runtime()?.block_on(rebuild::rebuild(
+        &Env::open(&fleet)?,
+        &fleet,
+        &keys,
+        waves,
+        &how,
+        &reporter,
+    ))?;
     if cli.output == Output::Json {
         print_json(&json!({
             "ok": report.stopped.is_none(),

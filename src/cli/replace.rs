@@ -13,7 +13,7 @@ use super::{print_json, Cli, Output, Reported};
 use crate::fleet::SiteName;
 use crate::job::Reporter;
 use crate::lifecycle::replace;
-use crate::operation::Outcome;
+use crate::operation::{Env, Outcome};
 
 #[derive(Subcommand, Debug)]
 pub enum ReplaceCommand {
@@ -36,7 +36,14 @@ pub fn run(cli: &Cli, cmd: &ReplaceCommand) -> anyhow::Result<()> {
     let site = site(&fleet, &args.site)?;
     let how = args.how.how(&fleet)?;
     let reporter = Reporter::new(super::progress_bars(cli));
-    let outcome = runtime()?.block_on(replace::replace(&fleet, &keys, site, &how, &reporter))?;
+    let outcome = runtime()?.block_on(replace::replace(
+        &Env::open(&fleet)?,
+        &fleet,
+        &keys,
+        site,
+        &how,
+        &reporter,
+    ))?;
     let mut report = match outcome {
         Outcome::Refused(checks) => {
             let what = format!("replace of {}", site.name);

@@ -5,17 +5,17 @@
 //! site drained.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
 use super::replace::{health_and_bake, power_off, timed, How, ReplaceReport};
 use super::traffic;
-use crate::fleet::{Role, Site};
+use crate::fleet::Role;
 use crate::operation::OpCtx;
 use crate::provision::{self, Generation, Report};
 use crate::state::journal::Journal;
-use crate::state::{records, Expect, MachineRecord, MachineState, StateStore};
+use crate::state::{records, Expect, MachineRecord, MachineState};
 
 /// The steps of a blue-green replace after the gate: `next` gives every
 /// machine of the site its role in generation `to`.
@@ -48,7 +48,7 @@ pub async fn steps(
         .map_or("none".into(), |g| g.to_string());
     let phases = &mut report.report.phases;
 
-    timed(journal, phases, "assign", || assign(store, site, next)).await?;
+    timed(journal, phases, "assign", || assign(ctx, next)).await?;
 
     let mut inner = Report::new(site, to);
     let generation = Generation {
@@ -70,9 +70,9 @@ pub async fn steps(
     // its roles), traffic back on.
     timed(journal, phases, "switch", || async {
         let why = format!("blue-green switch to generation {to}");
-        traffic::drain(store, fleet, site, why).await?;
+        traffic::drain(store, ctx.infra, fleet, site, why).await?;
         provision::record(store, &new_site, to).await?;
-        traffic::restore(store, fleet, site).await?;
+        traffic::restore(store, ctx.infra, fleet, site).await?;
         anyhow::Ok(format!("traffic moved to generation {to}"))
     })
     .await?;
@@ -81,7 +81,7 @@ pub async fn steps(
     let (opts, _) = how.tuning.options(to);
     timed(journal, phases, "retire", || async {
         let old = provision::machines(site);
-        let off = power_off(fleet, site, &old, &opts.power).await;
+        let off = power_off(ctx, &old, &opts.power).await;
         for m in &old {
             let record = MachineRecord::now(MachineState::Available, None);
             records::put_machine(store, &m.name, &record, Expect::Any).await?;
@@ -98,29 +98,23 @@ pub async fn steps(
 
 /// Records the roles of the generation being built and waits until the
 /// site's boot server renders them (it watches the state).
-async fn assign(
-    store: &dyn StateStore,
-    site: &Site,
-    next: &BTreeMap<String, Role>,
-) -> anyhow::Result<String> {
+async fn assign(ctx: OpCtx<'_>, next: &BTreeMap<String, Role>) -> anyhow::Result<String> {
+    let OpCtx {
+        site, store, infra, ..
+    } = ctx;
     records::update_site(store, &site.name, |r| r.next_roles = next.clone()).await?;
-    let url = format!(
-        "{}/api/v1/machines",
-        site.boot_server.as_str().trim_end_matches('/')
-    );
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
-    let until = Instant::now() + Duration::from_secs(60);
+    let url = site.boot_server.as_str();
+    // tokio's clock: the unit tests run this on paused time.
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let last = match rendered(&client, &url, next).await {
+        let last = match infra.unrendered(site, next).await {
             Ok(wrong) if wrong.is_empty() => {
                 return Ok(format!("boot server {url} renders the new roles"));
             }
             Ok(wrong) => wrong.join(", "),
             Err(e) => format!("{e:#}"),
         };
-        if Instant::now() >= until {
+        if tokio::time::Instant::now() >= until {
             bail!(
                 "the boot server {url} does not render the new roles after 60 s ({last}); \
                  is `metalherd serve` running with this fleet's state?"
@@ -128,26 +122,4 @@ async fn assign(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// The machines the boot server at `url` does not yet give their role in
-/// `next` (`fra-spare-01 still "spare"`).
-async fn rendered(
-    client: &reqwest::Client,
-    url: &str,
-    next: &BTreeMap<String, Role>,
-) -> anyhow::Result<Vec<String>> {
-    let body = client.get(url).send().await?.bytes().await?;
-    let doc: serde_json::Value = serde_json::from_slice(&body)?;
-    Ok(doc["machines"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| {
-            let name = m["machine"].as_str()?;
-            let want = next.get(name)?;
-            (m["role"].as_str() != Some(want.as_str()))
-                .then(|| format!("{name} still {}", m["role"]))
-        })
-        .collect())
 }

@@ -183,6 +183,7 @@ impl<'a> Ctx<'a> {
             site,
             self.store,
             self.sealer,
+            &crate::infra::Real,
             &lifecycle::Options::default(),
         )
         .await;
@@ -290,7 +291,14 @@ impl<'a> Ctx<'a> {
 
         let drained = format!("lockdown {case}");
         run_step(journal, report, case, "drain", || async {
-            super::traffic::drain(self.store, self.fleet, site, drained.clone()).await
+            super::traffic::drain(
+                self.store,
+                &crate::infra::Real,
+                self.fleet,
+                site,
+                drained.clone(),
+            )
+            .await
         })
         .await;
 

@@ -20,6 +20,9 @@ pub mod rebuild;
 pub mod replace;
 pub mod traffic;
 
+#[cfg(test)]
+mod tests;
+
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -28,6 +31,7 @@ use serde::Serialize;
 
 use crate::fleet::window;
 use crate::fleet::{Fleet, Site, SiteName};
+use crate::infra::Infra;
 use crate::state::{self, crypt::Sealer, SiteRecord, StateStore};
 
 /// One safety rule and whether it holds.
@@ -64,9 +68,10 @@ pub async fn check(
     site: &Site,
     store: &dyn StateStore,
     sealer: &Sealer,
+    infra: &dyn Infra,
     opts: &Options,
 ) -> Vec<Check> {
-    let (others, healthy_capacity) = other_sites(fleet, site, store, sealer, opts).await;
+    let (others, healthy_capacity) = other_sites(fleet, site, store, sealer, infra, opts).await;
     vec![
         others,
         capacity(fleet, site, healthy_capacity),
@@ -105,6 +110,7 @@ async fn other_sites(
     site: &Site,
     store: &dyn StateStore,
     sealer: &Sealer,
+    infra: &dyn Infra,
     opts: &Options,
 ) -> (Check, u32) {
     let mut problems = Vec::new();
@@ -143,7 +149,7 @@ async fn other_sites(
                     ));
                     continue;
                 }
-                Ok(Some(pki)) => match crate::bootstrap::etcd_health(other, &pki).await {
+                Ok(Some(pki)) => match infra.etcd_health(other, &pki).await {
                     Ok((healthy, errors)) => {
                         let members = other.cluster.control_plane_count as usize;
                         if healthy * 2 <= members {

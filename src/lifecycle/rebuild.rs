@@ -11,7 +11,7 @@ use super::replace::{replace, How};
 use crate::fleet::{Fleet, SiteName};
 use crate::job::Reporter;
 use crate::keys::Keys;
-use crate::operation::Outcome;
+use crate::operation::{Env, Outcome};
 
 /// The waves of a rebuild: `rebuild.waves` (default one site per wave, in
 /// the fleet's order; sites the waves leave out come last, one per wave),
@@ -83,6 +83,7 @@ pub struct RebuildReport {
 
 /// Replaces the sites of `waves` in turn (see the module doc).
 pub async fn rebuild(
+    env: &Env,
     fleet: &Fleet,
     keys: &Keys,
     waves: Vec<Vec<SiteName>>,
@@ -112,7 +113,7 @@ pub async fn rebuild(
                 waves.len()
             );
             let started = Instant::now();
-            match replace(fleet, keys, site, how, reporter).await? {
+            match replace(env, fleet, keys, site, how, reporter).await? {
                 Outcome::Refused(checks) => {
                     outcome.status = Status::Blocked;
                     outcome.error = Some(super::failing(&checks).join("; "));

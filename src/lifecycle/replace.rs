@@ -18,11 +18,11 @@ use crate::bootstrap::Phase;
 use crate::fleet::{Fleet, Machine, Role, Site};
 use crate::job::Reporter;
 use crate::keys::Keys;
-use crate::operation::{self, Gate, OpCtx, Opened, Outcome, Override};
+use crate::operation::{self, Env, Gate, OpCtx, Outcome, Override};
 use crate::pki::ClusterPki;
 use crate::provision::{self, Generation, Report, Tuning};
 use crate::state::journal::{self, Journal};
-use crate::state::{self, records, Key, StateStore};
+use crate::state::{self, records, Holder, Key, StateStore};
 
 /// How a replace runs (`replace`, `rebuild`, a drill's `--rebuild`).
 #[derive(Clone, Debug)]
@@ -69,6 +69,7 @@ pub struct ReplaceReport {
 /// Replaces `site` (see `replace --help`): refused (nothing changed) when
 /// a blocker fails and `how` does not force it.
 pub async fn replace(
+    env: &Env,
     fleet: &Fleet,
     keys: &Keys,
     site: &Site,
@@ -77,8 +78,8 @@ pub async fn replace(
 ) -> anyhow::Result<Outcome<ReplaceReport>> {
     let started = Instant::now();
     let operation = format!("replace site {}", site.name);
-    let opened = Opened::new(fleet, &operation)?;
-    let ctx = opened.ctx(fleet, site, keys, reporter);
+    let holder = Holder::current(&operation);
+    let ctx = env.ctx(fleet, site, keys, &holder, reporter);
     let store = ctx.store;
     operation::with_site_locks(store, fleet, site, ctx.holder, || async {
         let serving: Vec<&str> = provision::machines(site)
@@ -96,11 +97,10 @@ pub async fn replace(
             .filter(|op| op.status != journal::Status::Succeeded)
             .and_then(|op| op.generation);
         let to = resumed_to.unwrap_or(from.unwrap_or(0) + 1);
-        let gated =
-            match operation::gate(fleet, site, store, ctx.sealer, &operation, how.over()).await? {
-                Gate::Refused { checks } => return Ok(Outcome::Refused(checks)),
-                Gate::Open(gated) => gated,
-            };
+        let gated = match operation::gate(ctx, &operation, how.over()).await? {
+            Gate::Refused { checks } => return Ok(Outcome::Refused(checks)),
+            Gate::Open(gated) => gated,
+        };
         let mut journal = Journal::begin(store, "replace", &target, ctx.holder).await?;
         journal.set_generation(to).await?;
         gated.journal(&mut journal).await?;
@@ -147,13 +147,13 @@ pub async fn steps(
     if drain {
         let why = format!("replace to generation {to}");
         timed(journal, phases, "drain", || {
-            traffic::drain(store, fleet, site, why)
+            traffic::drain(store, ctx.infra, fleet, site, why)
         })
         .await?;
     }
     let (opts, _) = how.tuning.options(to);
     timed(journal, phases, "power off", || async {
-        power_off(fleet, site, &provision::machines(site), &opts.power).await
+        power_off(ctx, &provision::machines(site), &opts.power).await
     })
     .await?;
 
@@ -173,7 +173,7 @@ pub async fn steps(
     let note = format!("{} s with health green", how.bake.as_secs());
     health_and_bake(ctx, to, how.bake, journal, phases, note).await?;
     timed(journal, phases, "restore", || {
-        traffic::restore(store, fleet, site)
+        traffic::restore(store, ctx.infra, fleet, site)
     })
     .await?;
     Ok(())
@@ -198,14 +198,14 @@ pub(super) async fn health_and_bake(
     let pki = crate::pki::load(store, sealer, site, to)
         .await?
         .context("the new generation's PKI is missing from the state")?;
-    timed(journal, phases, "health", || healthy(site, &pki)).await?;
+    timed(journal, phases, "health", || healthy(ctx, &pki)).await?;
     let start = Instant::now();
     let baked = journal
         .step("bake", || async {
             let until = Instant::now() + bake;
             while Instant::now() < until {
                 tokio::time::sleep(Duration::from_secs(10).min(until - Instant::now())).await;
-                healthy(site, &pki)
+                healthy(ctx, &pki)
                     .await
                     .context("health went red during the bake")?;
             }
@@ -218,12 +218,13 @@ pub(super) async fn health_and_bake(
 }
 
 /// Every control-plane machine's etcd member answers healthy.
-async fn healthy(site: &Site, pki: &ClusterPki) -> anyhow::Result<()> {
+async fn healthy(ctx: OpCtx<'_>, pki: &ClusterPki) -> anyhow::Result<()> {
+    let site = ctx.site;
     let members = provision::machines(site)
         .iter()
         .filter(|m| m.role == Role::ControlPlane)
         .count();
-    let (healthy, errors) = crate::bootstrap::etcd_health(site, pki).await?;
+    let (healthy, errors) = ctx.infra.etcd_health(site, pki).await?;
     if healthy < members {
         bail!(
             "etcd {healthy} of {members} members healthy: {}",
@@ -233,16 +234,23 @@ async fn healthy(site: &Site, pki: &ClusterPki) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Powers `machines` of `site` off; fails naming each machine that did not
-/// go off. Returns what it did, for the report.
+/// Powers `machines` of the site of `ctx` off; fails naming each machine
+/// that did not go off. Returns what it did, for the report.
 pub(crate) async fn power_off(
-    fleet: &Fleet,
-    site: &Site,
+    ctx: OpCtx<'_>,
     machines: &[&Machine],
     opts: &crate::power::Options,
 ) -> anyhow::Result<String> {
-    let targets: Vec<(&Site, &Machine)> = machines.iter().map(|m| (site, *m)).collect();
-    let outcomes = crate::power::run(fleet, &targets, crate::power::Action::Off, opts).await;
+    let outcomes = ctx
+        .infra
+        .power(
+            ctx.fleet,
+            ctx.site,
+            machines,
+            crate::power::Action::Off,
+            opts,
+        )
+        .await;
     let failed: Vec<String> = outcomes
         .iter()
         .filter(|o| !o.ok)

@@ -2,13 +2,14 @@
 //! site drained (with why) before the fleet's `traffic.drain` hook runs,
 //! and clears it only after `traffic.restore` succeeded, so a failure in
 //! between leaves the site recorded as drained. The hooks (and the drill's
-//! `isolate`/`reconnect`) are the user's commands, run by [`hook`].
+//! `isolate`/`reconnect`) are the user's commands, run by [`hook`] (through [`Infra::hook`]).
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
 use crate::fleet::{Fleet, Site};
+use crate::infra::Infra;
 use crate::state::{records, StateStore};
 
 /// How long a hook may run.
@@ -51,25 +52,33 @@ pub async fn hook(fleet: &Fleet, site: &Site, which: &str, command: &str) -> any
 }
 
 /// Records `site` drained (`why`), then runs `traffic.drain` if the fleet
-/// has one.
+/// has one (through `infra`).
 pub async fn drain(
     store: &dyn StateStore,
+    infra: &dyn Infra,
     fleet: &Fleet,
     site: &Site,
     why: String,
 ) -> anyhow::Result<()> {
     records::set_drained(store, &site.name, Some(why)).await?;
     if let Some(t) = &fleet.traffic {
-        hook(fleet, site, "traffic.drain", &t.drain).await?;
+        infra.hook(fleet, site, "traffic.drain", &t.drain).await?;
     }
     Ok(())
 }
 
-/// Runs `traffic.restore` if the fleet has one, then records `site` in
-/// service.
-pub async fn restore(store: &dyn StateStore, fleet: &Fleet, site: &Site) -> anyhow::Result<()> {
+/// Runs `traffic.restore` if the fleet has one (through `infra`), then
+/// records `site` in service.
+pub async fn restore(
+    store: &dyn StateStore,
+    infra: &dyn Infra,
+    fleet: &Fleet,
+    site: &Site,
+) -> anyhow::Result<()> {
     if let Some(t) = &fleet.traffic {
-        hook(fleet, site, "traffic.restore", &t.restore).await?;
+        infra
+            .hook(fleet, site, "traffic.restore", &t.restore)
+            .await?;
     }
     records::set_drained(store, &site.name, None).await?;
     Ok(())

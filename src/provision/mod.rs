@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::bootstrap::{Phase, PhaseFailed};
 use crate::fleet::{Fleet, Machine, Site};
+use crate::infra::Infra;
 use crate::job::{self, Outcome, Reporter, Task};
 use crate::keys::Keys;
 use crate::power::{self, Action};
@@ -58,11 +59,17 @@ fn unix_now() -> u64 {
 /// Sets every machine to boot from the network once and powers it on (or
 /// cycles it). Returns the phase; `Err(PhaseFailed)` when any machine
 /// failed, with the summary.
-pub async fn power_on(fleet: &Fleet, site: &Site, opts: &Options) -> (Phase, u64) {
+pub async fn power_on(
+    infra: &dyn Infra,
+    fleet: &Fleet,
+    site: &Site,
+    opts: &Options,
+) -> (Phase, u64) {
     let started = Instant::now();
     let since = unix_now();
-    let targets: Vec<(&Site, &Machine)> = machines(site).into_iter().map(|m| (site, m)).collect();
-    let outcomes = power::run(fleet, &targets, Action::PxeOnce, &opts.power).await;
+    let outcomes = infra
+        .power(fleet, site, &machines(site), Action::PxeOnce, &opts.power)
+        .await;
     let machines: Vec<Outcome<()>> = outcomes
         .into_iter()
         .map(|o| Outcome {

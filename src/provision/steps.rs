@@ -162,11 +162,11 @@ pub async fn bootstrap(
     let OpCtx {
         fleet,
         site,
-        keys,
         store,
         sealer,
         holder,
-        reporter,
+        infra,
+        ..
     } = ctx;
     crate::operation::with_site_lock(store, fleet, site, holder, || async {
         let target = Key::target_site(&site.name);
@@ -176,9 +176,7 @@ pub async fn bootstrap(
             validity_days,
         };
         let pki = pki_step(&mut journal, store, sealer, site, generation).await?;
-        let report =
-            bootstrap::bootstrap_site(fleet, site, keys, &pki, opts, reporter, Some(&mut journal))
-                .await?;
+        let report = infra.bootstrap(ctx, &pki, opts, Some(&mut journal)).await?;
         if report.ok {
             journal
                 .step("record", || record(store, site, opts.generation))
@@ -208,6 +206,7 @@ pub async fn steps(
         store,
         sealer,
         reporter,
+        infra,
         ..
     } = ctx;
     let (opts, boot_opts) = tuning.options(generation.number);
@@ -229,7 +228,7 @@ pub async fn steps(
                     MachineRecord::now(MachineState::Provisioning, Some(generation.number));
                 records::put_machine(store, &m.name, &record, Expect::Any).await?;
             }
-            let (p, t) = super::power_on(fleet, site, opts).await;
+            let (p, t) = super::power_on(infra, fleet, site, opts).await;
             since = t;
             let result = super::failed(&p);
             phase = Some(p);
@@ -242,7 +241,7 @@ pub async fn steps(
     let mut phase = None;
     let result = journal
         .step("boot", || async {
-            let p = super::wait_booted(site, keys, since, opts, reporter).await;
+            let p = infra.booted(site, keys, since, opts, reporter).await;
             let result = super::failed(&p);
             phase = Some(p);
             result
@@ -252,9 +251,7 @@ pub async fn steps(
     result?;
 
     let pki = pki_step(journal, store, sealer, site, generation).await?;
-    let boot =
-        bootstrap::bootstrap_site(fleet, site, keys, &pki, boot_opts, reporter, Some(journal))
-            .await?;
+    let boot = infra.bootstrap(ctx, &pki, boot_opts, Some(journal)).await?;
     report.phases.extend(boot.phases);
     if let Some(e) = boot.error {
         anyhow::bail!(e);

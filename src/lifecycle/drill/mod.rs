@@ -24,10 +24,10 @@ use super::{traffic, Check};
 use crate::fleet::{Fleet, Site};
 use crate::job::Reporter;
 use crate::keys::Keys;
-use crate::operation::{self, Gate, OpCtx, Opened, Outcome};
+use crate::operation::{self, Env, Gate, OpCtx, Outcome};
 use crate::provision::{self, Report};
 use crate::state::journal::Journal;
-use crate::state::{self, records, Key, StateStore};
+use crate::state::{self, records, Holder, Key};
 
 /// What a drill does besides taking the site away.
 #[derive(Clone, Debug)]
@@ -44,6 +44,7 @@ pub struct Drill {
 /// Runs a drill of `site` (see the module doc): refused (nothing changed)
 /// when a blocker fails and it is not forced.
 pub async fn drill(
+    env: &Env,
     fleet: &Fleet,
     keys: &Keys,
     site: &Site,
@@ -54,8 +55,8 @@ pub async fn drill(
         bail!("--isolate needs the `drill` hooks (drill.isolate, drill.reconnect) in fleet.yaml");
     }
     let operation = format!("drill site {}", site.name);
-    let opened = Opened::new(fleet, &operation)?;
-    let ctx = opened.ctx(fleet, site, keys, reporter);
+    let holder = Holder::current(&operation);
+    let ctx = env.ctx(fleet, site, keys, &holder, reporter);
     operation::with_site_locks(ctx.store, fleet, site, ctx.holder, || {
         locked(ctx, drill, &operation)
     })
@@ -68,10 +69,8 @@ async fn locked(
     operation: &str,
 ) -> anyhow::Result<Outcome<DrillReport>> {
     let OpCtx {
-        fleet,
         site,
         store,
-        sealer,
         holder,
         ..
     } = ctx;
@@ -80,11 +79,10 @@ async fn locked(
         .map(|m| m.name.as_str())
         .collect();
     super::refuse_quarantined(store, &names, &format!("drill of {}", site.name)).await?;
-    let gated =
-        match operation::gate(fleet, site, store, sealer, operation, drill.how.over()).await? {
-            Gate::Refused { checks } => return Ok(Outcome::Refused(checks)),
-            Gate::Open(gated) => gated,
-        };
+    let gated = match operation::gate(ctx, operation, drill.how.over()).await? {
+        Gate::Refused { checks } => return Ok(Outcome::Refused(checks)),
+        Gate::Open(gated) => gated,
+    };
     let before = records::site_generation(store, &site.name).await?;
     let mode = if drill.isolate {
         "isolate"
@@ -184,12 +182,12 @@ async fn steps(
         fleet,
         site,
         store,
-        sealer,
+        infra,
         ..
     } = ctx;
     timeline
         .step(journal, "drain", || async {
-            traffic::drain(store, fleet, site, "drill".into()).await?;
+            traffic::drain(store, infra, fleet, site, "drill".into()).await?;
             anyhow::Ok(match &fleet.traffic {
                 Some(t) => format!("traffic.drain `{}` ran", t.drain),
                 None => "no traffic hooks configured; marked drained".into(),
@@ -209,10 +207,10 @@ async fn steps(
     timeline
         .step(journal, takedown, || async {
             if let Some(d) = hooks {
-                traffic::hook(fleet, site, "drill.isolate", &d.isolate).await?;
+                infra.hook(fleet, site, "drill.isolate", &d.isolate).await?;
                 return anyhow::Ok(format!("drill.isolate `{}` ran", d.isolate));
             }
-            replace::power_off(fleet, site, &provision::machines(site), &opts.power).await
+            replace::power_off(ctx, &provision::machines(site), &opts.power).await
         })
         .await?;
 
@@ -221,15 +219,13 @@ async fn steps(
     // for a site that is back by then.
     let before = report.generation_before;
     timeline
-        .step(journal, "site gone", || {
-            site_gone(store, sealer, site, before)
-        })
+        .step(journal, "site gone", || site_gone(ctx, before))
         .await?;
 
     // The other sites carry the load, now and through `observe`.
     timeline
         .step(journal, "other sites carry", || {
-            others_carry(fleet, site, store, sealer, drill.observe)
+            others_carry(ctx, drill.observe)
         })
         .await?;
 
@@ -239,7 +235,9 @@ async fn steps(
     if let Some(d) = hooks {
         timeline
             .step(journal, "reconnect", || async {
-                traffic::hook(fleet, site, "drill.reconnect", &d.reconnect).await?;
+                infra
+                    .hook(fleet, site, "drill.reconnect", &d.reconnect)
+                    .await?;
                 anyhow::Ok(format!("drill.reconnect `{}` ran", d.reconnect))
             })
             .await?;
@@ -281,12 +279,14 @@ async fn steps(
 }
 
 /// After the takedown, none of the site's etcd members may answer.
-async fn site_gone(
-    store: &dyn StateStore,
-    sealer: &crate::state::crypt::Sealer,
-    site: &Site,
-    generation: Option<u64>,
-) -> anyhow::Result<String> {
+async fn site_gone(ctx: OpCtx<'_>, generation: Option<u64>) -> anyhow::Result<String> {
+    let OpCtx {
+        site,
+        store,
+        sealer,
+        infra,
+        ..
+    } = ctx;
     let Some(generation) = generation else {
         return Ok("no generation recorded: no cluster to probe".into());
     };
@@ -297,7 +297,7 @@ async fn site_gone(
     };
     let mut answering = 0;
     for _ in 0..10 {
-        let (healthy, _) = crate::bootstrap::etcd_health(site, &pki).await?;
+        let (healthy, _) = infra.etcd_health(site, &pki).await?;
         answering = healthy;
         if healthy == 0 {
             let members = site.cluster.control_plane_count;
@@ -315,18 +315,27 @@ async fn site_gone(
 
 /// The other sites' checks (healthy, capacity), once and then every 10 s
 /// through `observe`.
-async fn others_carry(
-    fleet: &Fleet,
-    site: &Site,
-    store: &dyn StateStore,
-    sealer: &crate::state::crypt::Sealer,
-    observe: Duration,
-) -> anyhow::Result<String> {
+async fn others_carry(ctx: OpCtx<'_>, observe: Duration) -> anyhow::Result<String> {
+    let OpCtx {
+        fleet,
+        site,
+        store,
+        sealer,
+        infra,
+        ..
+    } = ctx;
     let until = Instant::now() + observe;
     let mut looks = 0;
     loop {
-        let checks: Vec<Check> =
-            super::check(fleet, site, store, sealer, &super::Options::default()).await;
+        let checks: Vec<Check> = super::check(
+            fleet,
+            site,
+            store,
+            sealer,
+            infra,
+            &super::Options::default(),
+        )
+        .await;
         looks += 1;
         let bad: Vec<String> = checks
             .iter()
