@@ -843,3 +843,53 @@ fn a_drill_whose_takedown_fails_stops_there() {
     assert!(w.when("power on").is_empty());
     w.no_locks();
 }
+
+/// Each failure point of a drill with `--rebuild`: power-off or isolate
+/// mode, the call that fails (or, `no effect`, succeeds without doing
+/// anything), and the step the drill stops at.
+const DRILL_FAILURES: &[(bool, &str, bool, &str)] = &[
+    (false, "hook traffic.drain fra", false, "drain"),
+    (false, "power off fra-cp-02", false, "power off"),
+    (false, "power off fra-cp-01", true, "site gone"),
+    (true, "hook drill.isolate fra", false, "isolate"),
+    (true, "hook drill.isolate fra", true, "site gone"),
+    (true, "hook drill.reconnect fra", false, "reconnect"),
+    (false, "booted fra", false, "rebuild: boot"),
+    (false, "hook traffic.restore fra", false, "rebuild: restore"),
+];
+
+#[test]
+fn a_failed_drill_stops_at_its_step_leaving_the_site_drained() {
+    for (isolate, label, no_effect, step) in DRILL_FAILURES {
+        let w = world();
+        if *no_effect {
+            w.fake.no_effect(label);
+        } else {
+            w.fake.fail(label, "it broke");
+        }
+        let case = format!("{label} (no effect: {no_effect})");
+        let Outcome::Ran(report) = drill(&w, *isolate, true, how()) else {
+            panic!("{case}: refused");
+        };
+        assert!(!report.ok, "{case}");
+        let steps = drill_steps(&report);
+        assert_eq!(steps.last().unwrap(), &(step.to_string(), false), "{case}");
+        assert!(steps[..steps.len() - 1].iter().all(|(_, ok)| *ok), "{case}");
+        let error = report.error.clone().unwrap();
+        if *step == "site gone" {
+            assert!(error.contains("still answer"), "{case}: {error}");
+        } else {
+            assert!(error.contains("it broke"), "{case}: {error}");
+        }
+        // Not rebuilt, or not finished: the drill records no recovery,
+        // the site stays drained, and the drill is journaled failed.
+        assert_eq!(report.recovery_ms, None, "{case}");
+        assert_eq!(w.site("fra").drained.as_deref(), Some("drill"), "{case}");
+        let op = w.journal("drill", "fra").unwrap();
+        assert_eq!(op.status, JournalStatus::Failed, "{case}");
+        if !step.starts_with("rebuild") && *step != "reconnect" {
+            assert!(w.when("power on").is_empty(), "{case}: rebuilt anyway");
+        }
+        w.no_locks();
+    }
+}
