@@ -2,6 +2,12 @@
 //! `metalherd init DIR` works from an installed binary alone. When a file is
 //! added to the example fleet, add it here too: a test compares this list
 //! with the files in the repository.
+//!
+//! [`init`] writes it out as a new fleet repository; [`synthetic`] grows
+//! it into a large fleet for benchmarks.
+
+pub mod init;
+pub mod synthetic;
 
 /// Every file of the example fleet: its path in the fleet and contents.
 pub const FILES: &[(&str, &str)] = &[

@@ -125,6 +125,19 @@ pub struct Issued {
 }
 
 impl Issued {
+    /// What was issued, for the operator: `admin kubeconfig for fra
+    /// generation 2 (<subject>), serial …, expires …` (never the secret).
+    pub fn describe(&self) -> String {
+        format!(
+            "admin kubeconfig for {} generation {} ({}), serial {}, expires {}",
+            self.site,
+            self.generation,
+            self.subject,
+            self.serial,
+            self.expires()
+        )
+    }
+
     /// The expiry as RFC 3339.
     pub fn expires(&self) -> String {
         self.not_after

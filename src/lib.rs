@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod errfmt;
 pub mod example;
+pub mod exec;
 pub mod fleet;
 pub mod fsutil;
 pub mod infra;

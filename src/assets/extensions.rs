@@ -19,6 +19,7 @@
 
 mod cache;
 pub mod checksums;
+pub mod report;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ use crate::fleet::lock::{AssetsLock, LockError, LockedExtension, LOCK_FILE};
 use crate::fleet::{Extension, ExtensionSource, Fleet, OsFlavor};
 
 pub use cache::{list_cached, verify_cached, CachedExtension, ExtensionRecheck};
+use report::Fetched;
 
 /// The VERSION_ID of the lab's Debian (bookworm), which its images require.
 const LAB_DEBIAN_VERSION: &str = "12";
@@ -139,14 +141,11 @@ pub enum Outcome {
 
 /// Fetches every extension of `fleet`, each on its own: one failure does
 /// not stop the others. Results in `fleet.yaml` order.
-pub async fn fetch_all<'f>(
-    opts: &FetchOptions<'_>,
-    fleet: &'f Fleet,
-) -> Vec<(&'f Extension, Result<Outcome, ExtensionError>)> {
+pub async fn fetch_all(opts: &FetchOptions<'_>, fleet: &Fleet) -> Vec<Fetched> {
     let mut out = Vec::new();
     for ext in &fleet.extensions {
         let result = fetch_one(opts, fleet, ext).await;
-        out.push((ext, result));
+        out.push(Fetched::new(ext, result));
     }
     out
 }

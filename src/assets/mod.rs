@@ -16,6 +16,7 @@
 pub mod download;
 pub mod extensions;
 pub mod sysext;
+mod text;
 pub mod verify;
 
 use std::fs;

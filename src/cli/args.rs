@@ -9,6 +9,7 @@ use clap::Args;
 use crate::fleet::Fleet;
 use crate::lifecycle::{self, replace};
 use crate::provision;
+use crate::ssh::Timeouts;
 
 /// Connection settings shared by `ssh`, `exec` and `bootstrap`.
 #[derive(Args, Debug, Clone)]
@@ -19,6 +20,16 @@ pub struct SshArgs {
     /// Seconds to wait for a connection and authentication.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub connect_timeout: u64,
+}
+
+impl SshArgs {
+    /// The SSH timeouts: connecting as given, each command `step`.
+    pub(crate) fn timeouts(&self, step: Duration) -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(self.connect_timeout),
+            step,
+        }
+    }
 }
 
 /// How long each part of a provision may take, and how wide it fans out.

@@ -5,10 +5,11 @@
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::context::runtime;
-use super::{load_fleet, print_json, Cli, Output};
+use super::context::{machine, runtime};
+use super::print::print;
+use super::{load_fleet, Cli};
 use crate::fleet::MachineName;
-use crate::state::{self, Key};
+use crate::state;
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
@@ -19,35 +20,21 @@ pub struct AuditArgs {
 
 pub fn audit(cli: &Cli, args: &AuditArgs) -> anyhow::Result<()> {
     let fleet = load_fleet(cli)?;
-    let mut entries = runtime()?.block_on(async {
+    let shown = runtime()?.block_on(async {
         let (store, _) = state::open(&fleet)?;
-        let list = store.list(&Key::audit_log()).await?;
-        anyhow::Ok(
-            list.iter()
-                .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&e.value).ok())
-                .collect::<Vec<_>>(),
-        )
+        anyhow::Ok(state::audit_log(store.as_ref(), args.limit).await?)
     })?;
-    entries.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
-    let skip = entries.len().saturating_sub(args.limit);
-    let shown = &entries[skip..];
-    if cli.output == Output::Json {
-        return print_json(&json!({ "entries": shown }));
-    }
+    let mut text = String::new();
     if shown.is_empty() {
-        println!("the audit log is empty");
+        text.push_str("the audit log is empty\n");
     }
-    for e in shown {
-        println!(
-            "{}  {}@{}  {:<10} {}",
-            e["time"].as_str().unwrap_or(""),
-            e["user"].as_str().unwrap_or(""),
-            e["host"].as_str().unwrap_or(""),
-            e["action"].as_str().unwrap_or(""),
-            e["detail"]
-        );
+    for e in &shown {
+        let field = |name: &str| e[name].as_str().unwrap_or("").to_string();
+        let (time, user, host) = (field("time"), field("user"), field("host"));
+        let (action, detail) = (field("action"), &e["detail"]);
+        text.push_str(&format!("{time}  {user}@{host}  {action:<10} {detail}\n"));
     }
-    Ok(())
+    print(cli, json!({ "entries": shown }), text)
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,25 +55,16 @@ pub struct ReleaseArgs {
 pub fn release(cli: &Cli, cmd: &ReleaseCommand) -> anyhow::Result<()> {
     let ReleaseCommand::Machine(args) = cmd;
     let fleet = load_fleet(cli)?;
-    anyhow::ensure!(
-        fleet.machine(args.machine.as_str()).is_some(),
-        "no machine `{}` in fleet {}",
-        args.machine,
-        fleet.name
-    );
+    machine(&fleet, &args.machine)?;
     anyhow::ensure!(!args.reason.trim().is_empty(), "--reason must say why");
     let since = runtime()?.block_on(async {
         let (store, _) = state::open(&fleet)?;
         crate::lifecycle::lockdown::release(store.as_ref(), &args.machine, &args.reason).await
     })?;
-    if cli.output == Output::Json {
-        return print_json(
-            &json!({ "ok": true, "machine": args.machine, "quarantined_since": since }),
-        );
-    }
-    println!(
+    let text = format!(
         "{} released (quarantined since {since}); it is available again",
         args.machine
     );
-    Ok(())
+    let doc = json!({ "ok": true, "machine": args.machine, "quarantined_since": since });
+    print(cli, doc, text)
 }

@@ -8,13 +8,12 @@ use clap::{Args, Subcommand};
 
 use super::args::SshArgs;
 use super::context::{fleet_and_keys, runtime, site};
-use super::print::print_phases;
-use super::{print_json, Cli, Output};
+use super::print::{finish, print, Phases};
+use super::Cli;
 use crate::bootstrap::Options;
 use crate::fleet::SiteName;
 use crate::job::Reporter;
 use crate::operation::Env;
-use crate::ssh::Timeouts;
 use crate::state::Holder;
 
 #[derive(Subcommand, Debug)]
@@ -53,10 +52,7 @@ pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
     let opts = Options {
         generation: args.generation,
         user: args.ssh.user.clone(),
-        timeouts: Timeouts {
-            connect: Duration::from_secs(args.ssh.connect_timeout),
-            step: Duration::from_secs(args.step_timeout),
-        },
+        timeouts: args.ssh.timeouts(Duration::from_secs(args.step_timeout)),
         parallel: args.parallel,
         ready_timeout: Duration::from_secs(args.ready_timeout),
     };
@@ -68,32 +64,11 @@ pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
         &opts,
         args.validity_days,
     ))?;
-    if cli.output == Output::Json {
-        print_json(&serde_json::to_value(&report)?)?;
-    } else {
-        print_phases(&report.phases);
-    }
-    match &report.error {
-        None => {
-            if cli.output == Output::Text {
-                println!(
-                    "bootstrap of {} (generation {}): done",
-                    report.site, report.generation
-                );
-            }
-            Ok(())
-        }
-        Some(e) => {
-            if cli.output == Output::Text {
-                eprintln!("{e}");
-            }
-            Err(super::Reported(format!(
-                "bootstrap of {} (generation {}) failed: {}",
-                report.site,
-                report.generation,
-                e.lines().next().unwrap_or("")
-            ))
-            .into())
-        }
-    }
+    print(cli, &report, Phases(&report.phases))?;
+    let what = format!(
+        "bootstrap of {} (generation {})",
+        report.site, report.generation
+    );
+    let (done, failed) = (format!("{what}: done"), format!("{what} failed"));
+    finish(cli, report.error.as_deref(), done, failed)
 }

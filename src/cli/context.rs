@@ -1,11 +1,12 @@
 //! What most commands start from: the fleet loaded, the lab's network
 //! namespace entered for a lab fleet, the roles the state records applied,
-//! the SSH keys loaded, and the process's one async runtime.
+//! the SSH keys loaded, the machines named, and the process's one async
+//! runtime.
 
 use anyhow::Context;
 
 use super::{load_fleet, Cli};
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Machine, MachineName, Site, SiteName};
 use crate::keys::{self, Keys};
 
 /// The process's one async runtime (see [`crate::runtime`]).
@@ -15,13 +16,37 @@ pub(crate) fn runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
 
 pub(crate) use crate::lifecycle::site;
 
+/// The machines a command names: every machine of `site` (spares
+/// included), else the `named` ones.
+pub(crate) fn machines<'a>(
+    fleet: &'a Fleet,
+    site: Option<&SiteName>,
+    named: &[MachineName],
+) -> anyhow::Result<Vec<(&'a Site, &'a Machine)>> {
+    if let Some(s) = site {
+        let site = self::site(fleet, s)?;
+        return Ok(site.machines.iter().map(|m| (site, m)).collect());
+    }
+    named.iter().map(|m| machine(fleet, m)).collect()
+}
+
+/// Machine `name` of `fleet` with its site, or an error naming the fleet.
+pub(crate) fn machine<'a>(
+    fleet: &'a Fleet,
+    name: &MachineName,
+) -> anyhow::Result<(&'a Site, &'a Machine)> {
+    fleet
+        .machine(name.as_str())
+        .with_context(|| format!("no machine `{name}` in fleet {}", fleet.name))
+}
+
 /// Loads the fleet and the keys; refuses to invent keys for machines
 /// that were never rendered (their Ignition would not carry them).
 pub(crate) fn fleet_and_keys(cli: &Cli) -> anyhow::Result<(Fleet, Keys)> {
     let fleet = load_fleet(cli)?;
     // A lab fleet's machines live in the lab's network namespace.
     crate::lab::enter(&fleet)?;
-    let fleet = with_recorded_roles(fleet)?;
+    let fleet = runtime()?.block_on(crate::fleet::roles::recorded(fleet));
     let state_dir = fleet.state_dir();
     let (keys, created) = keys::ensure_state(&fleet)
         .with_context(|| format!("loading SSH keys from {}", state_dir.display()))?;
@@ -31,28 +56,4 @@ pub(crate) fn fleet_and_keys(cli: &Cli) -> anyhow::Result<(Fleet, Keys)> {
         );
     }
     Ok((fleet, keys))
-}
-
-/// The fleet with the roles its state records (a blue-green replace moves
-/// a site's roles onto other machines than the inventory names); the
-/// inventory's roles when nothing is recorded or the state cannot be read
-/// (said as a warning: operations that need the state fail on it anyway).
-fn with_recorded_roles(fleet: Fleet) -> anyhow::Result<Fleet> {
-    if matches!(&fleet.state.backend, crate::fleet::StateBackend::Local { path } if !fleet.root.join(path).exists())
-    {
-        return Ok(fleet);
-    }
-    let read = runtime()?.block_on(async {
-        let (store, _) = crate::state::open(&fleet)?;
-        crate::fleet::roles::effective(&fleet, store.as_ref(), false).await
-    });
-    match read {
-        Ok(f) => Ok(f),
-        Err(e) => {
-            tracing::warn!(
-                "reading the recorded roles from the state: {e:#}; using the inventory's roles"
-            );
-            Ok(fleet)
-        }
-    }
 }

@@ -10,13 +10,13 @@ use serde_json::json;
 
 use super::args::How;
 use super::context::{fleet_and_keys, runtime, site};
-use super::print::refused;
-use super::{print_json, Cli, Output, Reported};
+use super::print::{print, ran};
+use super::{Cli, Reported};
 use crate::fleet::window::parse_duration;
 use crate::fleet::SiteName;
 use crate::job::Reporter;
 use crate::lifecycle::drill::{self, Drill};
-use crate::operation::{Env, Outcome};
+use crate::operation::Env;
 
 #[derive(Subcommand, Debug)]
 pub enum DrillCommand {
@@ -84,41 +84,11 @@ pub fn run(cli: &Cli, cmd: &DrillCommand) -> anyhow::Result<()> {
         &drill,
         &reporter,
     ))?;
-    let report = match outcome {
-        Outcome::Refused(checks) => {
-            let what = format!("drill of {}", site.name);
-            return Err(refused(cli, &what, site.name.as_str(), &checks));
-        }
-        Outcome::Ran(report) => report,
-    };
+    let report = ran(cli, &format!("drill of {}", site.name), site, outcome)?;
     let files = report.write(&reports_dir)?;
-    if cli.output == Output::Json {
-        let mut doc = serde_json::to_value(&report)?;
-        doc["reports"] = json!(files);
-        print_json(&doc)?;
-    } else {
-        for (i, s) in report.steps.iter().enumerate() {
-            println!(
-                "{:>2}. {:<22} {:>8.1} s  {:<6} {}",
-                i + 1,
-                s.name,
-                s.duration_ms as f64 / 1000.0,
-                if s.ok { "ok" } else { "FAILED" },
-                s.detail
-            );
-        }
-        match report.recovery_ms {
-            Some(ms) => println!("recovery time: {:.0} s", ms as f64 / 1000.0),
-            None if report.ok && !args.rebuild => println!(
-                "site {} stays down and drained; `metalherd replace site {}` brings it back",
-                site.name, site.name
-            ),
-            None => {}
-        }
-        for f in &files {
-            println!("report: {}", f.display());
-        }
-    }
+    let mut doc = serde_json::to_value(&report)?;
+    doc["reports"] = json!(files);
+    print(cli, doc, report.text(&files))?;
     if report.ok {
         Ok(())
     } else {

@@ -3,7 +3,10 @@
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::{load_fleet, print_json, Cli, Output};
+use super::context::site;
+use super::print::print;
+use super::{load_fleet, Cli};
+use crate::fleet::show::Inventory;
 use crate::fleet::SiteName;
 
 #[derive(Subcommand, Debug)]
@@ -26,66 +29,27 @@ pub fn run(cli: &Cli, cmd: &InventoryCommand) -> anyhow::Result<()> {
     let fleet = load_fleet(cli)?;
     match cmd {
         InventoryCommand::Check => {
-            let machines = fleet.machines().count();
-            if cli.output == Output::Json {
-                print_json(&json!({
-                    "ok": true,
-                    "fleet": fleet.name,
-                    "sites": fleet.sites.len(),
-                    "machines": machines,
-                    "diagnostics": [],
-                }))
-            } else {
-                println!(
-                    "fleet {}: {} sites, {} machines: OK",
-                    fleet.name,
-                    fleet.sites.len(),
-                    machines
-                );
-                Ok(())
-            }
+            let (sites, machines) = (fleet.sites.len(), fleet.machines().count());
+            let doc = json!({
+                "ok": true,
+                "fleet": fleet.name,
+                "sites": sites,
+                "machines": machines,
+                "diagnostics": [],
+            });
+            let text = format!(
+                "fleet {}: {sites} sites, {machines} machines: OK",
+                fleet.name
+            );
+            print(cli, doc, text)
         }
         InventoryCommand::Show(args) => {
             let sites: Vec<_> = match &args.site {
-                Some(name) => {
-                    let site = fleet.site(name.as_str()).ok_or_else(|| {
-                        anyhow::anyhow!("no site `{name}` in fleet {}", fleet.name)
-                    })?;
-                    vec![site]
-                }
+                Some(name) => vec![site(&fleet, name)?],
                 None => fleet.sites.iter().collect(),
             };
-            if cli.output == Output::Json {
-                return print_json(&json!({ "fleet": fleet.name, "sites": sites }));
-            }
-            for site in sites {
-                println!(
-                    "site {} ({}), cluster {} at {}:{}, {} control planes, capacity {}%",
-                    site.name,
-                    site.datacenter,
-                    site.cluster.name,
-                    site.cluster.api_endpoint.host,
-                    site.cluster.api_endpoint.port,
-                    site.cluster.control_plane_count,
-                    site.capacity
-                );
-                println!(
-                    "  {:<16} {:<14} {:<18} {:<16} BMC",
-                    "MACHINE", "ROLE", "MAC", "IP"
-                );
-                for m in &site.machines {
-                    println!(
-                        "  {:<16} {:<14} {:<18} {:<16} {} {}",
-                        m.name.as_str(),
-                        m.role.as_str(),
-                        m.mac.to_string(),
-                        m.ip.to_string(),
-                        m.bmc.driver,
-                        m.bmc.address
-                    );
-                }
-            }
-            Ok(())
+            let text: String = sites.iter().map(|s| Inventory(s).to_string()).collect();
+            print(cli, json!({ "fleet": fleet.name, "sites": sites }), text)
         }
     }
 }

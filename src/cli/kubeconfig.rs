@@ -62,14 +62,7 @@ pub fn run(cli: &Cli, args: &KubeconfigArgs) -> anyhow::Result<()> {
         }
         return print_json(&doc);
     }
-    let what = format!(
-        "admin kubeconfig for {} generation {} ({}), serial {}, expires {}",
-        issued.site,
-        issued.generation,
-        issued.subject,
-        issued.serial,
-        issued.expires()
-    );
+    let what = issued.describe();
     match &issued.path {
         Some(path) => println!("wrote {} (0600): {what}", path.display()),
         None => {

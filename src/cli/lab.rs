@@ -4,13 +4,13 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use anyhow::Context;
-use clap::{Args, Subcommand};
-use serde_json::json;
-
-use super::{load_fleet, print_json, Cli, Output};
+use super::context::machine;
+use super::print::{print, progress};
+use super::{load_fleet, Cli};
 use crate::fleet::{MachineName, SiteName};
 use crate::lab::{self, Accel, UpOptions};
+use anyhow::Context;
+use clap::{Args, Subcommand};
 
 #[derive(Subcommand, Debug)]
 pub enum LabCommand {
@@ -77,14 +77,14 @@ pub fn run(cli: &Cli, cmd: &LabCommand) -> anyhow::Result<()> {
     let fleet = load_fleet(cli)?;
     let assets = |dir: &Option<PathBuf>| dir.clone().unwrap_or_else(|| fleet.root.join("assets"));
     match cmd {
-        LabCommand::Image(args) => image(cli, &fleet, args, assets(&args.assets_dir)),
+        LabCommand::Image(args) => {
+            let progress = progress(cli, "lab image");
+            let assets = assets(&args.assets_dir);
+            let mirror = args.mirror.clone();
+            let image = lab::report::build_image(&fleet, &assets, mirror, args.force, &progress)?;
+            print(cli, &image, &image)
+        }
         LabCommand::Up(args) => {
-            let quiet = cli.output == Output::Json || cli.quiet;
-            let progress = |line: &str| {
-                if !quiet {
-                    eprintln!("lab up: {line}");
-                }
-            };
             let opts = UpOptions {
                 name: args.name.clone(),
                 sites: args.site.clone(),
@@ -93,94 +93,22 @@ pub fn run(cli: &Cli, cmd: &LabCommand) -> anyhow::Result<()> {
                 metalherd: std::env::current_exe().context("finding the metalherd binary")?,
                 assets_dir: assets(&args.assets_dir),
             };
-            let report = lab::up(&fleet, &opts, &progress)?;
-            if cli.output == Output::Json {
-                return print_json(&serde_json::to_value(&report)?);
-            }
-            let vms = report
-                .record
-                .processes
-                .iter()
-                .filter(|p| p.role.starts_with("vm "))
-                .count();
-            println!(
-                "lab {} is up in {:.1} s: sites {}, {vms} VMs (powered off, {}), consoles in {}",
-                report.record.name,
-                report.took_ms as f64 / 1000.0,
-                report.record.sites.join(", "),
-                report.record.accel,
-                lab::dir(&fleet).join("logs").display()
-            );
-            println!(
-                "next: metalherd provision site {}",
-                report.record.sites.first().map_or("SITE", |s| s.as_str())
-            );
-            Ok(())
+            let report = lab::up(&fleet, &opts, &progress(cli, "lab up"))?;
+            print(cli, &report, report.text(&fleet))
         }
         LabCommand::Down(args) => {
             let report = lab::down(&fleet, args.name.as_deref())?;
-            if cli.output == Output::Json {
-                return print_json(&serde_json::to_value(&report)?);
-            }
-            println!(
-                "lab {} is down: stopped {} processes; namespace {}",
-                report.name.as_deref().unwrap_or("?"),
-                report.stopped.len(),
-                if report.namespace_deleted {
-                    "deleted"
-                } else {
-                    "STILL PRESENT"
-                }
-            );
-            for s in &report.stopped {
-                println!("    {s}");
-            }
-            anyhow::ensure!(
-                report.namespace_deleted,
-                "the lab's namespace is still there"
-            );
+            print(cli, &report, &report)?;
+            let deleted = report.namespace_deleted;
+            anyhow::ensure!(deleted, "the lab's namespace is still there");
             Ok(())
         }
         LabCommand::Status => {
             let status = lab::status(&fleet)?;
-            if cli.output == Output::Json {
-                return print_json(&serde_json::to_value(&status)?);
-            }
-            match &status.name {
-                None => println!("no lab is up for fleet {}", fleet.name),
-                Some(name) => {
-                    println!(
-                        "lab {name}: {} (namespace {}, {})",
-                        if status.up { "up" } else { "DEGRADED" },
-                        if status.namespace {
-                            "present"
-                        } else {
-                            "missing"
-                        },
-                        status.accel.as_deref().unwrap_or("?")
-                    );
-                    for p in &status.processes {
-                        println!(
-                            "    {:<24} pid {:<8} {}{}",
-                            p.role,
-                            p.pid,
-                            if p.running { "running" } else { "GONE" },
-                            p.vm.as_deref()
-                                .map(|v| format!(" (vm {v})"))
-                                .unwrap_or_default()
-                        );
-                    }
-                }
-            }
-            Ok(())
+            print(cli, &status, status.text(&fleet.name))
         }
         LabCommand::Console(args) => {
-            anyhow::ensure!(
-                fleet.machine(args.machine.as_str()).is_some(),
-                "no machine `{}` in fleet {}",
-                args.machine,
-                fleet.name
-            );
+            machine(&fleet, &args.machine)?;
             let (socket, log) = lab::console_paths(&fleet, args.machine.as_str());
             let so_far = std::fs::read(&log)
                 .with_context(|| format!("reading {} (is the lab up?)", log.display()))?;
@@ -191,72 +119,4 @@ pub fn run(cli: &Cli, cmd: &LabCommand) -> anyhow::Result<()> {
             lab::console::attach(&socket)
         }
     }
-}
-
-fn image(
-    cli: &Cli,
-    fleet: &crate::fleet::Fleet,
-    args: &ImageArgs,
-    assets: PathBuf,
-) -> anyhow::Result<()> {
-    lab::ensure_lab_fleet(fleet)?;
-    let quiet = cli.output == Output::Json || cli.quiet;
-    let progress = |line: &str| {
-        if !quiet {
-            eprintln!("lab image: {line}");
-        }
-    };
-    let report = lab::image::build(
-        &assets,
-        &fleet.os.version,
-        &lab::image::BuildOptions {
-            mirror: args.mirror.clone(),
-            force: args.force,
-            debs: lab::extensions::debian_packages(fleet),
-        },
-        &progress,
-    )?;
-    let recorded = lab::image::recorded_debs(&report.dir)?;
-    let extensions = lab::extensions::build_and_lock(fleet, &report.dir, &assets, &recorded)?;
-    if cli.output == Output::Json {
-        return print_json(&json!({
-            "dir": report.dir,
-            "input_hash": report.input_hash,
-            "cached": report.cached,
-            "build_seconds": report.build_seconds,
-            "kernel_bytes": report.kernel_bytes,
-            "initrd_bytes": report.initrd_bytes,
-            "extensions": extensions,
-        }));
-    }
-    if report.cached {
-        println!(
-            "lab image {} is cached in {} (input {})",
-            fleet.os.version,
-            report.dir.display(),
-            &report.input_hash[..12.min(report.input_hash.len())]
-        );
-    } else {
-        println!(
-            "built lab image {} in {:.0} s: kernel {:.1} MB, initrd {:.1} MB, in {}",
-            fleet.os.version,
-            report.build_seconds,
-            report.kernel_bytes as f64 / 1e6,
-            report.initrd_bytes as f64 / 1e6,
-            report.dir.display()
-        );
-    }
-    for e in &extensions {
-        println!(
-            "extension {} {}: {} ({} bytes, sha512 {}…) from {}, {} assets.lock",
-            e.name,
-            e.version,
-            e.image.display(),
-            e.size,
-            &e.sha512[..16.min(e.sha512.len())],
-            e.deb,
-            if e.cached { "matches" } else { "recorded in" }
-        );
-    }
-    Ok(())
 }

@@ -9,10 +9,10 @@ use serde_json::json;
 
 use super::args::SshArgs;
 use super::context::{fleet_and_keys, runtime};
-use super::{print_json, Cli, Output};
+use super::print::print;
+use super::Cli;
 use crate::job::Reporter;
-use crate::lifecycle::lockdown::{self, CaseId, Options, ReplaceOn, Report};
-use crate::ssh::Timeouts;
+use crate::lifecycle::lockdown::{self, CaseId, Options, ReplaceOn};
 
 #[derive(Subcommand, Debug)]
 pub enum LockdownCommand {
@@ -74,22 +74,15 @@ pub fn run(cli: &Cli, cmd: &LockdownCommand) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| fleet.root.join("evidence")),
         user: args.ssh.user.clone(),
-        timeouts: Timeouts {
-            connect: Duration::from_secs(args.ssh.connect_timeout),
-            step: Duration::from_secs(args.step_timeout),
-        },
+        timeouts: args.ssh.timeouts(Duration::from_secs(args.step_timeout)),
         parallel: args.parallel,
         verify_deadline: Duration::from_secs(20),
     };
     let reporter = Reporter::new(super::progress_bars(cli));
     let report = runtime()?.block_on(lockdown::lockdown(&fleet, &keys, site, &opts, &reporter))?;
-    if cli.output == Output::Json {
-        let mut doc = serde_json::to_value(&report)?;
-        doc["replace_on"] = json!(next);
-        print_json(&doc)?;
-    } else {
-        print_text(&report, next.as_deref());
-    }
+    let mut doc = serde_json::to_value(&report)?;
+    doc["replace_on"] = json!(next);
+    print(cli, doc, report.text(next.as_deref()))?;
     match &report.error {
         None => Ok(()),
         Some(e) => Err(super::Reported(format!(
@@ -99,69 +92,5 @@ pub fn run(cli: &Cli, cmd: &LockdownCommand) -> anyhow::Result<()> {
             e.lines().next().unwrap_or("")
         ))
         .into()),
-    }
-}
-
-fn print_text(r: &Report, next: Option<&str>) {
-    println!(
-        "lockdown of {} (site {}, generation {}), case {}",
-        r.cluster,
-        r.site,
-        r.generation.map_or("none".into(), |g| g.to_string()),
-        r.case
-    );
-    for s in &r.steps {
-        println!(
-            "  {:<11} {:<7} {:>7.1} s",
-            s.name,
-            if s.ok { "ok" } else { "FAILED" },
-            s.duration_ms as f64 / 1000.0
-        );
-        if let (false, Some(d)) = (s.ok, &s.detail) {
-            for line in d.lines() {
-                println!("      {line}");
-            }
-        }
-    }
-    for m in &r.machines {
-        println!(
-            "  {:<14} isolate {:<3} evidence {} file(s), {:<3} seal {:<3} verify {}",
-            m.machine,
-            short(&m.isolate),
-            m.evidence_files,
-            short(&m.evidence),
-            short(&m.seal),
-            m.verify
-        );
-    }
-    if !r.failing_checks.is_empty() {
-        println!("safety checks failing at the start (recorded, not blocking):");
-        for f in &r.failing_checks {
-            println!("  {f}");
-        }
-    }
-    println!("evidence: {}", r.evidence_dir.display());
-    if let Some(sha) = &r.manifest_sha256 {
-        println!("  MANIFEST.sha256: sha256 {sha}");
-    }
-    if let Some(n) = next {
-        println!("replacement: {n}");
-    }
-    if r.ok {
-        println!(
-            "{} is locked down: only the bastion reaches its nodes; machines quarantined until \
-             `metalherd release machine M --reason \"…\"`",
-            r.cluster
-        );
-    }
-}
-
-fn short(status: &str) -> &str {
-    if status == "ok" {
-        "ok"
-    } else if status.starts_with("not run") {
-        "-"
-    } else {
-        "FAILED"
     }
 }

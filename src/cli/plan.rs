@@ -3,15 +3,14 @@
 //! blockers that hold now.
 
 use clap::{Args, Subcommand};
-use serde_json::json;
 
 use super::context::{fleet_and_keys, runtime, site};
-use super::print::print_checks;
-use super::{print_json, Cli, Output};
+use super::print::print;
+use super::Cli;
 use crate::fleet::SiteName;
-use crate::infra::Real;
-use crate::lifecycle;
-use crate::state::{self, records};
+use crate::infra::{Infra, Real};
+use crate::lifecycle::{self, plan::site::site_plan};
+use crate::state;
 
 #[derive(Subcommand, Debug)]
 pub enum PlanCommand {
@@ -36,45 +35,10 @@ pub fn run(cli: &Cli, cmd: &PlanCommand) -> anyhow::Result<()> {
     let (fleet, _keys) = fleet_and_keys(cli)?;
     let site = site(&fleet, &args.site)?;
     let bake = lifecycle::bake(&fleet, None)?;
-    let (from, checks) = runtime()?.block_on(async {
+    let plan = runtime()?.block_on(async {
         let (store, sealer) = state::open(&fleet)?;
-        let from = records::site_generation(store.as_ref(), &site.name).await?;
-        let opts = lifecycle::Options {
-            probe_health: !args.no_probe,
-            ..Default::default()
-        };
-        let checks = lifecycle::check(&fleet, site, store.as_ref(), &sealer, &Real, &opts).await;
-        anyhow::Ok((from, checks))
+        let seams = (store.as_ref(), &sealer, &Real as &dyn Infra);
+        site_plan(&fleet, site, seams, !args.no_probe, args.blue_green, bake).await
     })?;
-    let to = from.unwrap_or(0) + 1;
-    let steps = if args.blue_green {
-        let next = crate::fleet::roles::blue_green(site)?;
-        lifecycle::plan::blue_green(&fleet, site, &next, from, to, bake)
-    } else {
-        lifecycle::plan::replace(&fleet, site, from, to, bake)
-    };
-    let blocked = checks.iter().any(|c| !c.ok);
-    if cli.output == Output::Json {
-        return print_json(&json!({
-            "site": site.name, "from_generation": from, "to_generation": to,
-            "blue_green": args.blue_green, "steps": steps, "checks": checks, "blocked": blocked,
-        }));
-    }
-    println!(
-        "replace site {}{}: generation {} -> {to}, holding the locks `fleet` and `sites/{}`, \
-         after the blockers below pass:",
-        site.name,
-        if args.blue_green { " --blue-green" } else { "" },
-        from.map_or("none".to_string(), |g| g.to_string()),
-        site.name
-    );
-    for (i, s) in steps.iter().enumerate() {
-        println!("  {:>2}. {:<14} {}", i + 1, s.step, s.does);
-    }
-    println!("blockers now:");
-    print_checks(&checks);
-    if blocked {
-        println!("replace would be refused (override: --force --reason \"...\")");
-    }
-    Ok(())
+    print(cli, &plan, &plan)
 }

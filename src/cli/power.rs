@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use clap::Args;
-use serde_json::json;
 
-use super::{load_fleet, print_json, Cli, Output};
+use super::context::machines;
+use super::print::print;
+use super::{load_fleet, Cli};
 use crate::assets::download::RetryPolicy;
 use crate::fleet::{MachineName, SiteName};
 use crate::power::{self, Action, Options};
@@ -41,18 +42,7 @@ pub struct PowerArgs {
 
 pub fn run(cli: &Cli, args: &PowerArgs) -> anyhow::Result<()> {
     let fleet = load_fleet(cli)?;
-    let targets: Vec<_> = match (&args.machine, &args.site) {
-        (Some(m), _) => vec![fleet
-            .machine(m.as_str())
-            .ok_or_else(|| anyhow::anyhow!("no machine `{m}` in fleet {}", fleet.name))?],
-        (None, Some(s)) => {
-            let site = fleet
-                .site(s.as_str())
-                .ok_or_else(|| anyhow::anyhow!("no site `{s}` in fleet {}", fleet.name))?;
-            site.machines.iter().map(|m| (site, m)).collect()
-        }
-        (None, None) => anyhow::bail!("name a machine or --site"),
-    };
+    let targets = machines(&fleet, args.site.as_ref(), args.machine.as_slice())?;
     let action = args.action;
     let opts = Options {
         per_site: args.parallel,
@@ -80,35 +70,11 @@ pub fn run(cli: &Cli, args: &PowerArgs) -> anyhow::Result<()> {
         })?;
     }
     let outcomes = runtime.block_on(power::run(&fleet, &targets, action, &opts));
-    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok).collect();
-    let summary = if failed.is_empty() {
-        format!("{} of {} done", outcomes.len(), outcomes.len())
-    } else {
-        let names: Vec<&str> = failed.iter().map(|o| o.machine.as_str()).collect();
-        format!(
-            "{} of {} failed: {}",
-            failed.len(),
-            outcomes.len(),
-            names.join(", ")
-        )
-    };
-    if cli.output == Output::Json {
-        print_json(
-            &json!({ "ok": failed.is_empty(), "action": action, "results": outcomes, "summary": summary }),
-        )?;
-    } else {
-        for o in &outcomes {
-            match (&o.state, &o.error) {
-                (_, Some(e)) => println!("{:<16} FAILED  {e}", o.machine),
-                (Some(s), None) => println!("{:<16} {s:<7} ({} ms)", o.machine, o.duration_ms),
-                (None, None) => println!("{:<16} done", o.machine),
-            }
-        }
-        println!("{summary}");
-    }
-    if failed.is_empty() {
+    let report = power::Report::new(action, outcomes);
+    print(cli, &report, &report)?;
+    if report.ok {
         Ok(())
     } else {
-        Err(super::Reported(summary).into())
+        Err(super::Reported(report.summary).into())
     }
 }

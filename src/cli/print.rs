@@ -1,39 +1,116 @@
-//! How the operations' results are printed: phases with their times, the
-//! safety checks, and a refusal by the blockers.
+//! How results are printed: a command's document (`--output json`) or its
+//! text, the end of an operation or a fan-out (the summary and the exit
+//! code), progress lines, phases with their times, and a refusal by the
+//! blockers.
 
+use std::fmt::Display;
+
+use serde::Serialize;
 use serde_json::json;
 
-use super::{print_json, Cli, Exit, Output};
+use super::{print_json, Cli, Exit, Output, Reported};
 use crate::bootstrap::Phase;
+use crate::fleet::Site;
 use crate::lifecycle::{self, Check};
+use crate::operation::Outcome;
 
 /// The exit code of an operation refused by a safety check.
 pub(crate) const BLOCKED: u8 = 4;
 
-/// The phases of a report, one line each with its duration and notes.
-pub(crate) fn print_phases(phases: &[Phase]) {
-    for p in phases {
-        let status = if p.ok { "ok" } else { "FAILED" };
-        println!(
-            "{:<16} {status:<7} {:>8.1} s",
-            p.name,
-            p.duration_ms as f64 / 1000.0
-        );
-        for n in &p.notes {
-            println!("    {n}");
+/// Prints a command's result: `doc` with `--output json`, else `text`
+/// (whole lines; a last line without its newline gets one; nothing for
+/// an empty text).
+pub(crate) fn print(cli: &Cli, doc: impl Serialize, text: impl Display) -> anyhow::Result<()> {
+    if cli.output == Output::Json {
+        return print_json(&serde_json::to_value(doc)?);
+    }
+    let text = text.to_string();
+    if text.is_empty() || text.ends_with('\n') {
+        print!("{text}");
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+/// Prints a report: as its document with `"ok": true` added
+/// (`--output json`), else as its text.
+pub(crate) fn print_ok<R: Serialize + Display>(cli: &Cli, report: &R) -> anyhow::Result<()> {
+    let mut doc = serde_json::to_value(report)?;
+    doc["ok"] = json!(true);
+    print(cli, doc, report)
+}
+
+/// The end of an operation whose report is printed: `done` (text), or the
+/// error in full on stderr and a failure `failed: <its first line>`.
+pub(crate) fn finish(
+    cli: &Cli,
+    error: Option<&str>,
+    done: impl Display,
+    failed: impl Display,
+) -> anyhow::Result<()> {
+    let text = cli.output == Output::Text;
+    match error {
+        None => {
+            if text {
+                println!("{done}");
+            }
+            Ok(())
+        }
+        Some(e) => {
+            if text {
+                eprintln!("{e}");
+            }
+            let first = e.lines().next().unwrap_or("");
+            Err(Reported(format!("{failed}: {first}")).into())
         }
     }
 }
 
-/// The safety checks, one line each.
-pub(crate) fn print_checks(checks: &[Check]) {
-    for c in checks {
-        println!(
-            "  {:<12} {:<8} {}",
-            c.name,
-            if c.ok { "ok" } else { "BLOCKED" },
-            c.detail
-        );
+/// The end of a fan-out whose results are printed: a failure `k of N
+/// <what> failed: a, b` when any of the `total` failed.
+pub(crate) fn failures(what: &str, total: usize, failed: &[&str]) -> anyhow::Result<()> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let (k, names) = (failed.len(), failed.join(", "));
+    Err(Reported(format!("{k} of {total} {what} failed: {names}")).into())
+}
+
+/// Progress lines of a long command on stderr, `<what>: <line>`; none
+/// with `--output json` or `--quiet`.
+pub(crate) fn progress<'a>(cli: &Cli, what: &'a str) -> impl Fn(&str) + 'a {
+    let quiet = cli.output == Output::Json || cli.quiet;
+    move |line| {
+        if !quiet {
+            eprintln!("{what}: {line}");
+        }
+    }
+}
+
+/// The phases of a report, one line each with its duration and notes.
+pub(crate) struct Phases<'a>(pub &'a [Phase]);
+
+impl Display for Phases<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in self.0 {
+            let status = if p.ok { "ok" } else { "FAILED" };
+            let secs = p.duration_ms as f64 / 1000.0;
+            writeln!(f, "{:<16} {status:<7} {secs:>8.1} s", p.name)?;
+            for n in &p.notes {
+                writeln!(f, "    {n}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The report of an operation that ran; one refused by its safety checks
+/// is said so (see [`refused`]).
+pub(crate) fn ran<R>(cli: &Cli, what: &str, site: &Site, outcome: Outcome<R>) -> anyhow::Result<R> {
+    match outcome {
+        Outcome::Refused(checks) => Err(refused(cli, what, site.name.as_str(), &checks)),
+        Outcome::Ran(report) => Ok(report),
     }
 }
 
@@ -57,24 +134,4 @@ pub(crate) fn refused(cli: &Cli, what: &str, site: &str, checks: &[Check]) -> an
         eprintln!("override with --force --reason \"...\" (recorded in the journal and audit log)");
     }
     Exit(BLOCKED).into()
-}
-
-/// The locks held, one line each, stale ones said so.
-pub(crate) fn print_locks(locks: &[crate::state::LockInfo]) {
-    if locks.is_empty() {
-        println!("no locks held");
-    }
-    for l in locks {
-        println!(
-            "lock {}: held by {} since {}{}",
-            l.name,
-            l.holder,
-            l.holder.since,
-            if l.stale {
-                " (STALE: the process is gone)"
-            } else {
-                ""
-            }
-        );
-    }
 }

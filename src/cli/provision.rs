@@ -6,8 +6,8 @@ use clap::{Args, Subcommand};
 
 use super::args::Tuning;
 use super::context::{fleet_and_keys, runtime, site};
-use super::print::print_phases;
-use super::{print_json, Cli, Output};
+use super::print::{finish, print, Phases};
+use super::Cli;
 use crate::fleet::SiteName;
 use crate::job::Reporter;
 use crate::operation::Env;
@@ -50,38 +50,21 @@ pub fn run(cli: &Cli, cmd: &ProvisionCommand) -> anyhow::Result<()> {
         &args.tuning.tuning(),
         generation,
     ))?;
-    if cli.output == Output::Json {
-        print_json(&serde_json::to_value(&report)?)?;
-    } else {
-        print_phases(&report.phases);
-        println!(
-            "{:<16} {:<7} {:>8.1} s",
-            "total",
-            if report.ok { "ok" } else { "FAILED" },
-            report.took_ms as f64 / 1000.0
-        );
-    }
-    match &report.error {
-        None => {
-            if cli.output == Output::Text {
-                println!(
-                    "provision of {} (generation {}): done; every machine ready",
-                    report.site, report.generation
-                );
-            }
-            Ok(())
-        }
-        Some(e) => {
-            if cli.output == Output::Text {
-                eprintln!("{e}");
-            }
-            Err(super::Reported(format!(
-                "provision of {} (generation {}) failed: {}",
-                report.site,
-                report.generation,
-                e.lines().next().unwrap_or("")
-            ))
-            .into())
-        }
-    }
+    let status = if report.ok { "ok" } else { "FAILED" };
+    let total = format!(
+        "{:<16} {status:<7} {:>8.1} s",
+        "total",
+        report.took_ms as f64 / 1000.0
+    );
+    print(
+        cli,
+        &report,
+        format_args!("{}{total}", Phases(&report.phases)),
+    )?;
+    let what = format!(
+        "provision of {} (generation {})",
+        report.site, report.generation
+    );
+    let done = format!("{what}: done; every machine ready");
+    finish(cli, report.error.as_deref(), done, format!("{what} failed"))
 }

@@ -8,8 +8,8 @@ use serde_json::json;
 
 use super::args::How;
 use super::context::{fleet_and_keys, runtime, site};
-use super::print::BLOCKED;
-use super::{print_json, Cli, Exit, Output, Reported};
+use super::print::{print, BLOCKED};
+use super::{Cli, Exit, Output, Reported};
 use crate::fleet::SiteName;
 use crate::job::Reporter;
 use crate::lifecycle::rebuild::{self, Status};
@@ -46,24 +46,14 @@ pub fn run(cli: &Cli, args: &RebuildArgs) -> anyhow::Result<()> {
         &how,
         &reporter,
     ))?;
-    if cli.output == Output::Json {
-        print_json(&json!({
-            "ok": report.stopped.is_none(),
-            "waves": report.waves,
-            "sites": report.sites,
-            "stopped": report.stopped.as_ref().map(|(status, why)| json!({"status": status, "reason": why})),
-        }))?;
-    } else {
-        for o in &report.sites {
-            println!(
-                "wave {} {:<8} {:<12} {}",
-                o.wave,
-                o.site,
-                o.status.as_str(),
-                o.error.as_deref().unwrap_or("")
-            );
-        }
-    }
+    let doc = json!({
+        "ok": report.stopped.is_none(),
+        "waves": report.waves,
+        "sites": report.sites,
+        "stopped": report.stopped.as_ref().map(|(status, why)| json!({"status": status, "reason": why})),
+    });
+    let text: String = report.sites.iter().map(|o| format!("{o}\n")).collect();
+    print(cli, doc, text)?;
     match report.stopped {
         None => Ok(()),
         Some((Status::Blocked, why)) => {

@@ -9,7 +9,9 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
-use super::{load_fleet, print_json, Cli, Output};
+use super::context;
+use super::print::print;
+use super::{load_fleet, Cli};
 use crate::fleet::{MachineName, SiteName};
 use crate::keys;
 use crate::render::{self, Selection};
@@ -36,23 +38,13 @@ pub fn run(cli: &Cli, args: &RenderArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let fleet = load_fleet(cli)?;
     if let Some(site) = &args.site {
-        anyhow::ensure!(
-            fleet.site(site.as_str()).is_some(),
-            "no site `{site}` in fleet {}",
-            fleet.name
-        );
+        context::site(&fleet, site)?;
     }
     if let Some(machine) = &args.machine {
-        match fleet.machine(machine.as_str()) {
-            None => anyhow::bail!("no machine `{machine}` in fleet {}", fleet.name),
-            Some((site, _)) if args.site.as_ref().is_some_and(|s| *s != site.name) => {
-                anyhow::bail!(
-                    "machine `{machine}` belongs to site `{}`, not `{}`",
-                    site.name,
-                    args.site.as_ref().map(|s| s.as_str()).unwrap_or("")
-                )
-            }
-            Some(_) => {}
+        let (site, _) = context::machine(&fleet, machine)?;
+        if let Some(only) = args.site.as_ref().filter(|s| **s != site.name) {
+            let site = &site.name;
+            anyhow::bail!("machine `{machine}` belongs to site `{site}`, not `{only}`");
         }
     }
     tracing::debug!("loaded fleet {} in {:.2?}", fleet.name, started.elapsed());
@@ -77,18 +69,7 @@ pub fn run(cli: &Cli, args: &RenderArgs) -> anyhow::Result<()> {
         .write_to(&args.out)
         .with_context(|| format!("writing rendered files to {}", args.out.display()))?;
     let elapsed = started.elapsed();
-    if cli.output == Output::Json {
-        return print_json(&json!({
-            "ok": true,
-            "out": args.out,
-            "generation": args.generation,
-            "machines": rendered.machines,
-            "files": written,
-            "unpinned_extensions": unpinned,
-            "elapsed_ms": elapsed.as_millis(),
-        }));
-    }
-    println!(
+    let text = format!(
         "rendered {} machine(s) of {} site(s) into {}: {} files in {:.2?}",
         rendered.machines.len(),
         rendered.sites.len(),
@@ -96,5 +77,14 @@ pub fn run(cli: &Cli, args: &RenderArgs) -> anyhow::Result<()> {
         written.len(),
         elapsed
     );
-    Ok(())
+    let doc = json!({
+        "ok": true,
+        "out": args.out,
+        "generation": args.generation,
+        "machines": rendered.machines,
+        "files": written,
+        "unpinned_extensions": unpinned,
+        "elapsed_ms": elapsed.as_millis(),
+    });
+    print(cli, doc, text)
 }

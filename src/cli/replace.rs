@@ -8,12 +8,12 @@ use clap::{Args, Subcommand};
 
 use super::args::How;
 use super::context::{fleet_and_keys, runtime, site};
-use super::print::{print_phases, refused};
-use super::{print_json, Cli, Output, Reported};
+use super::print::{finish, print, ran, Phases};
+use super::Cli;
 use crate::fleet::SiteName;
 use crate::job::Reporter;
 use crate::lifecycle::replace;
-use crate::operation::{Env, Outcome};
+use crate::operation::Env;
 
 #[derive(Subcommand, Debug)]
 pub enum ReplaceCommand {
@@ -44,44 +44,18 @@ pub fn run(cli: &Cli, cmd: &ReplaceCommand) -> anyhow::Result<()> {
         &how,
         &reporter,
     ))?;
-    let mut report = match outcome {
-        Outcome::Refused(checks) => {
-            let what = format!("replace of {}", site.name);
-            return Err(refused(cli, &what, site.name.as_str(), &checks));
-        }
-        Outcome::Ran(report) => report,
-    };
+    let mut report = ran(cli, &format!("replace of {}", site.name), site, outcome)?;
     report.report.took_ms = started.elapsed().as_millis();
-    if cli.output == Output::Json {
-        print_json(&serde_json::to_value(&report)?)?;
-    } else {
-        print_phases(&report.report.phases);
-    }
-    match &report.report.error {
-        None => {
-            if cli.output == Output::Text {
-                println!(
-                    "replace of {}: generation {} -> {} done in {:.0} s",
-                    site.name,
-                    report
-                        .from_generation
-                        .map_or("none".into(), |g| g.to_string()),
-                    report.report.generation,
-                    report.report.took_ms as f64 / 1000.0
-                );
-            }
-            Ok(())
-        }
-        Some(e) => {
-            if cli.output == Output::Text {
-                eprintln!("{e}");
-            }
-            Err(Reported(format!(
-                "replace of {} failed (the site stays drained): {}",
-                site.name,
-                e.lines().next().unwrap_or("")
-            ))
-            .into())
-        }
-    }
+    print(cli, &report, Phases(&report.report.phases))?;
+    let from = report
+        .from_generation
+        .map_or("none".into(), |g| g.to_string());
+    let done = format!(
+        "replace of {}: generation {from} -> {} done in {:.0} s",
+        site.name,
+        report.report.generation,
+        report.report.took_ms as f64 / 1000.0
+    );
+    let failed = format!("replace of {} failed (the site stays drained)", site.name);
+    finish(cli, report.report.error.as_deref(), done, failed)
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use super::context::site;
 use super::{load_fleet, Cli};
 use crate::fleet::SiteName;
 use crate::keys;
@@ -33,11 +34,7 @@ pub struct ServeArgs {
 pub fn run(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     let fleet = load_fleet(cli)?;
     for s in &args.site {
-        anyhow::ensure!(
-            fleet.site(s.as_str()).is_some(),
-            "no site `{s}` in fleet {}",
-            fleet.name
-        );
+        site(&fleet, s)?;
     }
     let opts = Options {
         fleet_root: cli.fleet.clone(),
@@ -64,12 +61,7 @@ pub struct DnsmasqArgs {
 
 pub fn dnsmasq(cli: &Cli, args: &DnsmasqArgs) -> anyhow::Result<()> {
     let fleet = load_fleet(cli)?;
-    anyhow::ensure!(
-        fleet.site(args.site.as_str()).is_some(),
-        "no site `{}` in fleet {}",
-        args.site,
-        fleet.name
-    );
+    site(&fleet, &args.site)?;
     let (keys, _) = keys::ensure_state(&fleet)?;
     let selection = Selection {
         site: Some(args.site.clone()),

@@ -7,10 +7,10 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::context::runtime;
-use super::print::print_locks;
-use super::{load_fleet, print_json, Cli, Output};
-use crate::state::journal;
-use crate::state::{self, MachineRecord, SiteRecord};
+use super::print::{print, print_ok};
+use super::{load_fleet, Cli};
+use crate::state::summary::{summary, Locks};
+use crate::state::{self, journal};
 
 #[derive(Subcommand, Debug)]
 pub enum StateCommand {
@@ -99,30 +99,31 @@ pub fn run(cli: &Cli, cmd: &StateCommand) -> anyhow::Result<()> {
             return Ok(());
         };
         let public = state::crypt::write_identity(path)?;
-        if cli.output == Output::Json {
-            return print_json(&json!({ "ok": true, "file": path, "public_key": public }));
-        }
-        println!(
+        let text = format!(
             "wrote {} (0600); public key {public}; set `state.encryption_key: file:{}`",
             path.display(),
             path.display()
         );
-        return Ok(());
+        let doc = json!({ "ok": true, "file": path, "public_key": public });
+        return print(cli, doc, text);
     }
     let fleet = load_fleet(cli)?;
     runtime()?.block_on(async {
         let (store, _) = state::open(&fleet)?;
         let store = store.as_ref();
         match cmd {
-            StateCommand::Show { site } => show(cli, &fleet, store, site.as_deref()).await,
-            StateCommand::History { limit } => history(cli, store, *limit).await,
+            StateCommand::Show { site } => {
+                print_ok(cli, &summary(&fleet, store, site.as_deref()).await?)
+            }
+            StateCommand::History { limit } => {
+                let mut ops = journal::history(store).await?;
+                ops.truncate(*limit);
+                let text: String = ops.iter().map(ToString::to_string).collect();
+                print(cli, json!({ "ok": true, "operations": ops }), text)
+            }
             StateCommand::Locks => {
                 let locks = store.locks().await?;
-                if cli.output == Output::Json {
-                    return print_json(&json!({ "ok": true, "locks": locks }));
-                }
-                print_locks(&locks);
-                Ok(())
+                print(cli, json!({ "ok": true, "locks": locks }), Locks(&locks))
             }
             StateCommand::Unlock(args) => unlock(cli, store, args).await,
             StateCommand::Demo(args) => {
@@ -143,136 +144,18 @@ pub fn run(cli: &Cli, cmd: &StateCommand) -> anyhow::Result<()> {
     })
 }
 
-async fn show(
-    cli: &Cli,
-    fleet: &crate::fleet::Fleet,
-    store: &dyn state::StateStore,
-    only: Option<&str>,
-) -> anyhow::Result<()> {
-    let mut sites = Vec::new();
-    for site in &fleet.sites {
-        if only.is_some_and(|o| o != site.name.as_str()) {
-            continue;
-        }
-        let record =
-            state::get_json::<SiteRecord>(store, &crate::state::Key::site(&site.name)).await?;
-        let mut machines = Vec::new();
-        let moved = record
-            .as_ref()
-            .map(|(r, _)| r.roles.clone())
-            .unwrap_or_default();
-        for m in &site.machines {
-            let r = state::get_json::<MachineRecord>(store, &crate::state::Key::machine(&m.name))
-                .await?;
-            // The role it holds now: the state's after a blue-green replace.
-            let role = moved.get(m.name.as_str()).copied().unwrap_or(m.role);
-            machines.push(json!({
-                "name": m.name, "role": role.as_str(), "inventory_role": m.role.as_str(),
-                "state": r.as_ref().map_or(json!("available"), |(r, _)| json!(r.state)),
-                "since": r.as_ref().map(|(r, _)| r.since.clone()),
-                "generation": r.as_ref().and_then(|(r, _)| r.generation),
-            }));
-        }
-        sites.push(json!({
-            "name": site.name,
-            "generation": record.as_ref().map(|(r, _)| r.generation),
-            "updated": record.as_ref().map(|(r, _)| r.updated.clone()),
-            "retired": record.as_ref().map(|(r, _)| r.retired.clone()).unwrap_or_default(),
-            "drained": record.as_ref().and_then(|(r, _)| r.drained.clone()),
-            "roles": (!moved.is_empty()).then_some(&moved),
-            "next_roles": record.as_ref().map(|(r, _)| &r.next_roles).filter(|n| !n.is_empty()),
-            "machines": machines,
-        }));
-    }
-    let locks = store.locks().await?;
-    if cli.output == Output::Json {
-        return print_json(
-            &json!({ "ok": true, "store": store.describe(), "sites": sites, "locks": locks }),
-        );
-    }
-    println!("state: {}", store.describe());
-    for s in &sites {
-        let generation = s["generation"]
-            .as_u64()
-            .map_or("none".to_string(), |g| g.to_string());
-        println!(
-            "site {}: generation {generation}{}",
-            s["name"].as_str().unwrap_or(""),
-            s["drained"]
-                .as_str()
-                .map(|why| format!(", DRAINED ({why})"))
-                .unwrap_or_default()
-        );
-        for m in s["machines"].as_array().into_iter().flatten() {
-            let (role, was) = (m["role"].as_str(), m["inventory_role"].as_str());
-            println!(
-                "  {:<16} {:<14} {}{}",
-                m["name"].as_str().unwrap_or(""),
-                role.unwrap_or(""),
-                m["state"].as_str().unwrap_or(""),
-                if role != was {
-                    format!(
-                        "  (inventory: {}; moved by a blue-green replace)",
-                        was.unwrap_or("")
-                    )
-                } else {
-                    String::new()
-                }
-            );
-        }
-    }
-    print_locks(&locks);
-    Ok(())
-}
-
-async fn history(cli: &Cli, store: &dyn state::StateStore, limit: usize) -> anyhow::Result<()> {
-    let mut ops = journal::history(store).await?;
-    ops.truncate(limit);
-    if cli.output == Output::Json {
-        return print_json(&json!({ "ok": true, "operations": ops }));
-    }
-    for op in &ops {
-        println!(
-            "{} {} {} {:?} ({} run{})",
-            op.started,
-            op.kind,
-            op.target,
-            op.status,
-            op.runs.len(),
-            if op.runs.len() == 1 { "" } else { "s" }
-        );
-        for s in &op.steps {
-            println!(
-                "    {:<16} {:<10} {}",
-                s.name,
-                s.duration_ms.map_or("-".into(), |d| format!("{d} ms")),
-                s.outcome.as_deref().unwrap_or("interrupted")
-            );
-        }
-    }
-    Ok(())
-}
-
 async fn unlock(cli: &Cli, store: &dyn state::StateStore, args: &UnlockArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.reason.trim().is_empty(), "--reason must say why");
-    let holder = store
-        .break_lock(&args.lock)
+    let lock = &args.lock;
+    let holder = state::unlock(store, lock, &args.reason)
         .await?
-        .with_context(|| format!("no lock named {} is held", args.lock))?;
-    state::audit(
-        store,
-        "state unlock",
-        json!({ "lock": args.lock, "holder": holder, "reason": args.reason }),
+        .with_context(|| format!("no lock named {lock} is held"))?;
+    let text = format!("broke lock {lock} held by {holder} since {}", holder.since);
+    print(
+        cli,
+        json!({ "ok": true, "lock": lock, "holder": holder }),
+        text,
     )
-    .await?;
-    if cli.output == Output::Json {
-        return print_json(&json!({ "ok": true, "lock": args.lock, "holder": holder }));
-    }
-    println!(
-        "broke lock {} held by {holder} since {}",
-        args.lock, holder.since
-    );
-    Ok(())
 }
 
 async fn migrate(
@@ -289,11 +172,9 @@ async fn migrate(
         lock_ttl: args.lock_ttl,
     };
     let (objects, target) = state::migrate::to_etcd(fleet, source, &to).await?;
-    if cli.output == Output::Json {
-        return print_json(&json!({ "ok": true, "objects": objects, "to": target }));
-    }
-    println!(
+    let text = format!(
         "copied and verified {objects} objects into {target}; fleet.yaml now uses it (the local copy stays as a backup)"
     );
-    Ok(())
+    let doc = json!({ "ok": true, "objects": objects, "to": target });
+    print(cli, doc, text)
 }

@@ -14,6 +14,7 @@ mod load;
 pub mod lock;
 mod raw;
 pub mod roles;
+pub mod show;
 pub mod types;
 pub mod window;
 

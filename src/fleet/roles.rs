@@ -13,6 +13,30 @@ use anyhow::bail;
 use crate::fleet::{Fleet, Role, Site};
 use crate::state::{self, SiteRecord, StateStore};
 
+/// `fleet` with the roles its state records (a blue-green replace moves
+/// a site's roles onto other machines than the inventory names); the
+/// inventory's roles when nothing is recorded or the state cannot be read
+/// (said as a warning: operations that need the state fail on it anyway).
+pub async fn recorded(fleet: Fleet) -> Fleet {
+    if matches!(&fleet.state.backend, crate::fleet::StateBackend::Local { path } if !fleet.root.join(path).exists())
+    {
+        return fleet;
+    }
+    let read = async {
+        let (store, _) = state::open(&fleet)?;
+        effective(&fleet, store.as_ref(), false).await
+    };
+    match read.await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(
+                "reading the recorded roles from the state: {e:#}; using the inventory's roles"
+            );
+            fleet
+        }
+    }
+}
+
 /// Gives `site`'s machines the roles of `roles` (machines not listed keep
 /// theirs).
 pub fn apply(site: &mut Site, roles: &BTreeMap<String, Role>) {

@@ -20,6 +20,7 @@ pub mod console;
 pub mod extensions;
 pub mod fleet;
 pub mod image;
+pub mod report;
 
 use std::io::{Read, Write};
 use std::net::IpAddr;

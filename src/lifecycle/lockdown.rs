@@ -33,6 +33,7 @@
 pub mod evidence;
 pub mod node;
 mod request;
+mod text;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

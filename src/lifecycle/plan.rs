@@ -3,8 +3,12 @@
 //! these names in this order (the crash test and the lab compare the two).
 //! A forced run journals one more step first, `override: …`.
 //!
+//! [`site`] is `plan site S`'s whole report: these steps and the checks.
+//!
 //! To add a step to replace: add it where the operation runs it and here,
 //! in the same place.
+
+pub mod site;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 //! first failure or refusal stops the run, leaving that site as it is and
 //! every later site untouched.
 
+use std::fmt;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -45,6 +46,15 @@ pub struct SiteOutcome {
     pub generation: Option<u64>,
     pub error: Option<String>,
     pub took_ms: u128,
+}
+
+/// The site's line of a rebuild: `wave <n> <site> <status> <error>`.
+impl fmt::Display for SiteOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (wave, site, status) = (self.wave, &self.site, self.status.as_str());
+        let error = self.error.as_deref().unwrap_or("");
+        write!(f, "wave {wave} {site:<8} {status:<12} {error}")
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -12,6 +12,7 @@ pub mod ipmi;
 pub mod manual;
 pub mod qemu;
 pub mod redfish;
+mod report;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,6 +25,7 @@ use tokio::sync::Semaphore;
 use crate::assets::download::RetryPolicy;
 use crate::fleet::{BmcDriver, Fleet, Machine, Site};
 use credentials::Credentials;
+pub use report::Report;
 
 /// What a BMC reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

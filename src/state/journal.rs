@@ -9,6 +9,7 @@
 //! so two writers cannot interleave) and `operations/<kind>/<target>`, the
 //! id of the latest run of that operation.
 
+use std::fmt;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -58,6 +59,29 @@ pub struct OpRecord {
     /// run goes on to the same one even after its `record` step ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+}
+
+/// `state history`'s text: the operation on one line, its steps below.
+impl fmt::Display for OpRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let runs = self.runs.len();
+        let plural = if runs == 1 { "" } else { "s" };
+        writeln!(
+            f,
+            "{} {} {} {:?} ({runs} run{plural})",
+            self.started, self.kind, self.target, self.status
+        )?;
+        for s in &self.steps {
+            writeln!(
+                f,
+                "    {:<16} {:<10} {}",
+                s.name,
+                s.duration_ms.map_or("-".into(), |d| format!("{d} ms")),
+                s.outcome.as_deref().unwrap_or("interrupted")
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Debug builds (the tests') only: `METALHERD_CRASH_AT=<kind>:<step>:<start|end>`

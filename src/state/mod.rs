@@ -15,8 +15,8 @@
 //! ([`crypt`]). [`journal`] records operations step by step on top.
 //!
 //! [`records`] names every key and holds the record types with their one
-//! update function each; [`memory`] is the in-memory backend of the unit
-//! tests.
+//! update function each; [`summary`] is what `state show` reports of
+//! them; [`memory`] is the in-memory backend of the unit tests.
 //!
 //! To add a backend: implement [`StateStore`] (and [`LockGuard`]), add a
 //! `StateBackend` variant in the fleet and a line in [`open`].
@@ -28,6 +28,7 @@ pub mod local;
 pub mod memory;
 pub mod migrate;
 pub mod records;
+pub mod summary;
 
 pub use records::{Key, MachineRecord, MachineState, SiteRecord};
 
@@ -309,4 +310,35 @@ pub async fn audit(
     put_json(store, &key, &record, Expect::Absent)
         .await
         .map(|_| ())
+}
+
+/// Breaks lock `name` on purpose, recorded in the audit log with `reason`;
+/// returns who held it (none: no such lock is held, nothing recorded).
+pub async fn unlock(
+    store: &dyn StateStore,
+    name: &str,
+    reason: &str,
+) -> Result<Option<Holder>, StateError> {
+    let Some(holder) = store.break_lock(name).await? else {
+        return Ok(None);
+    };
+    let detail = serde_json::json!({ "lock": name, "holder": holder, "reason": reason });
+    audit(store, "state unlock", detail).await?;
+    Ok(Some(holder))
+}
+
+/// The audit log's last `limit` entries, oldest first (as [`audit`] wrote
+/// them; unreadable ones left out).
+pub async fn audit_log(
+    store: &dyn StateStore,
+    limit: usize,
+) -> Result<Vec<serde_json::Value>, StateError> {
+    let list = store.list(&records::Key::audit_log()).await?;
+    let mut entries: Vec<serde_json::Value> = list
+        .iter()
+        .filter_map(|e| serde_json::from_slice(&e.value).ok())
+        .collect();
+    entries.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
+    let skip = entries.len().saturating_sub(limit);
+    Ok(entries.split_off(skip))
 }

@@ -93,6 +93,20 @@ pub enum MachineState {
     Quarantined,
 }
 
+impl MachineState {
+    /// The state as the state store spells it (`available`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineState::Available => "available",
+            MachineState::Provisioning => "provisioning",
+            MachineState::Ready => "ready",
+            MachineState::Draining => "draining",
+            MachineState::Wiped => "wiped",
+            MachineState::Quarantined => "quarantined",
+        }
+    }
+}
+
 /// `machines/<name>`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MachineRecord {

@@ -13,7 +13,8 @@ use super::signing_keys;
 use crate::assets::download::{Fetcher, RetryPolicy};
 use crate::assets::verify::SigningKeys;
 use crate::assets::{self, extensions, Release};
-use crate::cli::{print_json, Cli, Output, Reported};
+use crate::cli::print::{failures, print};
+use crate::cli::{Cli, Output};
 use crate::fleet::{Fleet, OsFlavor};
 
 #[derive(Args, Debug)]
@@ -82,10 +83,11 @@ pub(super) fn fetch(cli: &Cli, fleet: &Fleet, dir: &Path, args: &FetchArgs) -> a
         println!("skipped the OS: the lab's image is built by `metalherd lab image`, not fetched");
     }
     if args.os_only {
-        if cli.output == Output::Json {
-            return print_json(&json!({ "ok": true, "dir": dir, "release": release }));
-        }
-        return Ok(());
+        return print(
+            cli,
+            json!({ "ok": true, "dir": dir, "release": release }),
+            "",
+        );
     }
     let opts = extensions::FetchOptions {
         fetcher: &fetcher,
@@ -95,80 +97,16 @@ pub(super) fn fetch(cli: &Cli, fleet: &Fleet, dir: &Path, args: &FetchArgs) -> a
         assets_dir: dir,
     };
     let results = runtime.block_on(extensions::fetch_all(&opts, fleet));
-    let mut docs = Vec::new();
-    let mut failed = Vec::new();
-    for (ext, result) in &results {
-        let what = format!("extension {} {}", ext.name, ext.version);
-        match result {
-            Ok(outcome) => {
-                let mut doc = serde_json::to_value(outcome)?;
-                doc["ok"] = json!(true);
-                docs.push(doc);
-                if cli.output == Output::Text {
-                    print_outcome(&what, ext, outcome);
-                }
-            }
-            Err(e) => {
-                let message = crate::errfmt::chain(e);
-                docs.push(json!({ "ok": false, "error": message }));
-                failed.push(ext.name.as_str());
-                if cli.output == Output::Text {
-                    println!("FAIL  {what}: {message}");
-                }
-            }
-        }
-        if let Some(doc) = docs.last_mut() {
-            doc["name"] = json!(ext.name);
-            doc["version"] = json!(ext.version);
-        }
-    }
-    if cli.output == Output::Json {
-        print_json(&json!({
-            "ok": failed.is_empty(),
-            "dir": dir,
-            "release": release,
-            "extensions": docs,
-        }))?;
-    }
-    if !failed.is_empty() {
-        return Err(Reported(format!(
-            "{} of {} extensions failed: {}",
-            failed.len(),
-            results.len(),
-            failed.join(", ")
-        ))
-        .into());
-    }
-    Ok(())
-}
-
-fn print_outcome(what: &str, ext: &crate::fleet::Extension, outcome: &extensions::Outcome) {
-    match outcome {
-        extensions::Outcome::Cached {
-            input,
-            source_digest,
-            basis,
-            image,
-            image_size,
-            image_sha512,
-            lock_written,
-        } => {
-            let lock = if *lock_written {
-                "assets.lock written"
-            } else if ext.locked.is_some() {
-                "matches assets.lock"
-            } else {
-                "assets.lock not written (--locked)"
-            };
-            println!(
-                "cached {what}: {input} {} verified against {basis}; image {image} \
-                 ({image_size} bytes, sha512 {}…); {lock}",
-                source_digest.algorithm.name(),
-                &image_sha512[..16.min(image_sha512.len())]
-            );
-        }
-        extensions::Outcome::Skipped { note } => println!("skipped {what}: {note}"),
-    }
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.name.as_str())
+        .collect();
+    let text: String = results.iter().map(|r| format!("{r}\n")).collect();
+    let doc =
+        json!({ "ok": failed.is_empty(), "dir": dir, "release": release, "extensions": results });
+    print(cli, doc, text)?;
+    failures("extensions", results.len(), &failed)
 }
 
 /// The OS release part of `assets fetch`: its manifest as JSON.
@@ -191,12 +129,6 @@ fn fetch_os(
             .clone()
             .unwrap_or_else(|| fleet.os.version.clone()),
     };
-    let what = format!(
-        "{} {} {}",
-        release.flavor.as_str(),
-        release.channel,
-        release.version
-    );
     let manifest = runtime
         .block_on(assets::fetch(
             fetcher,
@@ -205,14 +137,13 @@ fn fetch_os(
             args.mirror.as_deref(),
             dir,
         ))
-        .with_context(|| format!("fetching {what}; the cache was not changed"))?;
+        .with_context(|| format!("fetching {release}; the cache was not changed"))?;
     if cli.output == Output::Text {
+        let cached = dir.join(release.flavor.as_str()).join(&release.version);
+        let files = manifest.files.len();
         println!(
-            "cached {what} in {}: {} files verified",
-            dir.join(release.flavor.as_str())
-                .join(&release.version)
-                .display(),
-            manifest.files.len()
+            "cached {release} in {}: {files} files verified",
+            cached.display()
         );
     }
     Ok(serde_json::to_value(manifest)?)

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::{load_fleet, print_json, Cli, Output};
+use super::print::print;
+use super::{load_fleet, Cli, Output};
 use crate::assets::verify::SigningKeys;
 use crate::assets::{self, extensions};
 use crate::fleet::Fleet;
@@ -89,22 +90,10 @@ fn verify(cli: &Cli, fleet: &Fleet, dir: &Path) -> anyhow::Result<()> {
     let exts = extensions::verify_cached(fleet, dir);
     let failed = results.iter().filter(|r| !r.ok).count() + exts.iter().filter(|r| !r.ok).count();
     let total = results.len() + exts.len();
-    if cli.output == Output::Json {
-        print_json(&json!({ "ok": failed == 0, "files": results, "extensions": exts }))?;
-    } else {
-        for r in &results {
-            match &r.problem {
-                None => println!("ok    {}/{}/{}", r.flavor, r.version, r.name),
-                Some(p) => println!("FAIL  {}/{}/{}: {p}", r.flavor, r.version, r.name),
-            }
-        }
-        for r in &exts {
-            match &r.problem {
-                None => println!("ok    {} (matches {})", r.path, r.against),
-                Some(p) => println!("FAIL  {}: {p} ({})", r.path, r.against),
-            }
-        }
-    }
+    let lines = results.iter().map(|r| format!("{r}\n"));
+    let text: String = lines.chain(exts.iter().map(|r| format!("{r}\n"))).collect();
+    let doc = json!({ "ok": failed == 0, "files": results, "extensions": exts });
+    print(cli, doc, text)?;
     if failed > 0 {
         let summary = format!("{failed} of {total} cached files failed verification");
         return Err(super::Reported(summary).into());
@@ -118,35 +107,18 @@ fn verify(cli: &Cli, fleet: &Fleet, dir: &Path) -> anyhow::Result<()> {
 fn list(cli: &Cli, fleet: &Fleet, dir: &Path) -> anyhow::Result<()> {
     let releases = assets::list(dir)?;
     let exts = extensions::list_cached(fleet, dir)?;
-    if cli.output == Output::Json {
-        return print_json(&json!({ "dir": dir, "releases": releases, "extensions": exts }));
-    }
+    let mut text = String::new();
     if releases.is_empty() {
-        println!("no releases cached in {}", dir.display());
+        text = format!("no releases cached in {}\n", dir.display());
     }
-    for r in &releases {
-        println!("{} {} ({})", r.flavor, r.version, r.channel);
-        for f in &r.files {
-            println!(
-                "  {:<48} {:>12} bytes  sha512 {}…",
-                f.name,
-                f.size,
-                &f.sha512[..16.min(f.sha512.len())]
-            );
-        }
-    }
+    text.extend(releases.iter().map(ToString::to_string));
     if !exts.is_empty() {
-        println!("extensions");
+        text.push_str("extensions\n");
     }
-    for e in &exts {
-        println!(
-            "  {:<20} {:<27} {:>12} bytes  sha512 {}…  {}",
-            e.name,
-            e.version,
-            e.size,
-            &e.sha512[..16.min(e.sha512.len())],
-            if e.pinned { "pinned" } else { "NOT pinned" }
-        );
-    }
-    Ok(())
+    text.extend(exts.iter().map(|e| format!("{e}\n")));
+    print(
+        cli,
+        json!({ "dir": dir, "releases": releases, "extensions": exts }),
+        text,
+    )
 }

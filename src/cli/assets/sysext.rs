@@ -9,7 +9,8 @@ use serde_json::json;
 
 use crate::assets::sysext::{self, SysextInput, SysextOs, SysextSpec};
 use crate::assets::verify::{Algorithm, Expected};
-use crate::cli::{print_json, Cli, Output};
+use crate::cli::print::print;
+use crate::cli::Cli;
 
 #[derive(Subcommand, Debug)]
 pub(super) enum SysextCommand {
@@ -80,17 +81,12 @@ pub(super) fn build(cli: &Cli, args: &SysextBuildArgs) -> anyhow::Result<()> {
         (None, Some(archive)) => (SysextInput::Archive(archive.clone()), archive),
         (None, None) => anyhow::bail!("give --deb FILE or --archive FILE"),
     };
-    let expected = match (&args.sha256, &args.sha512) {
-        (Some(hex), _) => Expected {
-            algorithm: Algorithm::Sha256,
-            hex: hex.to_ascii_lowercase(),
-        },
-        (None, Some(hex)) => Expected {
-            algorithm: Algorithm::Sha512,
-            hex: hex.to_ascii_lowercase(),
-        },
+    let (algorithm, hex) = match (&args.sha256, &args.sha512) {
+        (Some(hex), _) => (Algorithm::Sha256, hex),
+        (None, Some(hex)) => (Algorithm::Sha512, hex),
         (None, None) => anyhow::bail!("give --sha256 HEX or --sha512 HEX"),
     };
+    let hex = hex.to_ascii_lowercase();
     let spec = SysextSpec {
         name: args.name.clone(),
         version: args.sysext_version.clone(),
@@ -102,7 +98,7 @@ pub(super) fn build(cli: &Cli, args: &SysextBuildArgs) -> anyhow::Result<()> {
         },
         os_version: args.os_version.clone(),
         binaries: args.binaries.clone(),
-        expected,
+        expected: Expected { algorithm, hex },
     };
     let image = sysext::build(&spec, &input, &args.out).with_context(|| {
         format!(
@@ -119,21 +115,13 @@ pub(super) fn build(cli: &Cli, args: &SysextBuildArgs) -> anyhow::Result<()> {
             image.path.display()
         );
     }
-    if cli.output == Output::Json {
-        return print_json(&json!({
-            "ok": true,
-            "image": image,
-            "extension_release": sysext::extension_release(&spec),
-        }));
-    }
-    println!(
-        "built {}: {} bytes, sha512 {}",
-        image.path.display(),
-        image.size,
-        image.sha512
-    );
-    for f in &image.files {
-        println!("  {f}");
-    }
-    Ok(())
+    let (path, size, sha512) = (image.path.display(), image.size, &image.sha512);
+    let mut text = format!("built {path}: {size} bytes, sha512 {sha512}\n");
+    text.extend(image.files.iter().map(|f| format!("  {f}\n")));
+    let release = sysext::extension_release(&spec);
+    print(
+        cli,
+        json!({ "ok": true, "image": image, "extension_release": release }),
+        text,
+    )
 }

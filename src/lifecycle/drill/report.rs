@@ -55,6 +55,38 @@ impl DrillReport {
         format!("drill-{}-{}Z", self.site, compact)
     }
 
+    /// The drill on the terminal: each step, the recovery time (or how to
+    /// bring the site back), and where the report `files` are.
+    pub fn text(&self, files: &[PathBuf]) -> String {
+        let mut out = String::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            let status = if s.ok { "ok" } else { "FAILED" };
+            let secs = s.duration_ms as f64 / 1000.0;
+            let (n, name, detail) = (i + 1, &s.name, &s.detail);
+            let _ = writeln!(
+                out,
+                "{n:>2}. {name:<22} {secs:>8.1} s  {status:<6} {detail}"
+            );
+        }
+        match self.recovery_ms {
+            Some(ms) => {
+                let _ = writeln!(out, "recovery time: {:.0} s", ms as f64 / 1000.0);
+            }
+            None if self.ok && !self.rebuild => {
+                let _ = writeln!(
+                    out,
+                    "site {0} stays down and drained; `metalherd replace site {0}` brings it back",
+                    self.site
+                );
+            }
+            None => {}
+        }
+        for f in files {
+            let _ = writeln!(out, "report: {}", f.display());
+        }
+        out
+    }
+
     pub fn markdown(&self) -> String {
         let mut md = String::new();
         let _ = writeln!(md, "# Disaster drill: site {}\n", self.site);
