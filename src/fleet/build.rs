@@ -15,6 +15,7 @@ use marked_yaml::Span;
 use url::Url;
 
 use super::diag::Diagnostics;
+use super::grammar;
 use super::load::{self, InventoryFile, SiteFile};
 use super::raw::*;
 use super::types::*;
@@ -131,14 +132,25 @@ impl Ctx {
             );
             return None;
         }
+        if let Err(msg) = grammar::url(v.as_str(), &url) {
+            self.err(v.span(), field, msg);
+            return None;
+        }
         Some(url)
     }
 
-    /// An OpenSSH public key line. A private key pasted by mistake is
-    /// refused without being echoed.
+    /// An OpenSSH public key line, whose comment cannot add a line to
+    /// `authorized_keys`. A private key pasted by mistake is refused
+    /// without being echoed.
     fn public_key(&mut self, v: &Text, field: &str) -> Option<String> {
         match ssh_key::PublicKey::from_openssh(v.as_str()) {
-            Ok(_) => Some(v.as_str().trim().to_string()),
+            Ok(key) => match grammar::key_comment(key.comment()) {
+                Ok(()) => Some(v.as_str().trim().to_string()),
+                Err(msg) => {
+                    self.err(v.span(), field, msg);
+                    None
+                }
+            },
             Err(_) if v.contains("PRIVATE KEY") => {
                 self.err(
                     v.span(),
@@ -270,18 +282,30 @@ impl Ctx {
             None => Some(DhcpMode::Proxy),
         };
         let assets_url = self.url(&raw.os.assets_url, "os.assets_url", &["http", "https"]);
+        let channel = self.parse(&raw.os.channel, "os.channel", |s| {
+            grammar::channel(flavor, s)
+        });
+        let os_version = self.parse(&raw.os.version, "os.version", grammar::version);
+        let kubernetes_version = self.parse(
+            &raw.kubernetes.version,
+            "kubernetes.version",
+            grammar::version,
+        );
         let mut admins = Vec::new();
         for (i, a) in raw.admins.iter().enumerate() {
-            if let Some(key) = self.public_key(
+            let name = self.parse(&a.name, &format!("admins[{i}].name"), grammar::label);
+            let key = self.public_key(
                 &a.ssh_authorized_key,
                 &format!("admins[{i}].ssh_authorized_key"),
-            ) {
+            );
+            if let (Some(name), Some(key)) = (name, key) {
                 admins.push(Admin {
-                    name: a.name.to_string(),
+                    name,
                     ssh_authorized_key: key,
                 });
             }
         }
+        let name = self.parse(&raw.name, "name", grammar::label);
         let encryption_key = raw
             .state
             .encryption_key
@@ -382,11 +406,11 @@ impl Ctx {
         });
         let fleet = Fleet {
             root: PathBuf::new(),
-            name: raw.name.to_string(),
+            name: name?,
             os: Os {
                 flavor: flavor?,
-                channel: raw.os.channel.to_string(),
-                version: raw.os.version.to_string(),
+                channel: channel?,
+                version: os_version?,
                 assets_url: assets_url?,
                 signing_keys: raw
                     .os
@@ -397,7 +421,7 @@ impl Ctx {
                     .collect(),
             },
             kubernetes: Kubernetes {
-                version: raw.kubernetes.version.to_string(),
+                version: kubernetes_version?,
                 image_registry: image_registry?,
             },
             admins,
@@ -488,6 +512,7 @@ impl Ctx {
             }
         }
         let boot_server = self.url(&raw.boot_server, "boot_server", &["http", "https"]);
+        let datacenter = self.parse(&raw.datacenter, "datacenter", grammar::label);
         let provisioning = self.network(&raw.networks.provisioning, "networks.provisioning");
         let nodes = self.network(&raw.networks.nodes, "networks.nodes");
         let c = &*raw.cluster;
@@ -548,7 +573,7 @@ impl Ctx {
             .and_then(|c| self.secret_ref(c, "bmc_defaults.credentials"));
         let site = Site {
             name: name?,
-            datacenter: raw.datacenter.to_string(),
+            datacenter: datacenter?,
             boot_server: boot_server?,
             networks: Networks {
                 provisioning: provisioning?,
@@ -827,15 +852,10 @@ impl Ctx {
                 }
             }
         }
-        let install_disk = raw.install_disk.as_ref().and_then(|d| {
-            self.parse(d, &format!("{at}.install_disk"), |s| {
-                if s.starts_with("/dev/") && !s.contains(char::is_whitespace) {
-                    Ok(s.to_string())
-                } else {
-                    Err(format!("{s:?} is not a device path under /dev/"))
-                }
-            })
-        });
+        let install_disk = raw
+            .install_disk
+            .as_ref()
+            .and_then(|d| self.parse(d, &format!("{at}.install_disk"), grammar::device));
         let bmc = self.bmc(
             &raw.bmc,
             &format!("{at}.bmc"),

@@ -10,6 +10,7 @@
 mod build;
 pub mod diag;
 pub mod extensions;
+pub mod grammar;
 mod load;
 pub mod lock;
 mod raw;

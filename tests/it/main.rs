@@ -17,6 +17,7 @@ mod faults;
 mod hosts;
 mod httpd;
 mod ignition_apply;
+mod injection;
 mod kubeconfig;
 mod lab;
 mod lifecycle;

@@ -13,7 +13,7 @@ use metalherd::render::{self, Rendered, Selection};
 use super::{example_fleet, files_below, render_with_cli, repo, require, text};
 
 /// Keys derived from fixed seeds, so snapshots are stable.
-fn seeded_keys(fleet: &metalherd::fleet::Fleet) -> Keys {
+pub(super) fn seeded_keys(fleet: &metalherd::fleet::Fleet) -> Keys {
     let host: HashMap<_, _> = fleet
         .machines()
         .enumerate()
@@ -54,7 +54,7 @@ fn percent_decode(s: &str) -> Vec<u8> {
 
 /// Pretty JSON with every `data:` URL decoded, so a snapshot diff shows
 /// what changed in the files, not in base64.
-fn readable(ignition: &str) -> String {
+pub(super) fn readable(ignition: &str) -> String {
     fn walk(v: &mut serde_json::Value) {
         match v {
             serde_json::Value::Object(map) => {
