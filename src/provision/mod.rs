@@ -226,7 +226,10 @@ async fn wait_report(
                     }
                     if stage == "ignition-refused" {
                         let why = seen.refused.clone().unwrap_or_default();
-                        if why.contains("already used") || why.contains("expired") {
+                        if why.contains("already used")
+                            || why.contains("expired")
+                            || why.contains("revoked")
+                        {
                             bail!(
                                 "the boot server refused its Ignition request from {}: {why}{}",
                                 seen.client.as_deref().unwrap_or("?"),

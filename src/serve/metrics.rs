@@ -1,5 +1,6 @@
 //! The boot server's Prometheus metrics: requests by endpoint and status,
-//! a latency histogram per endpoint, Ignition replays and unknown MACs.
+//! a latency histogram per endpoint, Ignition replays and possible thefts,
+//! and unknown MACs.
 //! Plain counters under one mutex: a boot storm is thousands of requests
 //! a second, far below what that costs.
 
@@ -18,6 +19,7 @@ struct Inner {
     /// Per endpoint: counts per bucket (cumulative at render), sum, count.
     latency: BTreeMap<String, ([u64; BUCKETS.len()], f64, u64)>,
     replays: u64,
+    thefts: u64,
     unknown_mac: u64,
 }
 
@@ -47,6 +49,10 @@ impl Metrics {
 
     pub fn replay(&self) {
         self.with(|m| m.replays += 1);
+    }
+
+    pub fn possible_theft(&self) {
+        self.with(|m| m.thefts += 1);
     }
 
     pub fn unknown_mac(&self) {
@@ -80,6 +86,9 @@ impl Metrics {
             out.push_str("# HELP metalherd_ignition_replays_total Ignition requests with an already used token.\n");
             out.push_str("# TYPE metalherd_ignition_replays_total counter\n");
             let _ = writeln!(out, "metalherd_ignition_replays_total {}", m.replays);
+            out.push_str("# HELP metalherd_ignition_possible_thefts_total Ignition requests with a token revoked because the machine's config had gone to another request.\n");
+            out.push_str("# TYPE metalherd_ignition_possible_thefts_total counter\n");
+            let _ = writeln!(out, "metalherd_ignition_possible_thefts_total {}", m.thefts);
             out.push_str("# HELP metalherd_unknown_mac_total Requests for MACs not in the inventory.\n");
             out.push_str("# TYPE metalherd_unknown_mac_total counter\n");
             let _ = writeln!(out, "metalherd_unknown_mac_total {}", m.unknown_mac);

@@ -1,6 +1,9 @@
 //! `metalherd serve`: the boot server. Machines chain from `/boot.ipxe` to
 //! their own `/ipxe` script, whose Ignition URL carries a fresh one-time
-//! token; `/ignition` honours a token once, for its MAC only, within a TTL.
+//! token; `/ignition` honours a token once, for its MAC only, within a TTL,
+//! and its first use revokes every other token outstanding for that MAC
+//! (whoever holds one is refused as a possible thief). `HEAD` on `/ipxe`
+//! and `/ignition` is refused: a health check must not burn a token.
 //! Everything served is rendered at start-up ([`content`]) and on SIGHUP;
 //! a fleet that fails to load on reload leaves the previous one serving.
 //!
@@ -65,12 +68,18 @@ struct Seen {
     refused: Option<String>,
     /// Who got the machine's latest Ignition.
     ignition_client: Option<String>,
+    /// A token of this machine's was presented after its Ignition had gone
+    /// to another request: someone else may hold its config.
+    possible_theft: bool,
 }
 
 struct Token {
     mac: MacAddr,
     issued: Instant,
     used: bool,
+    /// Revoked when another token of its MAC was used: the client that
+    /// got the Ignition then.
+    revoked: Option<String>,
 }
 
 /// Tokens in the order they were issued, which is also the order they
@@ -104,12 +113,22 @@ impl Tokens {
                 mac,
                 issued: Instant::now(),
                 used: false,
+                revoked: None,
             },
         );
     }
 
     fn get_mut(&mut self, token: &str) -> Option<&mut Token> {
         self.map.get_mut(token)
+    }
+
+    /// Every unused token of `mac`: its Ignition went to `client`.
+    fn revoke_others(&mut self, mac: MacAddr, client: &str) {
+        for t in self.map.values_mut() {
+            if t.mac == mac && !t.used && t.revoked.is_none() {
+                t.revoked = Some(client.to_string());
+            }
+        }
     }
 }
 
@@ -190,6 +209,7 @@ impl Shared {
             host_key_mismatch: false,
             refused: None,
             ignition_client: None,
+            possible_theft: false,
         });
         entry.last_request_unix = now;
         entry.client = client.ip().to_string();
@@ -203,8 +223,8 @@ impl Shared {
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/boot.ipxe", get(boot_ipxe))
-        .route("/ipxe", get(ipxe))
-        .route("/ignition", get(ignition))
+        .route("/ipxe", get(ipxe).head(no_head))
+        .route("/ignition", get(ignition).head(no_head))
         .route("/assets/{*path}", get(assets).head(assets))
         .route(
             "/report/{machine}",
@@ -249,6 +269,17 @@ async fn boot_ipxe() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain")],
         "#!ipxe\nchain /ipxe?mac=${mac:hexhyp}&uuid=${uuid}\n",
     )
+}
+
+/// `HEAD` where a `GET` hands out or consumes a token: refused, so that a
+/// health check or `curl -I` changes nothing.
+async fn no_head() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "GET")],
+        "HEAD is not served here: a GET hands out or consumes a one-time token\n",
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -331,19 +362,31 @@ async fn ignition(
         None => {}
         Some(token) => {
             let mut tokens = lock(&shared.tokens);
+            let mut theft = false;
             let verdict = match tokens.get_mut(token) {
-                None => Err("unknown token"),
-                Some(t) if t.mac != mac => Err("token issued to another machine"),
+                None => Err("unknown token".to_string()),
+                Some(t) if t.mac != mac => Err("token issued to another machine".to_string()),
                 Some(t) if t.used => {
                     shared.metrics.replay();
-                    Err("token already used (possible replay)")
+                    Err("token already used (possible replay)".to_string())
                 }
-                Some(t) if t.issued.elapsed() > shared.ttl => Err("token expired"),
+                Some(t) if t.revoked.is_some() => {
+                    shared.metrics.possible_theft();
+                    theft = true;
+                    Err(format!(
+                        "token revoked: the machine's Ignition was already delivered to {} (possible theft)",
+                        t.revoked.as_deref().unwrap_or("?")
+                    ))
+                }
+                Some(t) if t.issued.elapsed() > shared.ttl => Err("token expired".to_string()),
                 Some(t) => {
                     t.used = true;
                     Ok(())
                 }
             };
+            if verdict.is_ok() {
+                tokens.revoke_others(mac, &client.ip().to_string());
+            }
             if let Err(why) = verdict {
                 tracing::warn!(
                     "{}: Ignition refused to {}: {why}",
@@ -353,9 +396,10 @@ async fn ignition(
                 drop(tokens);
                 shared.saw(&machine.name, client, Stage::IgnitionRefused);
                 if let Some(seen) = lock(&shared.seen).get_mut(machine.name.as_str()) {
-                    seen.refused = Some(why.to_string());
+                    seen.refused = Some(why.clone());
+                    seen.possible_theft |= theft;
                 }
-                return bad(StatusCode::FORBIDDEN, why);
+                return bad(StatusCode::FORBIDDEN, &why);
             }
         }
     }
@@ -526,6 +570,7 @@ async fn machines(State(shared): State<Arc<Shared>>) -> Response {
                 "host_key_mismatch": s.map(|s| s.host_key_mismatch),
                 "refused": s.and_then(|s| s.refused.clone()),
                 "ignition_client": s.and_then(|s| s.ignition_client.clone()),
+                "possible_theft": s.map(|s| s.possible_theft),
             })
         })
         .collect();

@@ -247,6 +247,76 @@ fn tokens_are_one_time_per_mac_and_expire() {
     assert_eq!(m["site"], "ber");
 }
 
+/// Someone who knows a machine's MAC asks `/ipxe` for it too, and fetches
+/// the Ignition first: that delivery revokes every other token of the
+/// machine, so the machine's own request is refused, counted as a
+/// possible theft and flagged, naming where the config went. A `HEAD`
+/// (a health check, `curl -I`) is refused and burns nothing.
+#[test]
+fn the_first_ignition_delivered_revokes_every_other_token_of_its_machine() {
+    let fleet = example_fleet();
+    let s = start(fleet.path(), &[]);
+    let mac = "52:54:00:be:00:04";
+    let head = |path: &str| {
+        let req = format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        raw(s.port, req.as_bytes()).unwrap()
+    };
+    let (_, script) = get(s.port, &format!("/ipxe?mac={mac}"));
+    let token = token_of(&script);
+    let (status, said, _) = head(&format!("/ignition?mac={mac}&token={token}"));
+    assert_eq!(status, 405, "{said}");
+    assert!(said.to_lowercase().contains("allow: get"), "{said}");
+    assert_eq!(head(&format!("/ipxe?mac={mac}")).0, 405);
+    assert_eq!(
+        get(s.port, &format!("/ignition?mac={mac}&token={token}")).0,
+        200,
+        "the HEAD burned the token"
+    );
+
+    // The next boot: the thief asks first, then the machine.
+    let (_, thief) = get(s.port, &format!("/ipxe?mac={mac}"));
+    let (_, own) = get(s.port, &format!("/ipxe?mac={mac}"));
+    let (thief, own) = (token_of(&thief), token_of(&own));
+    assert_ne!(thief, own);
+    assert_eq!(
+        get(s.port, &format!("/ignition?mac={mac}&token={thief}")).0,
+        200
+    );
+    let (status, body) = get(s.port, &format!("/ignition?mac={mac}&token={own}"));
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("token revoked: the machine's Ignition was already delivered to 127.0.0.1 (possible theft)"),
+        "{body}"
+    );
+    assert_eq!(
+        metric(s.port, "metalherd_ignition_possible_thefts_total"),
+        1
+    );
+    assert_eq!(metric(s.port, "metalherd_ignition_replays_total"), 0);
+    let m = machine_status(s.port, "ber-wk-01");
+    assert_eq!(m["stage"], "ignition-refused", "{m}");
+    assert_eq!(m["possible_theft"], true, "{m}");
+    assert_eq!(m["ignition_client"], "127.0.0.1", "{m}");
+    // Another machine is untouched.
+    let (_, other) = get(s.port, "/ipxe?mac=52:54:00:be:00:05");
+    let other = token_of(&other);
+    assert_eq!(
+        get(
+            s.port,
+            &format!("/ignition?mac=52:54:00:be:00:05&token={other}")
+        )
+        .0,
+        200
+    );
+    assert_eq!(machine_status(s.port, "ber-wk-02")["possible_theft"], false);
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    assert!(log.contains("possible theft"), "{log}");
+    assert!(
+        !log.contains(&own) && !log.contains(&thief),
+        "tokens never reach the log"
+    );
+}
+
 #[test]
 fn tokens_can_be_optional_when_the_fleet_says_so() {
     let fleet = example_fleet();
