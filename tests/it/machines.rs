@@ -22,7 +22,11 @@
 //!   with it, the first-boot report with the config's per-boot secret and
 //!   the pinned host key's fingerprint. A boot that cannot reach the boot
 //!   server is retried every second, as PXE firmware does, until it gets
-//!   through or the machine's power changes again. The hosts' sshd with
+//!   through or the machine's power changes again. An Ignition request the
+//!   boot server refuses (403) is retried with the same URL for 30 s, as
+//!   Ignition does. While `pause-<machine>` exists in the fleet directory,
+//!   the stand-in waits between its `/ipxe` and its `/ignition` (the
+//!   window a thief uses: [`super::theft`]). The hosts' sshd with
 //!   the pinned host key is already up (the harness boots them from the
 //!   rendered config), standing for the booted system.
 
@@ -253,7 +257,13 @@ fn power_events(log: &Path) -> Vec<&'static str> {
 }
 
 /// One network boot as the machine's firmware and first boot do it.
-fn network_boot(ns: &str, machine: &str, mac: &str, fingerprint: &str) -> Result<(), String> {
+fn network_boot(
+    ns: &str,
+    machine: &str,
+    mac: &str,
+    fingerprint: &str,
+    pause: &Path,
+) -> Result<(), String> {
     let base = format!("http://{BOOT_SERVER}");
     let script = curl(ns, &[&format!("{base}/ipxe?mac={mac}")])?;
     let token = script
@@ -261,7 +271,21 @@ fn network_boot(ns: &str, machine: &str, mac: &str, fingerprint: &str) -> Result
         .nth(1)
         .and_then(|t| t.split_whitespace().next())
         .ok_or_else(|| format!("no token in the iPXE script: {script}"))?;
-    let ignition = curl(ns, &[&format!("{base}/ignition?mac={mac}&token={token}")])?;
+    while pause.exists() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let url = format!("{base}/ignition?mac={mac}&token={token}");
+    let mut ignition = curl(ns, &[&url]);
+    for _ in 0..30 {
+        match &ignition {
+            Err(e) if e.contains("403") => {
+                std::thread::sleep(Duration::from_secs(1));
+                ignition = curl(ns, &[&url]);
+            }
+            _ => break,
+        }
+    }
+    let ignition = ignition?;
     let doc: serde_json::Value = serde_json::from_str(&ignition).map_err(|e| e.to_string())?;
     let secret = doc["storage"]["files"]
         .as_array()
@@ -321,6 +345,7 @@ fn firmware(hosts: &Hosts, fleet: &Path, names: &[&str], bmc_logs: &[PathBuf]) -
             hosts.host_namespace(name).to_string(),
         );
         let (machine, mac, log) = (name.to_string(), m.mac.to_string(), bmc_logs[i].clone());
+        let pause = fleet.join(format!("pause-{name}"));
         let cut = hosts.power_cut(name);
         let (seen, stop) = (seen.clone(), stop.clone());
         threads.push(std::thread::spawn(move || {
@@ -359,7 +384,7 @@ fn firmware(hosts: &Hosts, fleet: &Path, names: &[&str], bmc_logs: &[PathBuf]) -
                     }
                     let power = power_events(&log).len();
                     loop {
-                        match network_boot(&ns, &machine, &mac, &fingerprint) {
+                        match network_boot(&ns, &machine, &mac, &fingerprint, &pause) {
                             Ok(()) => {
                                 seen.lock().unwrap().network_boots[i] += 1;
                                 break;

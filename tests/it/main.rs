@@ -33,6 +33,7 @@ mod serve;
 mod state;
 mod state_etcd_smoke;
 mod sysext;
+mod theft;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
