@@ -1,6 +1,7 @@
 //! The boot server's routes, in-process, on arbitrary requests: the input's
 //! first line is `METHOD URI`, the rest is the body. Served from the example
-//! fleet. No request may panic or get a 5xx.
+//! fleet, every machine's provisioning window open. No request may panic or
+//! get a 5xx.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -30,16 +31,29 @@ fn fixture() -> &'static Fixture {
         }
         let model = metalherd::fleet::load(fleet.path()).unwrap();
         let content = metalherd::serve::content::build(&model, &[]).unwrap();
-        let shared = metalherd::serve::Shared::new(
-            content,
-            fleet.path().join("assets"),
-            Duration::from_secs(600),
-        );
-        let app = metalherd::serve::router(Arc::new(shared));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
+        // Every machine's provisioning window open (for a day): the
+        // fuzzer reaches token issue, delivery and the refusals after it.
+        let store = metalherd::state::memory::MemoryStore::new();
+        for m in model.sites.iter().flat_map(|s| &s.machines) {
+            rt.block_on(metalherd::state::provisioning::open(
+                &store,
+                &m.name,
+                "fuzz",
+                Duration::from_secs(86_400),
+            ))
+            .unwrap();
+        }
+        let shared = metalherd::serve::Shared::new(
+            content,
+            Arc::new(store),
+            fleet.path().join("assets"),
+            Duration::from_secs(600),
+        );
+        let app = metalherd::serve::router(Arc::new(shared));
         Fixture {
             _fleet: fleet,
             app,

@@ -10,6 +10,7 @@
 mod args;
 mod assets;
 mod audit;
+mod boot;
 mod bootstrap;
 mod context;
 mod dev;
@@ -95,6 +96,11 @@ pub enum Command {
     Assets(assets::AssetsArgs),
     /// Power control through the machines' BMCs (Redfish, IPMI, QEMU, manual).
     Power(power::PowerArgs),
+    /// Provisioning windows: when the boot server may give a machine its
+    /// Ignition (once). Operations open their own; these are for boots you
+    /// drive by hand.
+    #[command(subcommand)]
+    Boot(boot::BootCommand),
     /// The boot server: iPXE scripts, one-time-token Ignition, OS images.
     Serve(serve::ServeArgs),
     /// Provision a site end to end: network boot, reports, SSH, etcd quorum.
@@ -212,6 +218,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Lab(cmd) => lab::run(cli, cmd),
         Command::Assets(args) => assets::run(cli, args),
         Command::Power(args) => power::run(cli, args),
+        Command::Boot(cmd) => boot::run(cli, cmd),
         Command::Serve(args) => serve::run(cli, args),
         Command::Dnsmasq(args) => serve::dnsmasq(cli, args),
         Command::Bootstrap(cmd) => bootstrap::run(cli, cmd),

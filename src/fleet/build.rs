@@ -281,6 +281,15 @@ impl Ctx {
             Some(v) => self.parse_as::<DhcpMode>(v, "boot.dhcp"),
             None => Some(DhcpMode::Proxy),
         };
+        let boot_window = match raw.boot.as_ref().and_then(|b| b.window.as_ref()) {
+            Some(v) => self.parse(v, "boot.window", |s| {
+                match super::window::parse_duration(s).map_err(|e| format!("{e:#}"))? {
+                    d if d.is_zero() => Err("a provisioning window of 0 would never let a machine boot: give a duration such as 30m".into()),
+                    d => Ok(d),
+                }
+            }),
+            None => Some(crate::state::provisioning::DEFAULT_WINDOW),
+        };
         let assets_url = self.url(&raw.os.assets_url, "os.assets_url", &["http", "https"]);
         let channel = self.parse(&raw.os.channel, "os.channel", |s| {
             grammar::channel(flavor, s)
@@ -441,6 +450,7 @@ impl Ctx {
                     .map(|b| **b)
                     .unwrap_or(true),
                 dhcp: dhcp?,
+                window: boot_window?,
             },
             alarms,
             windows: raw

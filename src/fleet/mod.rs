@@ -84,6 +84,14 @@ impl Fleet {
         self.machines().find(|(_, m)| m.name.as_str() == name)
     }
 
+    /// `machine` installs its OS to a disk (its `install_disk`, on an OS
+    /// that installs) rather than running from RAM: outside its
+    /// provisioning window it boots that disk, and once provisioned its
+    /// BMC is set to boot from disk.
+    pub fn installs(&self, machine: &Machine) -> bool {
+        machine.install_disk.is_some() && self.os.flavor != OsFlavor::Lab
+    }
+
     /// The local state directory (`state.path`, relative to the fleet).
     pub fn state_dir(&self) -> PathBuf {
         match &self.state.backend {
@@ -229,6 +237,20 @@ pub struct Traffic {
 pub struct BootSettings {
     pub require_token: bool,
     pub dhcp: DhcpMode,
+    /// How long a provisioning window stays open unless the machine
+    /// reports first (`boot.window`, default 30m).
+    #[serde(with = "secs")]
+    pub window: std::time::Duration,
+}
+
+/// A duration as whole seconds, in `inventory show --output json`.
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

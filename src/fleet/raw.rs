@@ -115,6 +115,7 @@ pub struct RawTraffic {
 pub struct RawBoot {
     pub require_token: Option<Spanned<bool>>,
     pub dhcp: Option<Text>,
+    pub window: Option<Text>,
 }
 
 #[derive(Deserialize)]

@@ -47,6 +47,10 @@ struct World {
     /// Labels of calls that succeed but change nothing (a BMC that says
     /// off while the machine runs on, an isolate hook that cuts nothing).
     no_effect: BTreeSet<String>,
+    /// Machines powered on for a network boot outside their provisioning
+    /// window: the boot server told them to boot locally; they never
+    /// report.
+    outside_window: BTreeSet<String>,
     events: Vec<Event>,
 }
 
@@ -154,6 +158,22 @@ impl Infra for Fake {
         let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
         self.record(site, format!("{} {}", label(action), names.join(" ")))
             .await;
+        if action == Action::PxeOnce {
+            let now = crate::state::provisioning::unix_now();
+            for m in machines {
+                let open = crate::state::provisioning::read(&self.store, m.name.as_str())
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|(w, _)| w.is_open(now));
+                let mut world = self.world();
+                if open {
+                    world.outside_window.remove(m.name.as_str());
+                } else {
+                    world.outside_window.insert(m.name.to_string());
+                }
+            }
+        }
         machines
             .iter()
             .map(|m| {
@@ -184,17 +204,28 @@ impl Infra for Fake {
         &self,
         site: &Site,
         _keys: &Keys,
+        _store: &dyn crate::state::StateStore,
         _since: u64,
         _opts: &crate::provision::Options,
         _reporter: &Reporter,
     ) -> Phase {
         let failed = self.record(site, format!("booted {}", site.name)).await;
         let on = self.powered_on();
-        let off: Vec<String> = crate::provision::machines(site)
-            .iter()
-            .filter(|m| !on.contains(m.name.as_str()))
-            .map(|m| format!("{}: no report: it is powered off", m.name))
-            .collect();
+        let outside = self.world().outside_window.clone();
+        let mut off = Vec::new();
+        for m in crate::provision::machines(site) {
+            let name = m.name.as_str();
+            if !on.contains(name) {
+                off.push(format!("{name}: no report: it is powered off"));
+            } else if outside.contains(name) {
+                off.push(format!(
+                    "{name}: no report: it network-booted outside its provisioning window"
+                ));
+            } else if failed.is_none() {
+                // Its report closes its window, as at the boot server.
+                let _ = crate::state::provisioning::close(&self.store, name, "reported").await;
+            }
+        }
         let notes: Vec<String> = failed.into_iter().chain(off).collect();
         Phase {
             name: "boot".into(),

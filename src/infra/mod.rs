@@ -24,6 +24,7 @@ use crate::operation::OpCtx;
 use crate::pki::ClusterPki;
 use crate::power::{self, Action};
 use crate::state::journal::Journal;
+use crate::state::StateStore;
 
 /// The world an operation acts on.
 #[async_trait::async_trait]
@@ -41,11 +42,13 @@ pub trait Infra: Send + Sync {
 
     /// Waits until every serving machine of `site` has booted its Ignition
     /// (reported to the boot server after `since`, unix seconds) and
-    /// answers SSH with its pinned host key.
+    /// answers SSH with its pinned host key; a machine whose provisioning
+    /// window in `store` shows its config asked for twice fails.
     async fn booted(
         &self,
         site: &Site,
         keys: &Keys,
+        store: &dyn StateStore,
         since: u64,
         opts: &crate::provision::Options,
         reporter: &Reporter,
@@ -109,11 +112,12 @@ impl Infra for Real {
         &self,
         site: &Site,
         keys: &Keys,
+        store: &dyn StateStore,
         since: u64,
         opts: &crate::provision::Options,
         reporter: &Reporter,
     ) -> Phase {
-        crate::provision::wait_booted(site, keys, since, opts, reporter).await
+        crate::provision::wait_booted(site, keys, store, since, opts, reporter).await
     }
 
     async fn bootstrap(

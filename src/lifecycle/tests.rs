@@ -25,7 +25,7 @@ use crate::provision::Tuning;
 use crate::state::crypt::Sealer;
 use crate::state::journal::{self, OpRecord, Status as JournalStatus};
 use crate::state::memory::MemoryStore;
-use crate::state::{records, Key, MachineState, StateStore};
+use crate::state::{provisioning, records, Key, MachineState, StateStore};
 
 /// The example fleet, its three sites running generation 1 (PKI in the
 /// state, every serving machine on and healthy), fra with spares enough
@@ -231,6 +231,8 @@ fn an_in_place_replace_drains_before_its_hook_and_restores_after_health() {
             format!("power off {serving}"),
             format!("power on {serving}"),
             "booted fra".into(),
+            // Each machine installed to its disk now boots from it.
+            format!("boot from disk {serving}"),
             "bootstrap fra".into(),
             "hook traffic.restore fra".into(),
         ]
@@ -271,6 +273,28 @@ fn an_in_place_replace_drains_before_its_hook_and_restores_after_health() {
     assert_eq!(audit[0]["action"], "replace");
     assert_eq!(audit[0]["detail"]["ok"], true);
     w.no_locks();
+    // Each machine booted in a provisioning window (the fake boots none
+    // outside one), which its report closed.
+    for m in w.names("fra", None) {
+        let (window, _) = block(provisioning::read(&w.store, &m)).unwrap().unwrap();
+        assert_eq!(window.closed.as_deref(), Some("reported"), "{m}");
+    }
+}
+
+#[test]
+fn a_failed_boot_closes_the_provisioning_windows_it_opened() {
+    let w = world();
+    w.fake.fail("booted fra", "no report within 900 s");
+    let report = w.ran("fra", &how());
+    assert!(!report.report.ok);
+    for m in w.names("fra", None) {
+        let (window, _) = block(provisioning::read(&w.store, &m)).unwrap().unwrap();
+        let closed = window.closed.unwrap_or_default();
+        assert!(
+            closed.starts_with("the boot of ") && closed.ends_with(" ended"),
+            "{m}: {closed}"
+        );
+    }
 }
 
 /// Each failure point of an in-place replace: the step it fails at, and
@@ -348,11 +372,21 @@ fn a_failed_replace_resumes_after_its_last_completed_step() {
     let report = w2.ran("fra", &how());
     assert!(report.report.ok, "{:?}", report.report.error);
     assert_eq!(report.report.generation, 2, "the same generation, resumed");
-    // Drain, power off and power on completed in the first run: the
-    // machines are not powered again and the drain hook does not rerun.
+    // Drain, power off and power on completed in the first run: the drain
+    // hook does not rerun. Its boot ended without reports, closing the
+    // machines' windows: the resumed boot step boots them again, each in
+    // a new window (the fake boots nothing outside one).
+    let serving = w2.names("fra", None).join(" ");
     assert_eq!(
         w2.fake.done(),
-        ["booted fra", "bootstrap fra", "hook traffic.restore fra"]
+        [
+            format!("power on {serving}"),
+            "booted fra".into(),
+            // Each machine installed to its disk now boots from it.
+            format!("boot from disk {serving}"),
+            "bootstrap fra".into(),
+            "hook traffic.restore fra".into()
+        ]
     );
     let op = w2.journal("replace", "fra").unwrap();
     assert_eq!(op.runs.len(), 2);
@@ -461,6 +495,7 @@ fn a_blue_green_replace_builds_on_the_spares_and_drains_only_for_the_switch() {
             "unrendered fra".to_string(),
             format!("power on {}", new.join(" ")),
             "booted fra".into(),
+            format!("boot from disk {}", new.join(" ")),
             "bootstrap fra".into(),
             "hook traffic.drain fra".into(),
             "hook traffic.restore fra".into(),
@@ -763,6 +798,8 @@ fn an_isolating_drill_with_rebuild_reconnects_and_replaces_without_a_second_drai
             format!("power off {serving}"),
             format!("power on {serving}"),
             "booted fra".into(),
+            // Each machine installed to its disk now boots from it.
+            format!("boot from disk {serving}"),
             "bootstrap fra".into(),
             "hook traffic.restore fra".into(),
         ]

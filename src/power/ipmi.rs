@@ -121,7 +121,27 @@ impl PowerDriver for Ipmi {
             BootTarget::NetworkOnce => self.ipmitool(&["chassis", "bootdev", "pxe"]).await?,
             BootTarget::Disk => {
                 self.ipmitool(&["chassis", "bootdev", "disk", "options=persistent"])
-                    .await?
+                    .await?;
+                // Read it back: some BMCs accept the setting and ignore it.
+                let flags = self.ipmitool(&["chassis", "bootparam", "get", "5"]).await?;
+                if !flags.contains("Hard-Drive") {
+                    return Err(DriverError::Unsupported(format!(
+                        "the BMC accepted boot device disk but reports {:?}",
+                        flags
+                            .lines()
+                            .find(|l| l.contains("Boot Device Selector"))
+                            .unwrap_or(flags.trim())
+                    )));
+                }
+                if !flags.contains("all future boots") {
+                    tracing::warn!(
+                        "{}: the BMC reports the disk boot for the next boot only, not persistently; \
+                         a later reboot may boot from the network (outside a provisioning window \
+                         the boot server sends it to its disk)",
+                        self.host
+                    );
+                }
+                String::new()
             }
         };
         Ok(())

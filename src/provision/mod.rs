@@ -10,10 +10,11 @@
 //! (its private host key included): that machine fails, the others go on.
 
 mod steps;
+pub mod windows;
 
 pub use steps::{bootstrap, pki_step, provision, record, steps, Generation, Report, Tuning};
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -25,6 +26,8 @@ use crate::job::{self, Outcome, Reporter, Task};
 use crate::keys::Keys;
 use crate::power::{self, Action};
 use crate::ssh::{Session, SshError, Timeouts};
+use crate::state::provisioning::{self, unix_now};
+use crate::state::StateStore;
 
 /// How a provision runs.
 #[derive(Clone, Debug)]
@@ -50,26 +53,73 @@ pub fn machines(site: &Site) -> Vec<&Machine> {
         .collect()
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Sets every machine to boot from the network once and powers it on (or
-/// cycles it). Returns the phase; `Err(PhaseFailed)` when any machine
-/// failed, with the summary.
+/// cycles it). Returns the phase (failed when any machine failed, with the
+/// summary) and the time it started (unix seconds).
 pub async fn power_on(
     infra: &dyn Infra,
     fleet: &Fleet,
     site: &Site,
     opts: &Options,
 ) -> (Phase, u64) {
-    let started = Instant::now();
     let since = unix_now();
-    let outcomes = infra
-        .power(fleet, site, &machines(site), Action::PxeOnce, &opts.power)
-        .await;
+    let phase = power_phase(
+        infra,
+        fleet,
+        site,
+        &machines(site),
+        Action::PxeOnce,
+        ("power on", "power on (network boot once)"),
+        opts,
+    )
+    .await;
+    (phase, since)
+}
+
+/// Sets the machines of `site` that installed to a disk to boot from it
+/// from now on, through their BMCs (which read the setting back), so later
+/// reboots never network-boot into a second install; `replace` and a
+/// drill's rebuild set a network boot again for their one boot. Machines
+/// that run from RAM are left alone: an empty phase.
+pub async fn boot_from_disk(
+    infra: &dyn Infra,
+    fleet: &Fleet,
+    site: &Site,
+    opts: &Options,
+) -> Phase {
+    let installed: Vec<&Machine> = machines(site)
+        .into_iter()
+        .filter(|m| fleet.installs(m))
+        .collect();
+    power_phase(
+        infra,
+        fleet,
+        site,
+        &installed,
+        Action::Disk,
+        ("boot from disk", "boot from disk from now on"),
+        opts,
+    )
+    .await
+}
+
+/// `action` on `list` as a phase named `name`, its failures summarised as
+/// `what`.
+async fn power_phase(
+    infra: &dyn Infra,
+    fleet: &Fleet,
+    site: &Site,
+    list: &[&Machine],
+    action: Action,
+    (name, what): (&str, &str),
+    opts: &Options,
+) -> Phase {
+    let started = Instant::now();
+    let outcomes = if list.is_empty() {
+        Vec::new()
+    } else {
+        infra.power(fleet, site, list, action, &opts.power).await
+    };
     let machines: Vec<Outcome<()>> = outcomes
         .into_iter()
         .map(|o| Outcome {
@@ -82,17 +132,67 @@ pub async fn power_on(
             duration_ms: o.duration_ms,
         })
         .collect();
-    let (ok, summary) = job::summary("power on (network boot once)", &machines);
-    (
-        Phase {
-            name: "power on".into(),
-            ok,
-            duration_ms: started.elapsed().as_millis(),
-            notes: if ok { Vec::new() } else { vec![summary] },
-            machines,
-        },
-        since,
-    )
+    let (ok, summary) = job::summary(what, &machines);
+    Phase {
+        name: name.into(),
+        ok,
+        duration_ms: started.elapsed().as_millis(),
+        notes: if ok { Vec::new() } else { vec![summary] },
+        machines,
+    }
+}
+
+/// For a boot step resumed after its power on (the run that powered the
+/// machines ended): every serving machine whose latest provisioning window
+/// closed without its report, or expired, or never opened, gets a new
+/// window and is powered on for a network boot again; machines still in
+/// their window are left to finish booting. Returns the time from which
+/// reports count: when the earliest of the kept windows opened (a report
+/// from before it is an older boot's).
+pub async fn reboot_unreported(
+    infra: &dyn Infra,
+    fleet: &Fleet,
+    site: &Site,
+    store: &dyn StateStore,
+    holder: &crate::state::Holder,
+    opts: &Options,
+) -> anyhow::Result<u64> {
+    let now = unix_now();
+    let mut since = now;
+    let mut again = Vec::new();
+    for m in machines(site) {
+        match provisioning::read(store, &m.name).await? {
+            Some((w, _)) if w.is_open(now) || w.closed.as_deref() == Some("reported") => {
+                since = since.min(w.opened_unix);
+            }
+            _ => again.push(m),
+        }
+    }
+    if again.is_empty() {
+        return Ok(since);
+    }
+    let names: Vec<&str> = again.iter().map(|m| m.name.as_str()).collect();
+    tracing::info!(
+        "{}: booting again what did not report before the last run ended: {}",
+        site.name,
+        names.join(", ")
+    );
+    for m in &again {
+        provisioning::open(store, &m.name, &holder.to_string(), fleet.boot.window).await?;
+    }
+    let failed: Vec<String> = infra
+        .power(fleet, site, &again, Action::PxeOnce, &opts.power)
+        .await
+        .into_iter()
+        .filter(|o| !o.ok)
+        .map(|o| format!("{}: {}", o.machine, o.error.unwrap_or_default()))
+        .collect();
+    anyhow::ensure!(
+        failed.is_empty(),
+        "power on (network boot once) again: {}",
+        failed.join("; ")
+    );
+    Ok(since)
 }
 
 /// One machine as the boot server saw it.
@@ -102,8 +202,6 @@ struct Seen {
     last_request_unix: Option<u64>,
     stage: Option<String>,
     client: Option<String>,
-    host_key_mismatch: Option<bool>,
-    host_key_fingerprint: Option<String>,
     refused: Option<String>,
     ignition_client: Option<String>,
 }
@@ -136,6 +234,7 @@ async fn ask(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<Seen>> {
 pub async fn wait_booted(
     site: &Site,
     keys: &Keys,
+    store: &dyn StateStore,
     since: u64,
     opts: &Options,
     reporter: &Reporter,
@@ -166,7 +265,7 @@ pub async fn wait_booted(
         let url = url.clone();
         async move {
             let machine = machine.context("machine vanished from the inventory")?;
-            wait_report(&client, &url, machine, since, opts, &task).await?;
+            wait_report(&client, &url, store, machine, since, opts, &task).await?;
             wait_ssh(machine, keys, opts, &task).await
         }
     })
@@ -184,6 +283,7 @@ pub async fn wait_booted(
 async fn wait_report(
     client: &reqwest::Client,
     url: &str,
+    store: &dyn StateStore,
     machine: &Machine,
     since: u64,
     opts: &Options,
@@ -194,6 +294,27 @@ async fn wait_report(
     let mut last_stage = String::new();
     let mut last_error: Option<String>;
     loop {
+        // The window holds what every boot server of the site saw: a second
+        // request for the config, from anyone, fails the machine; its
+        // report (to whichever server) closed it. Only a report that closed
+        // a window opened for this boot counts.
+        if let Ok(Some((window, _))) = provisioning::read(store, &machine.name).await {
+            if let Some(exposure) = window.exposure() {
+                bail!("{exposure}");
+            }
+            if window.opened_unix + 1 >= since {
+                match window.closed.as_deref() {
+                    Some("reported") => {
+                        task.phase("reported; waiting for SSH");
+                        return Ok(());
+                    }
+                    Some(why) if why.starts_with(provisioning::MISMATCH) => {
+                        bail!("it {why}: refusing it")
+                    }
+                    _ => {}
+                }
+            }
+        }
         match ask(client, url).await {
             Ok(all) => {
                 last_error = None;
@@ -213,6 +334,10 @@ async fn wait_report(
                                 "Ignition served to {}; booting",
                                 seen.ignition_client.as_deref().unwrap_or("?")
                             )),
+                            "booting-disk" => task.phase("install stage done; booting its disk"),
+                            "outside-window" => task.phase(
+                                "asked the boot server outside its provisioning window; told to boot locally",
+                            ),
                             "ignition-refused" | "extension-mismatch" => {}
                             "reported" => {}
                             other => task.phase(other),
@@ -242,16 +367,8 @@ async fn wait_report(
                             );
                         }
                     }
-                    if stage == "reported" {
-                        if seen.host_key_mismatch == Some(true) {
-                            bail!(
-                                "it reported host key {} but metalherd generated another: refusing it",
-                                seen.host_key_fingerprint.as_deref().unwrap_or("?")
-                            );
-                        }
-                        task.phase("reported; waiting for SSH");
-                        return Ok(());
-                    }
+                    // A report counts once its window records it (above):
+                    // the boot server's last stage may be an older boot's.
                 }
             }
             Err(e) => last_error = Some(format!("{e:#}")),

@@ -15,7 +15,7 @@ use crate::fleet::{Role, Site};
 use crate::operation::OpCtx;
 use crate::ssh::Timeouts;
 use crate::state::journal::Journal;
-use crate::state::{records, Expect, Key, MachineRecord, MachineState, StateStore};
+use crate::state::{provisioning, records, Expect, Key, MachineRecord, MachineState, StateStore};
 
 /// How long each part of a provision may take, and how wide it fans out.
 #[derive(Clone, Debug)]
@@ -218,7 +218,11 @@ pub async fn steps(
     crate::lifecycle::refuse_quarantined(store, &names, &format!("provision of {}", site.name))
         .await?;
     // Power on. A resumed run that completed this step does not power the
-    // machines again, and accepts the boot reports they made since.
+    // machines again: it accepts the reports they made in their windows,
+    // and boots again only those whose window closed without one. Each
+    // machine's provisioning window opens first: the boot server gives a
+    // machine its Ignition only inside one, and only once.
+    let holder = ctx.holder;
     let mut since = 0;
     let mut phase = None;
     let result = journal
@@ -227,6 +231,7 @@ pub async fn steps(
                 let record =
                     MachineRecord::now(MachineState::Provisioning, Some(generation.number));
                 records::put_machine(store, &m.name, &record, Expect::Any).await?;
+                provisioning::open(store, &m.name, &holder.to_string(), fleet.boot.window).await?;
             }
             let (p, t) = super::power_on(infra, fleet, site, opts).await;
             since = t;
@@ -236,18 +241,36 @@ pub async fn steps(
         })
         .await;
     report.phases.extend(phase.take());
-    result?;
+    if let Err(e) = result {
+        close_windows(store, site, holder).await;
+        return Err(e);
+    }
 
-    let mut phase = None;
+    // Boot: every machine reports in its window and answers SSH; those
+    // that installed to a disk then boot from it from now on.
+    let mut phases = Vec::new();
     let result = journal
         .step("boot", || async {
-            let p = infra.booted(site, keys, since, opts, reporter).await;
+            if since == 0 {
+                // Resumed after the power on: boot again what neither
+                // reported nor is still in its window.
+                since = super::reboot_unreported(infra, fleet, site, store, holder, opts).await?;
+            }
+            let p = infra.booted(site, keys, store, since, opts, reporter).await;
             let result = super::failed(&p);
-            phase = Some(p);
+            phases.push(p);
+            result?;
+            let p = super::boot_from_disk(infra, fleet, site, opts).await;
+            let result = super::failed(&p);
+            if !p.machines.is_empty() {
+                phases.push(p);
+            }
             result
         })
         .await;
-    report.phases.extend(phase.take());
+    report.phases.append(&mut phases);
+    // The boot is over, however it went: no window stays open behind it.
+    close_windows(store, site, holder).await;
     result?;
 
     let pki = pki_step(journal, store, sealer, site, generation).await?;
@@ -262,6 +285,21 @@ pub async fn steps(
             .await?;
     }
     Ok(())
+}
+
+/// Closes the provisioning windows of `site`'s machines that are still
+/// open (machines that did not report): the operation that opened them is
+/// past its boot. A window that cannot be closed expires on its own.
+async fn close_windows(store: &dyn StateStore, site: &Site, holder: &crate::state::Holder) {
+    let why = format!("the boot of {} ended", holder.operation);
+    for m in super::machines(site) {
+        if let Err(e) = provisioning::close(store, m.name.as_str(), &why).await {
+            tracing::warn!(
+                "{}: closing its provisioning window: {e} (it expires on its own)",
+                m.name
+            );
+        }
+    }
 }
 
 /// Journal step `pki`: the generation's PKI, made once and kept in the

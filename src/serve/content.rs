@@ -22,6 +22,10 @@ pub struct MachineContent {
     pub secret_at: Vec<usize>,
     /// The SSH host key fingerprint metalherd generated for the machine.
     pub host_key_fingerprint: String,
+    /// It installs to a disk: what it is served is installed there (an
+    /// install stage, or the config FCOS's installer fetches), so its next
+    /// network boot in the window, and any outside one, boots that disk.
+    pub installs: bool,
     /// The role it was rendered for (the state's, where a blue-green
     /// replace moved the roles).
     pub role: crate::fleet::Role,
@@ -78,6 +82,9 @@ pub fn build(fleet: &Fleet, sites: &[SiteName]) -> anyhow::Result<Content> {
                 None => (m.ipxe.clone(), None),
             };
             let placeholder = render::REPORT_SECRET_PLACEHOLDER.as_bytes();
+            // An install stage (Flatcar), or a config coreos-installer
+            // fetches to write to disk (FCOS): either way an install.
+            let installs = fleet.installs(machine);
             let ignition = m.ignition.into_bytes();
             let secret_at: Vec<usize> = ignition
                 .windows(placeholder.len())
@@ -100,6 +107,7 @@ pub fn build(fleet: &Fleet, sites: &[SiteName]) -> anyhow::Result<Content> {
                     ignition: Arc::from(ignition),
                     secret_at,
                     host_key_fingerprint,
+                    installs,
                     role: machine.role,
                 }),
             );

@@ -1,6 +1,6 @@
 //! The boot server's Prometheus metrics: requests by endpoint and status,
 //! a latency histogram per endpoint, Ignition replays and possible thefts,
-//! and unknown MACs.
+//! requests outside provisioning windows, and unknown MACs.
 //! Plain counters under one mutex: a boot storm is thousands of requests
 //! a second, far below what that costs.
 
@@ -21,6 +21,7 @@ struct Inner {
     replays: u64,
     thefts: u64,
     unknown_mac: u64,
+    outside_window: u64,
 }
 
 #[derive(Default)]
@@ -55,6 +56,10 @@ impl Metrics {
         self.with(|m| m.thefts += 1);
     }
 
+    pub fn outside_window(&self) {
+        self.with(|m| m.outside_window += 1);
+    }
+
     pub fn unknown_mac(&self) {
         self.with(|m| m.unknown_mac += 1);
     }
@@ -86,9 +91,12 @@ impl Metrics {
             out.push_str("# HELP metalherd_ignition_replays_total Ignition requests with an already used token.\n");
             out.push_str("# TYPE metalherd_ignition_replays_total counter\n");
             let _ = writeln!(out, "metalherd_ignition_replays_total {}", m.replays);
-            out.push_str("# HELP metalherd_ignition_possible_thefts_total Ignition requests with a token revoked because the machine's config had gone to another request.\n");
+            out.push_str("# HELP metalherd_ignition_possible_thefts_total Requests for a machine's iPXE script or Ignition refused because its config had gone to another request in its provisioning window.\n");
             out.push_str("# TYPE metalherd_ignition_possible_thefts_total counter\n");
             let _ = writeln!(out, "metalherd_ignition_possible_thefts_total {}", m.thefts);
+            out.push_str("# HELP metalherd_boot_outside_window_total Requests for a machine's iPXE script or Ignition outside its provisioning window (answered without a token, or refused).\n");
+            out.push_str("# TYPE metalherd_boot_outside_window_total counter\n");
+            let _ = writeln!(out, "metalherd_boot_outside_window_total {}", m.outside_window);
             out.push_str("# HELP metalherd_unknown_mac_total Requests for MACs not in the inventory.\n");
             out.push_str("# TYPE metalherd_unknown_mac_total counter\n");
             let _ = writeln!(out, "metalherd_unknown_mac_total {}", m.unknown_mac);

@@ -1,9 +1,17 @@
 //! `metalherd serve`: the boot server. Machines chain from `/boot.ipxe` to
-//! their own `/ipxe` script, whose Ignition URL carries a fresh one-time
-//! token; `/ignition` honours a token once, for its MAC only, within a TTL,
-//! and its first use revokes every other token outstanding for that MAC
-//! (whoever holds one is refused as a possible thief). `HEAD` on `/ipxe`
-//! and `/ignition` is refused: a health check must not burn a token.
+//! their own `/ipxe` script. Only a machine in an open provisioning window
+//! ([`crate::state::provisioning`], shared through the state store by every
+//! boot server) gets a script whose Ignition URL carries a fresh one-time
+//! token; outside one it gets a script that boots its local disk (or, with
+//! no disk, says why and stops). `/ignition` honours a token once, for its
+//! MAC only, within a TTL, and delivers one Ignition per window: the first
+//! delivery is recorded in the window by compare-and-swap and revokes every
+//! other token of the MAC; any later `/ipxe` or `/ignition` for the machine
+//! in that window is refused as a possible theft and recorded with the
+//! client's address. Once an install stage was delivered, the next network
+//! boot in the window is the installed system's: it boots the local disk.
+//! A first-boot report closes the window. `HEAD` on `/ipxe` and
+//! `/ignition` is refused: a health check must not burn a token.
 //! Everything served is rendered at start-up ([`content`]) and on SIGHUP;
 //! a fleet that fails to load on reload leaves the previous one serving.
 //!
@@ -30,6 +38,8 @@ use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::{self, MacAddr, SiteName};
+use crate::state::provisioning::{self, Verdict};
+use crate::state::StateStore;
 use content::Content;
 use metrics::Metrics;
 
@@ -53,6 +63,12 @@ pub enum Stage {
     /// its Ignition will refuse it and the boot fails (`refused` says which).
     ExtensionMismatch,
     Reported,
+    /// It asked `/ipxe` outside a provisioning window and was told to boot
+    /// its local disk (or to stop, with no disk).
+    OutsideWindow,
+    /// Its install stage was delivered in this window: it was told to boot
+    /// the installed system from its disk.
+    BootingDisk,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -148,6 +164,8 @@ fn random_hex() -> String {
 
 pub struct Shared {
     content: RwLock<Arc<Content>>,
+    /// Where the provisioning windows are (the fleet's state store).
+    store: RwLock<Arc<dyn StateStore>>,
     tokens: Mutex<Tokens>,
     seen: Mutex<HashMap<String, Seen>>,
     /// Per machine, the report secret of its latest Ignition.
@@ -164,9 +182,15 @@ impl Shared {
     /// A server's state: what it serves, where its assets are, how long a
     /// token lives. (The fuzz target `serve_request` drives [`router`] with
     /// it in-process.)
-    pub fn new(content: Content, assets: PathBuf, ttl: Duration) -> Shared {
+    pub fn new(
+        content: Content,
+        store: Arc<dyn StateStore>,
+        assets: PathBuf,
+        ttl: Duration,
+    ) -> Shared {
         Shared {
             content: RwLock::new(Arc::new(content)),
+            store: RwLock::new(store),
             tokens: Mutex::new(Tokens::default()),
             seen: Mutex::new(HashMap::new()),
             report_secrets: Mutex::new(HashMap::new()),
@@ -188,6 +212,30 @@ impl Shared {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    fn store(&self) -> Arc<dyn StateStore> {
+        self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records a request for `machine`'s config refused because its
+    /// Ignition went elsewhere in this window: flagged, counted, logged and
+    /// written into the window, where every boot server and the operation
+    /// waiting for the machine see it.
+    async fn possible_theft(&self, machine: &str, client: SocketAddr, request: &str, why: &str) {
+        self.metrics.possible_theft();
+        let ip = client.ip().to_string();
+        tracing::warn!("{machine}: {request} refused to {ip}: {why}");
+        if let Err(e) =
+            provisioning::refuse(self.store().as_ref(), machine, &ip, request, why).await
+        {
+            tracing::error!("{machine}: recording the refused request in the state: {e}");
+        }
+        self.saw(machine, client, Stage::IgnitionRefused);
+        if let Some(seen) = lock(&self.seen).get_mut(machine) {
+            seen.refused = Some(why.to_string());
+            seen.possible_theft = true;
+        }
     }
 
     fn issue_token(&self, mac: MacAddr) -> String {
@@ -328,16 +376,82 @@ async fn ipxe(
         Ok((_, machine)) => machine,
         Err((status, why)) => return bad(status, why),
     };
+    let name = machine.name.as_str();
+    let why = match provisioning::check(shared.store().as_ref(), name).await {
+        Ok(Verdict::Serve) => None,
+        Ok(Verdict::Installed) => {
+            tracing::info!(
+                "{name}: its install stage was delivered in this window: {} told to boot the installed system from disk",
+                client.ip()
+            );
+            shared.saw(name, client, Stage::BootingDisk);
+            return script(local_boot(&machine, "installed"));
+        }
+        Ok(Verdict::Delivered { to }) => {
+            let why = format!(
+                "the machine's Ignition was already delivered to {to} in this provisioning window (possible theft)"
+            );
+            shared.possible_theft(name, client, "/ipxe", &why).await;
+            return bad(StatusCode::FORBIDDEN, &why);
+        }
+        Ok(Verdict::Outside(why)) => Some(why),
+        Err(e) => {
+            tracing::error!("{name}: reading its provisioning window: {e}");
+            Some("its provisioning window cannot be read from the state".to_string())
+        }
+    };
+    if let Some(why) = why {
+        shared.metrics.outside_window();
+        tracing::warn!(
+            "{name}: /ipxe from {} for MAC {} outside a provisioning window ({why}): no token; told to {}",
+            client.ip(),
+            machine.mac,
+            if machine.installs { "boot its local disk" } else { "stop" }
+        );
+        shared.saw(name, client, Stage::OutsideWindow);
+        if let Some(seen) = lock(&shared.seen).get_mut(name) {
+            seen.refused = Some(format!("/ipxe outside a provisioning window: {why}"));
+        }
+        return script(local_boot(&machine, "outside"));
+    }
     let mac = machine.mac;
-    let script = match &machine.ipxe {
+    let body = match &machine.ipxe {
         (before, Some(after)) => {
             let token = shared.issue_token(mac);
             format!("{before}&token={token}{after}")
         }
         (whole, None) => whole.clone(),
     };
-    shared.saw(&machine.name, client, Stage::IpxeServed);
-    ([(header::CONTENT_TYPE, "text/plain")], script).into_response()
+    shared.saw(name, client, Stage::IpxeServed);
+    script(body)
+}
+
+fn script(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+/// The iPXE script of a machine that must not network-boot now: boot the
+/// local disk (`sanboot` on BIOS; `exit` hands UEFI firmware back its boot
+/// order), or, with no disk to boot, say why and stop there — not fall
+/// back to the firmware, which would ask again and again.
+fn local_boot(machine: &content::MachineContent, why: &str) -> String {
+    let name = &machine.name;
+    let said = match why {
+        "installed" => "its install stage was delivered in this provisioning window",
+        _ => "it has no open provisioning window",
+    };
+    if machine.installs {
+        format!(
+            "#!ipxe\necho metalherd: {name}: {said}: booting the local disk\n\
+             sanboot --no-describe --drive 0x80 || exit\n"
+        )
+    } else {
+        format!(
+            "#!ipxe\necho metalherd: {name}: {said}, and it runs from RAM: nothing to boot.\n\
+             echo Open a window (metalherd boot arm {name}) and power-cycle it.\n\
+             :stopped\nsleep 3600\ngoto stopped\n"
+        )
+    }
 }
 
 async fn ignition(
@@ -349,61 +463,106 @@ async fn ignition(
         Ok(found) => found,
         Err((status, why)) => return bad(status, why),
     };
+    let name = machine.name.as_str();
     let mac = machine.mac;
+    let ip = client.ip().to_string();
+    // The token first: a request without a valid one learns nothing of
+    // the window.
     match q.token.as_deref() {
         None if content.require_token => {
-            tracing::warn!(
-                "{}: Ignition requested without a token from {}",
-                machine.name,
-                client.ip()
-            );
+            tracing::warn!("{name}: Ignition requested without a token from {ip}");
             return bad(StatusCode::FORBIDDEN, "token required");
         }
         None => {}
         Some(token) => {
-            let mut tokens = lock(&shared.tokens);
-            let mut theft = false;
-            let verdict = match tokens.get_mut(token) {
-                None => Err("unknown token".to_string()),
-                Some(t) if t.mac != mac => Err("token issued to another machine".to_string()),
+            let verdict = match lock(&shared.tokens).get_mut(token) {
+                None => Err(("unknown token".to_string(), false)),
+                Some(t) if t.mac != mac => {
+                    Err(("token issued to another machine".to_string(), false))
+                }
                 Some(t) if t.used => {
                     shared.metrics.replay();
-                    Err("token already used (possible replay)".to_string())
+                    Err(("token already used (possible replay)".to_string(), true))
                 }
-                Some(t) if t.revoked.is_some() => {
-                    shared.metrics.possible_theft();
-                    theft = true;
-                    Err(format!(
+                Some(t) if t.revoked.is_some() => Err((
+                    format!(
                         "token revoked: the machine's Ignition was already delivered to {} (possible theft)",
                         t.revoked.as_deref().unwrap_or("?")
-                    ))
+                    ),
+                    true,
+                )),
+                Some(t) if t.issued.elapsed() > shared.ttl => {
+                    Err(("token expired".to_string(), false))
                 }
-                Some(t) if t.issued.elapsed() > shared.ttl => Err("token expired".to_string()),
-                Some(t) => {
-                    t.used = true;
-                    Ok(())
-                }
+                Some(_) => Ok(()),
             };
-            if verdict.is_ok() {
-                tokens.revoke_others(mac, &client.ip().to_string());
-            }
-            if let Err(why) = verdict {
-                tracing::warn!(
-                    "{}: Ignition refused to {}: {why}",
-                    machine.name,
-                    client.ip()
-                );
-                drop(tokens);
-                shared.saw(&machine.name, client, Stage::IgnitionRefused);
-                if let Some(seen) = lock(&shared.seen).get_mut(machine.name.as_str()) {
+            if let Err((why, theft)) = verdict {
+                if theft && why.starts_with("token revoked") {
+                    shared.possible_theft(name, client, "/ignition", &why).await;
+                    return bad(StatusCode::FORBIDDEN, &why);
+                }
+                if theft {
+                    // A replay: recorded in the window as well, where every
+                    // boot server and the waiting operation see it.
+                    let store = shared.store();
+                    let _ =
+                        provisioning::refuse(store.as_ref(), name, &ip, "/ignition", &why).await;
+                }
+                tracing::warn!("{name}: Ignition refused to {ip}: {why}");
+                shared.saw(name, client, Stage::IgnitionRefused);
+                if let Some(seen) = lock(&shared.seen).get_mut(name) {
                     seen.refused = Some(why.clone());
-                    seen.possible_theft |= theft;
                 }
                 return bad(StatusCode::FORBIDDEN, &why);
             }
         }
     }
-    shared.saw(&machine.name, client, Stage::IgnitionServed);
+    // Then the window: one delivery in it, whichever boot server makes it.
+    let store = shared.store();
+    match provisioning::deliver(store.as_ref(), name, &ip, machine.installs).await {
+        Ok(Verdict::Serve) => {}
+        Ok(Verdict::Delivered { to }) => {
+            let why = format!(
+                "the machine's Ignition was already delivered to {to} in this provisioning window (possible theft)"
+            );
+            shared.possible_theft(name, client, "/ignition", &why).await;
+            return bad(StatusCode::FORBIDDEN, &why);
+        }
+        Ok(Verdict::Installed) => {
+            let why = "the machine's install stage was already delivered in this provisioning window (possible theft)";
+            shared.possible_theft(name, client, "/ignition", why).await;
+            return bad(StatusCode::FORBIDDEN, why);
+        }
+        Ok(Verdict::Outside(why)) => {
+            let why = format!("no provisioning window: {why}");
+            shared.metrics.outside_window();
+            if q.token.is_some() {
+                // A valid token of an earlier window: someone kept it.
+                let _ = provisioning::refuse(store.as_ref(), name, &ip, "/ignition", &why).await;
+            }
+            tracing::warn!("{name}: Ignition refused to {ip}: {why}");
+            shared.saw(name, client, Stage::IgnitionRefused);
+            if let Some(seen) = lock(&shared.seen).get_mut(name) {
+                seen.refused = Some(why.clone());
+            }
+            return bad(StatusCode::FORBIDDEN, &why);
+        }
+        Err(e) => {
+            tracing::error!("{name}: recording the delivery of its Ignition in the state: {e}");
+            return bad(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the state store cannot record the delivery; try again",
+            );
+        }
+    }
+    if let Some(token) = q.token.as_deref() {
+        let mut tokens = lock(&shared.tokens);
+        if let Some(t) = tokens.get_mut(token) {
+            t.used = true;
+        }
+        tokens.revoke_others(mac, &ip);
+    }
+    shared.saw(name, client, Stage::IgnitionServed);
     let secret = random_hex();
     let body = machine.ignition_with(&secret);
     lock(&shared.report_secrets).insert(machine.name.clone(), secret);
@@ -470,6 +629,18 @@ async fn report(
             "{name}: reported host key {reported:?} but metalherd generated {}",
             machine.host_key_fingerprint
         );
+    }
+    let closed = if mismatch {
+        format!(
+            "{}{reported}, not the one metalherd generated",
+            provisioning::MISMATCH
+        )
+    } else {
+        "reported".to_string()
+    };
+    match provisioning::close(shared.store().as_ref(), &name, &closed).await {
+        Ok(_) => {}
+        Err(e) => tracing::error!("{name}: closing its provisioning window: {e}"),
     }
     shared.saw(&name, client, Stage::Reported);
     if let Some(seen) = lock(&shared.seen).get_mut(&name) {
@@ -646,9 +817,16 @@ const ROLE_WATCH: Duration = Duration::from_secs(2);
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let opts = Arc::new(opts);
     let (content, mut loaded, roles) = load(opts.clone()).await?;
-    tracing::info!("serving {} machines on {}", content.machines, opts.listen);
+    let (store, _) = crate::state::open(&loaded)?;
+    tracing::info!(
+        "serving {} machines on {}; provisioning windows in {}",
+        content.machines,
+        opts.listen,
+        store.describe()
+    );
     let shared = Arc::new(Shared::new(
         content,
+        store,
         opts.assets_dir.clone(),
         opts.token_ttl,
     ));
@@ -679,6 +857,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             match load(reload_opts.clone()).await {
                 Ok((content, fleet, now)) => {
                     tracing::info!("reloaded: serving {} machines", content.machines);
+                    match crate::state::open(&fleet) {
+                        Ok((store, _)) => {
+                            *reloader.store.write().unwrap_or_else(|p| p.into_inner()) = store
+                        }
+                        Err(e) => tracing::error!(
+                            "reload: opening the state store, keeping the previous one: {e}"
+                        ),
+                    }
                     roles = now;
                     loaded = fleet;
                     *reloader.content.write().unwrap_or_else(|p| p.into_inner()) =

@@ -16,7 +16,8 @@
 //!
 //! [`records`] names every key and holds the record types with their one
 //! update function each; [`summary`] is what `state show` reports of
-//! them; [`memory`] is the in-memory backend of the unit tests.
+//! them; [`provisioning`] holds the provisioning windows the boot server
+//! serves machines in; [`memory`] is the in-memory backend of the unit tests.
 //!
 //! To add a backend: implement [`StateStore`] (and [`LockGuard`]), add a
 //! `StateBackend` variant in the fleet and a line in [`open`].
@@ -27,6 +28,7 @@ pub mod journal;
 pub mod local;
 pub mod memory;
 pub mod migrate;
+pub mod provisioning;
 pub mod records;
 pub mod summary;
 

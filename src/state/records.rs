@@ -48,6 +48,12 @@ impl Key {
         Key(format!("pki/{site}/{generation}.compromised"))
     }
 
+    /// `provisioning/<machine>`: the machine's latest provisioning window
+    /// ([`super::provisioning`]); `provisioning("")` is the prefix of all.
+    pub fn provisioning(machine: impl fmt::Display) -> Key {
+        Key(format!("provisioning/{machine}"))
+    }
+
     /// The prefix of the audit log's entries.
     pub fn audit_log() -> Key {
         Key("audit/".into())
@@ -248,6 +254,7 @@ mod tests {
             Key::machine("fra-cp-01"),
             Key::pki_complete("fra", 2),
             Key::pki_compromised("fra", 2),
+            Key::provisioning("fra-cp-01"),
         ] {
             crate::state::check_key(&k).unwrap();
         }

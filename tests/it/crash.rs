@@ -238,7 +238,9 @@ fn check_power(
         assert_eq!(
             boots[i] - boots_before[i],
             want,
-            "{m}: network boots, killed at {step}"
+            "{m}: network boots, killed at {step} ({at}); local boots {:?}; boot server log:\n{}",
+            site.firmware.local_boots(),
+            std::fs::read_to_string(site.fleet.path().join("serve.log")).unwrap_or_default()
         );
     }
 }

@@ -150,6 +150,11 @@ fn faults_stop_one_site_cleanly_and_a_rerun_after_they_clear_finishes() {
     );
     assert!(m.firmware.failed_boots()[m.index("fra-cp-01")] > 0);
     m.hosts.link_up("fra-cp-01");
+    // Its firmware gets through now, after the replace gave up and closed
+    // the window: told to boot locally, not given a config.
+    m.firmware.settle();
+    assert_eq!(m.firmware.local_boots()[m.index("fra-cp-01")], 1);
+    // The rerun boots it again, in a window of its own.
     rerun_finishes(&m, "fra", 2);
     assert_eq!(generation(&m, "ber"), 2, "ber touched by fra's rerun");
     m.firmware.settle();

@@ -13,12 +13,18 @@
 //!   controller's address on fra's node network; the other sites' hosts
 //!   reach it through the controller's routing), every site's
 //!   `boot_server`.
+//! - With [`Machines::start_installing`] the machines install to a disk:
+//!   their firmware boots the network first unless the BMC says disk; an
+//!   install stage "installs" (keeps the final config and its report
+//!   secret) and reboots, and the network boot after it, told to boot the
+//!   disk, is the installed system's first boot, which reports.
 //! - A firmware stand-in per machine watches its BMC's power events. Power
 //!   off cuts the host ([`super::hosts::PowerCut`]: its units die, etcd's
 //!   data goes, as on a RAM-only machine). On every power-on with the boot
 //!   device set to PXE it consumes the one-time override and does what the
 //!   machine's iPXE and first boot do, from the machine's own network
-//!   namespace with curl: `/ipxe` for a one-time token, the Ignition config
+//!   namespace with curl: `/ipxe` for a one-time token (a script without
+//!   one — no provisioning window — ends the boot there), the Ignition config
 //!   with it, the first-boot report with the config's per-boot secret and
 //!   the pinned host key's fingerprint. A boot that cannot reach the boot
 //!   server is retried every second, as PXE firmware does, until it gets
@@ -64,7 +70,7 @@ fn bmc_port(i: usize) -> u16 {
 
 /// Cuts each named machine's site to the named machines (see the module
 /// docs) and writes a traffic hook that logs to `calls.log`.
-fn prepare_fleet(dir: &Path, names: &[&str]) {
+fn prepare_fleet(dir: &Path, names: &[&str], installs: bool) {
     let model = metalherd::fleet::load(dir).unwrap();
     let mut sites: Vec<String> = Vec::new();
     for name in names {
@@ -105,6 +111,9 @@ fn prepare_fleet(dir: &Path, names: &[&str]) {
                 m.ip,
                 bmc_port(i)
             ));
+            if installs {
+                inventory.push_str("    install_disk: /dev/sda\n");
+            }
         }
         std::fs::write(dir.join(format!("inventory/{site}.yaml")), inventory).unwrap();
     }
@@ -147,6 +156,14 @@ struct Seen {
     network_boots: Vec<usize>,
     /// Network boot attempts that could not reach the boot server.
     failed_boots: Vec<usize>,
+    /// Network boots told to boot locally: outside a provisioning window.
+    local_boots: Vec<usize>,
+    /// Install stages run (each one a network boot that installed).
+    installs: Vec<usize>,
+    /// Power-ons that booted the installed system from disk, no network.
+    disk_boots: Vec<usize>,
+    /// Why the latest failed network boot failed.
+    last_failure: Option<String>,
     busy: Vec<bool>,
     /// Power events handled so far.
     handled: Vec<usize>,
@@ -173,6 +190,20 @@ impl Firmware {
         self.seen.lock().unwrap().failed_boots.clone()
     }
 
+    /// Per machine: install stages run, and power-ons that booted the
+    /// installed system from disk without the network.
+    pub fn installs(&self) -> (Vec<usize>, Vec<usize>) {
+        let seen = self.seen.lock().unwrap();
+        assert!(seen.errors.is_empty(), "firmware: {:?}", seen.errors);
+        (seen.installs.clone(), seen.disk_boots.clone())
+    }
+
+    /// Per machine: network boots the boot server sent to the local disk
+    /// (no provisioning window).
+    pub fn local_boots(&self) -> Vec<usize> {
+        self.seen.lock().unwrap().local_boots.clone()
+    }
+
     /// Waits until every power event the BMCs logged has been handled (as
     /// a machine finishes booting before anyone acts on it again).
     pub fn settle(&self) {
@@ -188,11 +219,18 @@ impl Firmware {
                 if seen.handled == logged && !seen.busy.contains(&true) {
                     return;
                 }
+                assert!(
+                    Instant::now() < deadline,
+                    "the firmware stand-ins did not settle: power events logged {logged:?}, \
+                     handled {:?}, busy {:?}, failed boots {:?} (last error: {:?}), local boots {:?}, errors {:?}",
+                    seen.handled,
+                    seen.busy,
+                    seen.failed_boots,
+                    seen.last_failure,
+                    seen.local_boots,
+                    seen.errors
+                );
             }
-            assert!(
-                Instant::now() < deadline,
-                "the firmware stand-ins did not settle"
-            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -256,6 +294,76 @@ fn power_events(log: &Path) -> Vec<&'static str> {
         .collect()
 }
 
+/// How one network boot ended.
+enum Boot {
+    /// It booted its config and reported.
+    Reported,
+    /// The boot server told it to boot locally (no provisioning window,
+    /// or its install stage was delivered in this one).
+    Local,
+    /// It was served an install stage and "installed": the final config
+    /// (with this report secret) is on its disk, and it reboots.
+    Installed(String),
+}
+
+/// `%XX`-decodes `text` (the install stage embeds the final config so).
+pub fn percent_decode(text: &str) -> String {
+    let (raw, mut bytes, mut i) = (text.as_bytes(), Vec::new(), 0);
+    while i < raw.len() {
+        match (
+            raw[i],
+            text.get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok()),
+        ) {
+            (b'%', Some(b)) => {
+                bytes.push(b);
+                i += 3;
+            }
+            (c, _) => {
+                bytes.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The report secret in an Ignition config, and the final config an
+/// install stage carries (`/opt/metalherd/final.ign`), if it is one.
+fn read_config(doc: &serde_json::Value) -> (Option<String>, Option<serde_json::Value>) {
+    let source = |path: &str| {
+        doc["storage"]["files"].as_array().and_then(|files| {
+            files
+                .iter()
+                .find(|f| f["path"] == path)
+                .and_then(|f| f["contents"]["source"].as_str())
+                .and_then(|s| s.strip_prefix("data:,"))
+                .map(str::to_string)
+        })
+    };
+    let final_config = source("/opt/metalherd/final.ign")
+        .and_then(|s| serde_json::from_str(&percent_decode(&s)).ok());
+    (source("/etc/metalherd/report-secret"), final_config)
+}
+
+/// The first-boot report, as `metalherd-report.service` posts it.
+fn report(ns: &str, machine: &str, secret: &str, fingerprint: &str) -> Result<String, String> {
+    curl(
+        ns,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &format!("Authorization: Bearer {secret}"),
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &format!("{{\"host_key_fingerprint\":\"{fingerprint}\"}}"),
+            &format!("http://{BOOT_SERVER}/report/{machine}"),
+        ],
+    )
+}
+
 /// One network boot as the machine's firmware and first boot do it.
 fn network_boot(
     ns: &str,
@@ -263,9 +371,14 @@ fn network_boot(
     mac: &str,
     fingerprint: &str,
     pause: &Path,
-) -> Result<(), String> {
+) -> Result<Boot, String> {
     let base = format!("http://{BOOT_SERVER}");
     let script = curl(ns, &[&format!("{base}/ipxe?mac={mac}")])?;
+    if !script.contains("token=") {
+        // Told to boot its disk or to stop: this boot ends here, as a real
+        // one would.
+        return Ok(Boot::Local);
+    }
     let token = script
         .split("token=")
         .nth(1)
@@ -287,42 +400,39 @@ fn network_boot(
     }
     let ignition = ignition?;
     let doc: serde_json::Value = serde_json::from_str(&ignition).map_err(|e| e.to_string())?;
-    let secret = doc["storage"]["files"]
-        .as_array()
-        .and_then(|files| {
-            files
-                .iter()
-                .find(|f| f["path"] == "/etc/metalherd/report-secret")
-        })
-        .and_then(|f| f["contents"]["source"].as_str())
-        .and_then(|s| s.strip_prefix("data:,"))
-        .ok_or("no report secret in the config")?
-        .to_string();
-    curl(
-        ns,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            &format!("Authorization: Bearer {secret}"),
-            "-H",
-            "Content-Type: application/json",
-            "--data",
-            &format!("{{\"host_key_fingerprint\":\"{fingerprint}\"}}"),
-            &format!("{base}/report/{machine}"),
-        ],
-    )?;
-    Ok(())
+    match read_config(&doc) {
+        (_, Some(final_config)) => {
+            let (secret, _) = read_config(&final_config);
+            Ok(Boot::Installed(
+                secret.ok_or("no report secret in the installed config")?,
+            ))
+        }
+        (Some(secret), None) => {
+            report(ns, machine, &secret, fingerprint)?;
+            Ok(Boot::Reported)
+        }
+        (None, None) => Err("no report secret in the config".into()),
+    }
 }
 
 /// Starts a firmware stand-in per machine (see the module docs).
-fn firmware(hosts: &Hosts, fleet: &Path, names: &[&str], bmc_logs: &[PathBuf]) -> Firmware {
+fn firmware(
+    hosts: &Hosts,
+    fleet: &Path,
+    names: &[&str],
+    bmc_logs: &[PathBuf],
+    installs: bool,
+) -> Firmware {
     let model = metalherd::fleet::load(fleet).unwrap();
     let n = names.len();
     let seen = Arc::new(Mutex::new(Seen {
         power_ons: vec![0; n],
         network_boots: vec![0; n],
         failed_boots: vec![0; n],
+        local_boots: vec![0; n],
+        installs: vec![0; n],
+        disk_boots: vec![0; n],
+        last_failure: None,
         busy: vec![false; n],
         handled: vec![0; n],
         errors: Vec::new(),
@@ -364,32 +474,75 @@ fn firmware(hosts: &Hosts, fleet: &Path, names: &[&str], bmc_logs: &[PathBuf]) -
                     }
                     seen.lock().unwrap().power_ons[i] += 1;
                     // The firmware reads the boot device and consumes a
-                    // one-time override as it starts.
-                    let device = ipmitool(&ctl, bmc_port(i), &["chassis", "bootparam", "get", "5"])
-                        .and_then(|d| {
-                            if d.contains("Force PXE") {
-                                ipmitool(&ctl, bmc_port(i), &["chassis", "bootdev", "disk"])
-                                    .map(|_| true)
-                            } else {
-                                Ok(false) // a disk boot: the host is up already
-                            }
-                        });
-                    match device {
+                    // one-time override as it starts. A machine that runs
+                    // from RAM boots the network only when told to (else
+                    // its host is up already); one with a disk boots the
+                    // network first unless told to boot the disk.
+                    let flags = ipmitool(&ctl, bmc_port(i), &["chassis", "bootparam", "get", "5"]);
+                    let network = flags.and_then(|f| {
+                        if f.contains("Force PXE") {
+                            let consumed = if installs { "none" } else { "disk" };
+                            ipmitool(&ctl, bmc_port(i), &["chassis", "bootdev", consumed])
+                                .map(|_| true)
+                        } else {
+                            Ok(installs && !f.contains("Hard-Drive"))
+                        }
+                    });
+                    match network {
                         Ok(true) => {}
-                        Ok(false) => continue,
+                        Ok(false) => {
+                            if installs {
+                                seen.lock().unwrap().disk_boots[i] += 1;
+                            }
+                            continue;
+                        }
                         Err(e) => {
                             seen.lock().unwrap().errors.push(format!("{machine}: {e}"));
                             continue;
                         }
                     }
                     let power = power_events(&log).len();
+                    let mut installed: Option<String> = None;
                     loop {
                         match network_boot(&ns, &machine, &mac, &fingerprint, &pause) {
-                            Ok(()) => {
+                            Ok(Boot::Reported) => {
                                 seen.lock().unwrap().network_boots[i] += 1;
                                 break;
                             }
-                            Err(_) => seen.lock().unwrap().failed_boots[i] += 1,
+                            Ok(Boot::Installed(secret)) => {
+                                // The install reboots the machine: its
+                                // firmware boots the network first again.
+                                let mut seen = seen.lock().unwrap();
+                                seen.installs[i] += 1;
+                                if installed.is_some() {
+                                    seen.errors.push(format!(
+                                        "{machine}: installed twice in one boot (a loop)"
+                                    ));
+                                    break;
+                                }
+                                installed = Some(secret);
+                                continue;
+                            }
+                            Ok(Boot::Local) => {
+                                let mut seen = seen.lock().unwrap();
+                                seen.local_boots[i] += 1;
+                                // Booting the disk: the installed system's
+                                // first boot reports.
+                                if let Some(secret) = installed.take() {
+                                    match report(&ns, &machine, &secret, &fingerprint) {
+                                        Ok(_) => seen.network_boots[i] += 1,
+                                        Err(e) => {
+                                            seen.errors.push(format!("{machine}: report: {e}"))
+                                        }
+                                    }
+                                }
+                                break;
+                            }
+                            Err(e) => {
+                                let mut seen = seen.lock().unwrap();
+                                seen.failed_boots[i] += 1;
+                                seen.last_failure = Some(format!("{machine}: {e}"));
+                            }
                         }
                         std::thread::sleep(Duration::from_secs(1));
                         if stop.load(Ordering::SeqCst) || power_events(&log).len() != power {
@@ -426,13 +579,23 @@ impl Machines {
     /// Cuts the example fleet's sites to `names` and starts their hosts,
     /// BMCs and firmware stand-ins, and the boot server.
     pub fn start(names: &[&str]) -> Machines {
+        Machines::start_with(names, false)
+    }
+
+    /// Like [`Machines::start`], the machines installing to a disk
+    /// (`install_disk`) behind firmware that boots the network first.
+    pub fn start_installing(names: &[&str]) -> Machines {
+        Machines::start_with(names, true)
+    }
+
+    fn start_with(names: &[&str], installs: bool) -> Machines {
         let fakebmc = require_pip("fakebmc", "pyghmi");
         require("ipmitool", "ipmitool");
         require("curl", "curl");
         require("nsenter", "util-linux");
         let fleet = example_fleet();
         let f = fleet.path();
-        prepare_fleet(f, names);
+        prepare_fleet(f, names, installs);
         let hosts = Hosts::start(f, names, &Options::default());
         let ctl = hosts.ctl_namespace().to_string();
         let logs = tempfile::tempdir().unwrap().keep();
@@ -468,7 +631,7 @@ impl Machines {
         for i in 0..names.len() {
             wait_for_bmc(&ctl, i);
         }
-        let firmware = firmware(&hosts, f, names, &bmc_logs);
+        let firmware = firmware(&hosts, f, names, &bmc_logs, installs);
         Machines {
             fleet,
             hosts,
@@ -477,6 +640,17 @@ impl Machines {
             firmware,
             names: names.iter().map(|n| n.to_string()).collect(),
         }
+    }
+
+    /// What `machine`'s BMC says its boot device is (`ipmitool chassis
+    /// bootparam get 5`).
+    pub fn boot_device(&self, machine: &str) -> String {
+        ipmitool(
+            self.hosts.ctl_namespace(),
+            bmc_port(self.index(machine)),
+            &["chassis", "bootparam", "get", "5"],
+        )
+        .unwrap()
     }
 
     pub fn index(&self, machine: &str) -> usize {

@@ -18,6 +18,7 @@ mod hosts;
 mod httpd;
 mod ignition_apply;
 mod injection;
+mod installs;
 mod kubeconfig;
 mod lab;
 mod lifecycle;

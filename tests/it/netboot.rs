@@ -148,6 +148,8 @@ fn a_vm_boots_through_ipxe_ignition_and_reports() {
     )
     .unwrap();
 
+    let armed = super::metalherd(fleet.path(), &["boot", "arm", "fra-cp-01"]);
+    assert!(armed.status.success(), "{}", super::text(&armed.stderr));
     let log = fleet.path().join("serve.log");
     let mut server = Command::new(env!("CARGO_BIN_EXE_metalherd"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])

@@ -1021,6 +1021,19 @@ fn no_secret_in_any_output_log_or_file_and_secret_files_are_private() {
     wait_for_port(serve_port, "metalherd serve", &serve_log);
     let state = f.join(".metalherd/state");
     let mut answers = Vec::new();
+    let armed = run(
+        &mut said,
+        &[
+            "boot",
+            "arm",
+            "fra-cp-01",
+            "ber-wk-01",
+            "--reason",
+            "a test boot",
+        ],
+        &[],
+    );
+    ok(&armed, "boot arm");
     for (site, machine, mac) in [
         ("fra", "fra-cp-01", "52:54:00:fa:00:01"),
         ("ber", "ber-wk-01", "52-54-00-BE-00-04"),

@@ -1,7 +1,9 @@
 //! `metalherd serve`, the real binary on loopback, spoken to over raw
-//! HTTP/1.1: MAC spellings, unknown MACs, one-time tokens (replay, wrong
-//! MAC, expiry), `/assets` (traversal, Range, ETag), a malformed-request
-//! flood, metrics, reload; and `metalherd dnsmasq` checked by dnsmasq.
+//! HTTP/1.1: MAC spellings, unknown MACs, provisioning windows (`boot
+//! arm|disarm`, expiry, one delivery per window), one-time tokens (replay,
+//! wrong MAC, expiry, revocation), `/assets` (traversal, Range, ETag), a
+//! malformed-request flood, metrics, reload; and `metalherd dnsmasq`
+//! checked by dnsmasq.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -24,13 +26,36 @@ impl Drop for Server {
     }
 }
 
+/// `metalherd boot ARGS` in `fleet` (`arm --site fra`, `disarm M`).
+pub(super) fn boot(fleet: &Path, args: &[&str]) -> String {
+    let mut all = vec!["boot"];
+    all.extend_from_slice(args);
+    let out = metalherd(fleet, &all);
+    assert!(
+        out.status.success(),
+        "metalherd {all:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// A boot server for `fleet` with every machine's provisioning window open.
 fn start(fleet: &Path, extra: &[&str]) -> Server {
+    boot(
+        fleet,
+        &["arm", "--site", "fra", "--site", "ber", "--site", "muc"],
+    );
+    start_unarmed(fleet, extra)
+}
+
+fn start_unarmed(fleet: &Path, extra: &[&str]) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let log = fleet.join("serve.log");
+    let log = fleet.join(format!("serve-{port}.log"));
     let listen = format!("127.0.0.1:{port}");
     let mut args = vec!["serve", "--listen", &listen];
     args.extend_from_slice(extra);
@@ -214,7 +239,8 @@ fn tokens_are_one_time_per_mac_and_expire() {
         .0,
         403
     );
-    // Expiry.
+    // Expiry (in a new window: this one had its delivery).
+    boot(fleet.path(), &["arm", "ber-wk-01"]);
     let (_, script) = get(s.port, "/ipxe?mac=52:54:00:be:00:04");
     let late = token_of(&script);
     std::thread::sleep(Duration::from_millis(2300));
@@ -255,6 +281,10 @@ fn tokens_are_one_time_per_mac_and_expire() {
 #[test]
 fn the_first_ignition_delivered_revokes_every_other_token_of_its_machine() {
     let fleet = example_fleet();
+    // RAM-only machines: one delivery per window, nothing to boot locally.
+    let inv = fleet.path().join("inventory/ber.yaml");
+    let text = std::fs::read_to_string(&inv).unwrap();
+    std::fs::write(&inv, text.replace("    install_disk: /dev/sda\n", "")).unwrap();
     let s = start(fleet.path(), &[]);
     let mac = "52:54:00:be:00:04";
     let head = |path: &str| {
@@ -273,7 +303,15 @@ fn the_first_ignition_delivered_revokes_every_other_token_of_its_machine() {
         "the HEAD burned the token"
     );
 
-    // The next boot: the thief asks first, then the machine.
+    // One delivery per window: the machine's next request in it is refused.
+    let (status, body) = get(s.port, &format!("/ipxe?mac={mac}"));
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        metric(s.port, "metalherd_ignition_possible_thefts_total"),
+        1
+    );
+    // The next boot, in a new window: the thief asks first, then the machine.
+    boot(fleet.path(), &["arm", "ber-wk-01"]);
     let (_, thief) = get(s.port, &format!("/ipxe?mac={mac}"));
     let (_, own) = get(s.port, &format!("/ipxe?mac={mac}"));
     let (thief, own) = (token_of(&thief), token_of(&own));
@@ -290,9 +328,22 @@ fn the_first_ignition_delivered_revokes_every_other_token_of_its_machine() {
     );
     assert_eq!(
         metric(s.port, "metalherd_ignition_possible_thefts_total"),
-        1
+        2
     );
     assert_eq!(metric(s.port, "metalherd_ignition_replays_total"), 0);
+    // The window, which every boot server and `provision` read, names both.
+    let status: serde_json::Value = serde_json::from_str(&boot(
+        fleet.path(),
+        &["status", "ber-wk-01", "--output", "json"],
+    ))
+    .unwrap();
+    let w = &status["windows"][0];
+    assert_eq!(w["delivered_to"], "127.0.0.1", "{status}");
+    assert_eq!(
+        w["exposed_to"],
+        serde_json::json!(["127.0.0.1"]),
+        "{status}"
+    );
     let m = machine_status(s.port, "ber-wk-01");
     assert_eq!(m["stage"], "ignition-refused", "{m}");
     assert_eq!(m["possible_theft"], true, "{m}");
@@ -315,6 +366,210 @@ fn the_first_ignition_delivered_revokes_every_other_token_of_its_machine() {
         !log.contains(&own) && !log.contains(&thief),
         "tokens never reach the log"
     );
+}
+
+/// Outside a provisioning window a machine gets a script that boots its
+/// disk (or, RAM-only, says why and stops), never a token; the request is
+/// counted and logged with the MAC. `boot arm` opens a window, which
+/// expires; `boot disarm` closes one. An install stage's machine that
+/// network-boots again in its window boots its disk: no second install,
+/// no alarm.
+#[test]
+fn outside_a_provisioning_window_no_token_and_installs_boot_their_disk() {
+    let fleet = example_fleet();
+    let inv = fleet.path().join("inventory/ber.yaml");
+    let text = std::fs::read_to_string(&inv).unwrap();
+    std::fs::write(&inv, text.replacen("    install_disk: /dev/sda\n", "", 1)).unwrap();
+    let s = start_unarmed(fleet.path(), &[]);
+    let outside = "metalherd_boot_outside_window_total";
+
+    let (status, script) = get(s.port, "/ipxe?mac=52:54:00:fa:00:01");
+    assert_eq!(status, 200, "{script}");
+    assert!(!script.contains("token="), "{script}");
+    assert!(
+        script.contains("it has no open provisioning window: booting the local disk")
+            && script.contains("\nsanboot --no-describe --drive 0x80 || exit\n"),
+        "{script}"
+    );
+    let (status, script) = get(s.port, "/ipxe?mac=52:54:00:be:00:01");
+    assert_eq!(status, 200, "{script}");
+    assert!(
+        !script.contains("token=") && !script.contains("sanboot") && !script.contains("chain"),
+        "{script}"
+    );
+    assert!(script.contains("metalherd boot arm ber-cp-01"), "{script}");
+    assert!(
+        script.ends_with(":stopped\nsleep 3600\ngoto stopped\n"),
+        "{script}"
+    );
+    assert_eq!(metric(s.port, outside), 2);
+    // Without a window even a tokenless request learns nothing.
+    assert_eq!(get(s.port, "/ignition?mac=52:54:00:fa:00:01").0, 403);
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    assert!(
+        log.contains("fra-cp-01: /ipxe from 127.0.0.1 for MAC 52:54:00:fa:00:01 outside a provisioning window (no provisioning window was ever opened for it): no token; told to boot its local disk"),
+        "{log}"
+    );
+    assert_eq!(
+        machine_status(s.port, "fra-cp-01")["stage"],
+        "outside-window"
+    );
+
+    // Armed: a token; expired: none again.
+    let armed = boot(
+        fleet.path(),
+        &[
+            "arm",
+            "fra-cp-01",
+            "--for",
+            "3s",
+            "--reason",
+            "console boot",
+        ],
+    );
+    assert!(
+        armed.contains("fra-cp-01") && armed.contains("open"),
+        "{armed}"
+    );
+    let (_, script) = get(s.port, "/ipxe?mac=52:54:00:fa:00:01");
+    assert_eq!(token_of(&script).len(), 32, "{script}");
+    std::thread::sleep(Duration::from_millis(3500));
+    let (_, script) = get(s.port, "/ipxe?mac=52:54:00:fa:00:01");
+    assert!(!script.contains("token="), "{script}");
+    assert_eq!(metric(s.port, outside), 3);
+    // Disarmed: none.
+    boot(fleet.path(), &["arm", "fra-cp-01"]);
+    let said = boot(
+        fleet.path(),
+        &["disarm", "fra-cp-01", "--reason", "not today"],
+    );
+    assert!(
+        said.contains("closed") && said.contains("not today"),
+        "{said}"
+    );
+    assert!(!get(s.port, "/ipxe?mac=52:54:00:fa:00:01")
+        .1
+        .contains("token="));
+
+    // An install: the stage once, then the installed system's network boot
+    // in the same window boots the disk; its report closes the window.
+    boot(fleet.path(), &["arm", "fra-wk-01"]);
+    let (_, script) = get(s.port, "/ipxe?mac=52:54:00:fa:00:04");
+    let (status, install) = get(
+        s.port,
+        &format!(
+            "/ignition?mac=52:54:00:fa:00:04&token={}",
+            token_of(&script)
+        ),
+    );
+    assert_eq!(status, 200);
+    let (status, again) = get(s.port, "/ipxe?mac=52:54:00:fa:00:04");
+    assert_eq!(status, 200, "{again}");
+    assert!(
+        again.contains(
+            "its install stage was delivered in this provisioning window: booting the local disk"
+        ) && !again.contains("token="),
+        "{again}"
+    );
+    assert_eq!(machine_status(s.port, "fra-wk-01")["stage"], "booting-disk");
+    assert_eq!(
+        metric(s.port, "metalherd_ignition_possible_thefts_total"),
+        0
+    );
+    // The final config rides percent-encoded in the install stage.
+    let doc: serde_json::Value = serde_json::from_str(&install).unwrap();
+    let source = doc["storage"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/opt/metalherd/final.ign")
+        .and_then(|f| f["contents"]["source"].as_str())
+        .and_then(|s| s.strip_prefix("data:,"))
+        .expect("the final config in the install stage")
+        .to_string();
+    let secret = report_secret(&super::machines::percent_decode(&source));
+    let pubkey = std::fs::read_to_string(
+        fleet
+            .path()
+            .join(".metalherd/state/hostkeys/fra/fra-wk-01/ssh_host_ed25519_key.pub"),
+    )
+    .unwrap();
+    let fingerprint = ssh_key::PublicKey::from_openssh(pubkey.trim())
+        .unwrap()
+        .fingerprint(ssh_key::HashAlg::Sha256)
+        .to_string();
+    let body = format!("{{\"host_key_fingerprint\":\"{fingerprint}\"}}");
+    assert_eq!(
+        post(s.port, "/report/fra-wk-01", Some(&secret), &body).0,
+        200
+    );
+    let status = boot(fleet.path(), &["status", "fra-wk-01"]);
+    assert!(status.contains("closed   (reported)"), "{status}");
+    assert!(!get(s.port, "/ipxe?mac=52:54:00:fa:00:04")
+        .1
+        .contains("token="));
+}
+
+/// Two boot servers for one site on the etcd backend share its windows: a
+/// token one of them handed out is refused there once the other delivered
+/// the machine's Ignition, counted and flagged as a possible theft; a
+/// window disarmed through etcd is closed at both.
+#[test]
+fn two_boot_servers_on_the_etcd_backend_share_the_windows() {
+    let cluster = super::etcd_cluster::EtcdCluster::start();
+    let fleet = super::state::fleet_for(Some(&cluster));
+    let inv = fleet.path().join("inventory/ber.yaml");
+    let text = std::fs::read_to_string(&inv).unwrap();
+    std::fs::write(&inv, text.replace("    install_disk: /dev/sda\n", "")).unwrap();
+    let a = start(fleet.path(), &["--site", "ber"]);
+    let b = start_unarmed(fleet.path(), &["--site", "ber"]);
+    let mac = "52:54:00:be:00:04";
+    let (_, thief) = get(a.port, &format!("/ipxe?mac={mac}"));
+    let (_, own) = get(b.port, &format!("/ipxe?mac={mac}"));
+    let (thief, own) = (token_of(&thief), token_of(&own));
+    assert_eq!(
+        get(b.port, &format!("/ignition?mac={mac}&token={own}")).0,
+        200
+    );
+    let (status, body) = get(a.port, &format!("/ignition?mac={mac}&token={thief}"));
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains(
+            "already delivered to 127.0.0.1 in this provisioning window (possible theft)"
+        ),
+        "{body}"
+    );
+    assert_eq!(get(a.port, &format!("/ipxe?mac={mac}")).0, 403);
+    assert_eq!(
+        metric(a.port, "metalherd_ignition_possible_thefts_total"),
+        2
+    );
+    assert_eq!(machine_status(a.port, "ber-wk-01")["possible_theft"], true);
+    assert_eq!(
+        metric(b.port, "metalherd_ignition_possible_thefts_total"),
+        0
+    );
+    let status: serde_json::Value = serde_json::from_str(&boot(
+        fleet.path(),
+        &["status", "ber-wk-01", "--output", "json"],
+    ))
+    .unwrap();
+    assert_eq!(
+        status["windows"][0]["delivered_to"], "127.0.0.1",
+        "{status}"
+    );
+    assert_eq!(
+        status["windows"][0]["exposed_to"],
+        serde_json::json!(["127.0.0.1"]),
+        "{status}"
+    );
+    // Disarmed through etcd: neither server hands out a token.
+    boot(fleet.path(), &["disarm", "--site", "ber"]);
+    for port in [a.port, b.port] {
+        let (status, script) = get(port, "/ipxe?mac=52:54:00:be:00:05");
+        assert_eq!(status, 200);
+        assert!(!script.contains("token="), "{script}");
+    }
 }
 
 #[test]
@@ -544,6 +799,7 @@ fn reports_need_the_per_boot_secret_and_host_key_mismatches_are_flagged() {
     std::fs::write(&inv, text.replacen("    install_disk: /dev/sda\n", "", 1)).unwrap();
     let s = start(fleet.path(), &[]);
     let boot = |mac: &str| {
+        boot(fleet.path(), &["arm", "ber-cp-01"]);
         let (_, script) = get(s.port, &format!("/ipxe?mac={mac}"));
         let (status, ign) = get(
             s.port,
@@ -671,8 +927,21 @@ fn abuse_from_loopback_gets_no_5xx_bounded_memory_and_a_real_boot_goes_through()
     // A RAM-only machine is served its final config (with the report secret).
     let inv = fleet.path().join("inventory/ber.yaml");
     let body = std::fs::read_to_string(&inv).unwrap();
-    std::fs::write(&inv, body.replacen("    install_disk: /dev/sda\n", "", 1)).unwrap();
+    std::fs::write(&inv, body.replace("    install_disk: /dev/sda\n", "")).unwrap();
     let s = start(fleet.path(), &[]);
+    boot(fleet.path(), &["disarm", "muc-cp-01"]);
+    // ber-cp-02 got its Ignition: any further request in its window is
+    // a possible theft.
+    let (_, script) = get(s.port, "/ipxe?mac=52:54:00:be:00:02");
+    let token = token_of(&script);
+    assert_eq!(
+        get(
+            s.port,
+            &format!("/ignition?mac=52:54:00:be:00:02&token={token}")
+        )
+        .0,
+        200
+    );
     let port = s.port;
     // A token used once, to be replayed by the flood.
     let (_, script) = get(port, "/ipxe?mac=52:54:00:fa:00:02");
@@ -708,6 +977,10 @@ fn abuse_from_loopback_gets_no_5xx_bounded_memory_and_a_real_boot_goes_through()
         big_header.into_bytes(),
         big_report.into_bytes(),
         replay.into_bytes(),
+        // ber-cp-02's Ignition was delivered in its window: a possible theft.
+        b"GET /ipxe?mac=52:54:00:be:00:02 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        // muc-cp-01 has no window: the local-boot script.
+        b"GET /ipxe?mac=52:54:00:3c:00:01 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
     ];
     let requests = std::sync::Arc::new(requests);
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -798,6 +1071,18 @@ fn abuse_from_loopback_gets_no_5xx_bounded_memory_and_a_real_boot_goes_through()
         metric(port, "metalherd_ignition_replays_total"),
         replays,
         "every replay counted"
+    );
+    assert_eq!(of_kind(8), [403], "{all:?}");
+    assert_eq!(
+        metric(port, "metalherd_ignition_possible_thefts_total"),
+        all[&(8, 403)],
+        "every request after the delivery counted"
+    );
+    assert_eq!(of_kind(9), [200], "{all:?}");
+    assert_eq!(
+        metric(port, "metalherd_boot_outside_window_total"),
+        all[&(9, 200)],
+        "every request outside a window counted"
     );
     let after = rss_kib(s.child.id());
     eprintln!("RSS after the flood: {after} KiB");

@@ -31,7 +31,7 @@ fn all(out: &Output) -> String {
 
 /// An example fleet whose state lives in `cluster` (TLS, sealed secrets,
 /// a 3 s lock TTL), or locally when `cluster` is None.
-fn fleet_for(cluster: Option<&EtcdCluster>) -> tempfile::TempDir {
+pub(super) fn fleet_for(cluster: Option<&EtcdCluster>) -> tempfile::TempDir {
     let fleet = example_fleet();
     let f = fleet.path();
     let (secret, _) = Sealer::generate_identity();
