@@ -34,6 +34,10 @@ pub const FILES: &[(&str, &str)] = &[
     ),
     ("inventory/fra.yaml", include_str!("../inventory/fra.yaml")),
     ("inventory/muc.yaml", include_str!("../inventory/muc.yaml")),
+    (
+        "scripts/gslb-weight",
+        include_str!("../scripts/gslb-weight"),
+    ),
     ("sites/ber.yaml", include_str!("../sites/ber.yaml")),
     ("sites/fra.yaml", include_str!("../sites/fra.yaml")),
     ("sites/muc.yaml", include_str!("../sites/muc.yaml")),
@@ -124,6 +128,8 @@ mod tests {
                 }
             }
         }
+        // The example's hooks (scripts/ also holds the repository's own).
+        on_disk.push("scripts/gslb-weight".to_string());
         on_disk.sort();
         let embedded: Vec<String> = super::FILES.iter().map(|(p, _)| p.to_string()).collect();
         assert_eq!(

@@ -41,12 +41,14 @@ pub enum SshError {
         addr: SocketAddr,
         timeout: Duration,
     },
-    #[error("{machine} ({addr}): {step}: {source}")]
+    // `cause`, not `source`: the message says it, and a chained source
+    // would print it twice (`No route to host: No route to host`).
+    #[error("{machine} ({addr}): {step}: {cause}")]
     Protocol {
         machine: String,
         addr: SocketAddr,
         step: String,
-        source: russh::Error,
+        cause: russh::Error,
     },
     #[error("{machine} ({addr}): the host refused metalherd's key for user {user}")]
     AuthRejected {
@@ -69,15 +71,15 @@ pub enum SshError {
         status: String,
         stderr: String,
     },
-    #[error("{machine}: metalherd's SSH key cannot be used: {source}")]
+    #[error("{machine}: metalherd's SSH key cannot be used: {cause}")]
     Key {
         machine: String,
-        source: russh::keys::Error,
+        cause: russh::keys::Error,
     },
-    #[error("{machine}: terminal: {source}")]
+    #[error("{machine}: terminal: {cause}")]
     Terminal {
         machine: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -197,10 +199,10 @@ impl Session {
         timeouts: Timeouts,
     ) -> Result<Session, SshError> {
         let key =
-            russh::keys::decode_secret_key(operator.private_openssh(), None).map_err(|source| {
+            russh::keys::decode_secret_key(operator.private_openssh(), None).map_err(|cause| {
                 SshError::Key {
                     machine: target.machine.clone(),
-                    source,
+                    cause,
                 }
             })?;
         let presented = Arc::new(Mutex::new(None));
@@ -208,11 +210,11 @@ impl Session {
             expected: target.host_key_fingerprint.clone(),
             presented: presented.clone(),
         };
-        let protocol = |step: &str, source| SshError::Protocol {
+        let protocol = |step: &str, cause| SshError::Protocol {
             machine: target.machine.clone(),
             addr: target.addr,
             step: step.to_string(),
-            source,
+            cause,
         };
         let connect = client::connect(Arc::new(config()), target.addr, handler);
         let mut handle = match tokio::time::timeout(timeouts.connect, connect).await {
@@ -268,12 +270,12 @@ impl Session {
         &self.target
     }
 
-    fn protocol(&self, step: &str, source: russh::Error) -> SshError {
+    fn protocol(&self, step: &str, cause: russh::Error) -> SshError {
         SshError::Protocol {
             machine: self.target.machine.clone(),
             addr: self.target.addr,
             step: step.to_string(),
-            source,
+            cause,
         }
     }
 
@@ -432,9 +434,9 @@ impl Session {
                 .request_pty(false, &term, cols, rows, 0, 0, &[])
                 .await
                 .map_err(|e| self.protocol(step, e))?;
-            Some(RawMode::enter().map_err(|source| SshError::Terminal {
+            Some(RawMode::enter().map_err(|cause| SshError::Terminal {
                 machine: self.target.machine.clone(),
-                source,
+                cause,
             })?)
         } else {
             None
@@ -454,6 +456,10 @@ impl Session {
         let mut stdout = tokio::io::stdout();
         let mut stderr = tokio::io::stderr();
         let mut code = 255;
+        // Until the server closes the channel: the reader alone would wait
+        // for the pump's half too, which sits in a blocking read of the
+        // local terminal that nothing cancels (the session hung after the
+        // remote shell exited until a key was pressed, and then again).
         while let Some(msg) = reader.wait().await {
             match msg {
                 ChannelMsg::Data { data } => {
@@ -464,9 +470,12 @@ impl Session {
                     let _ = stderr.write_all(&data).await;
                 }
                 ChannelMsg::ExitStatus { exit_status } => code = exit_status,
+                ChannelMsg::Close => break,
                 _ => {}
             }
         }
+        let _ = stdout.flush().await;
+        let _ = stderr.flush().await;
         pump.abort();
         Ok(code)
     }
@@ -490,12 +499,11 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// Joins argv into one command line for the remote shell.
+/// Joins argv into one command line for the remote shell as OpenSSH's
+/// `ssh host a b` does: with spaces, unquoted, so `ssh M -- 'a; b'` runs
+/// `a` then `b` and `ssh M -- ls '$HOME'` expands `$HOME` remotely.
 pub fn command_line(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| shell_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ")
+    argv.join(" ")
 }
 
 fn terminal_size() -> (u32, u32) {
@@ -538,8 +546,24 @@ mod tests {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
         assert_eq!(shell_quote(""), "''");
-        let line = command_line(&["echo".into(), "$HOME".into(), "x;y".into()]);
-        assert_eq!(line, "echo '$HOME' 'x;y'");
+        let line = command_line(&["echo".into(), "$HOME".into(), "x; y".into()]);
+        assert_eq!(line, "echo $HOME x; y", "joined as OpenSSH joins them");
+    }
+
+    #[test]
+    fn a_connection_error_names_its_cause_once() {
+        let e = SshError::Protocol {
+            machine: "fra-sp-01".into(),
+            addr: "10.0.0.1:22".parse().unwrap(),
+            step: "connect".into(),
+            cause: russh::Error::IO(std::io::Error::from_raw_os_error(113)),
+        };
+        let said = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(said.matches("os error 113").count(), 1, "{said}");
+        assert!(
+            said.starts_with("fra-sp-01 (10.0.0.1:22): connect: "),
+            "{said}"
+        );
     }
 
     #[test]

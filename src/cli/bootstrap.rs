@@ -70,5 +70,5 @@ pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
         report.site, report.generation
     );
     let (done, failed) = (format!("{what}: done"), format!("{what} failed"));
-    finish(cli, report.error.as_deref(), done, failed)
+    finish(cli, report.error.as_deref(), &report.phases, done, failed)
 }

@@ -51,6 +51,35 @@ pub(super) fn init_logging(cli: &Cli) {
 /// Errors go to stderr with their whole chain; a fleet that failed to load
 /// lists every problem. With `--output json` the same goes to stdout as a
 /// document, for scripts.
+/// A command line clap refused (or `--help`/`--version`): clap's text as
+/// clap prints it, and with `--output json` also a JSON error on stdout,
+/// so a script always gets a document; exit 2 (0 for help and version).
+pub(super) fn usage(e: clap::Error) -> std::process::ExitCode {
+    let code = e.exit_code();
+    let args: Vec<String> = std::env::args().collect();
+    let json = args
+        .windows(2)
+        .any(|w| w[0] == "--output" && w[1] == "json")
+        || args.iter().any(|a| a == "--output=json");
+    if json && code != 0 {
+        let said = e.render().to_string();
+        // The message up to clap's usage line, on one line.
+        let first = said
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ")
+            .trim_start_matches("error: ")
+            .to_string();
+        let _ = print_json(&serde_json::json!({
+            "ok": false, "usage": true, "error": first, "usage_text": said,
+        }));
+    }
+    let _ = e.print();
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(2))
+}
+
 pub(super) fn report_error(cli: &Cli, err: &anyhow::Error) {
     if let Some(Reported(summary)) = err.downcast_ref::<Reported>() {
         if cli.output == Output::Text {

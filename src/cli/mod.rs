@@ -168,7 +168,10 @@ pub enum Command {
 /// exit code.
 pub fn main() -> ExitCode {
     errors::quiet_on_broken_pipe();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return errors::usage(e),
+    };
     errors::init_logging(&cli);
     match dispatch(&cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,9 @@ use crate::state;
 
 #[derive(Subcommand, Debug)]
 pub enum PlanCommand {
-    /// What `replace site S` would do, and which blockers hold now.
+    /// What `replace site S` would do, and which blockers hold now. Exits
+    /// 4 when a blocker holds (the replace would be refused without
+    /// `--force`), 0 otherwise.
     Site(PlanArgs),
 }
 
@@ -40,5 +42,11 @@ pub fn run(cli: &Cli, cmd: &PlanCommand) -> anyhow::Result<()> {
         let seams = (store.as_ref(), &sealer, &Real as &dyn Infra);
         site_plan(&fleet, site, seams, !args.no_probe, args.blue_green, bake).await
     })?;
-    print(cli, &plan, &plan)
+    print(cli, &plan, &plan)?;
+    // A plan the replace would refuse: exit 4, as the replace would, so a
+    // script can tell without reading the text.
+    if plan.blocked {
+        return Err(super::Exit(super::print::BLOCKED).into());
+    }
+    Ok(())
 }

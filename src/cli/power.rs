@@ -54,23 +54,36 @@ pub fn run(cli: &Cli, args: &PowerArgs) -> anyhow::Result<()> {
         },
     };
     let runtime = super::context::runtime()?;
-    if action != power::Action::Status {
-        let names: Vec<&str> = targets.iter().map(|(_, m)| m.name.as_str()).collect();
-        runtime.block_on(async {
+    let what = format!(
+        "power {}",
+        serde_json::to_value(action)?.as_str().unwrap_or("")
+    );
+    let names: Vec<&str> = targets.iter().map(|(_, m)| m.name.as_str()).collect();
+    let store = match action {
+        power::Action::Status => None,
+        _ => {
             let (store, _) = crate::state::open(&fleet)?;
-            crate::lifecycle::refuse_quarantined(
+            runtime.block_on(crate::lifecycle::refuse_quarantined(
                 store.as_ref(),
                 &names,
-                &format!(
-                    "power {}",
-                    serde_json::to_value(action)?.as_str().unwrap_or("")
-                ),
-            )
-            .await
-        })?;
-    }
+                &what,
+            ))?;
+            Some(store)
+        }
+    };
     let outcomes = runtime.block_on(power::run(&fleet, &targets, action, &opts));
     let report = power::Report::new(action, outcomes);
+    // A change of power is recorded in the audit log, whatever came of it.
+    if let Some(store) = &store {
+        let failed: Vec<&str> = report
+            .results
+            .iter()
+            .filter(|o| !o.ok)
+            .map(|o| o.machine.as_str())
+            .collect();
+        let detail = serde_json::json!({ "machines": names, "ok": report.ok, "failed": failed });
+        runtime.block_on(crate::state::audit(store.as_ref(), &what, detail))?;
+    }
     print(cli, &report, &report)?;
     if report.ok {
         Ok(())

@@ -41,11 +41,13 @@ pub(crate) fn print_ok<R: Serialize + Display>(cli: &Cli, report: &R) -> anyhow:
     print(cli, doc, report)
 }
 
-/// The end of an operation whose report is printed: `done` (text), or the
-/// error in full on stderr and a failure `failed: <its first line>`.
+/// The end of an operation whose report (its `phases`) is printed: `done`
+/// (text), or the error in full on stderr (unless a phase printed it
+/// already) and a failure `failed: <its first line>`.
 pub(crate) fn finish(
     cli: &Cli,
     error: Option<&str>,
+    phases: &[Phase],
     done: impl Display,
     failed: impl Display,
 ) -> anyhow::Result<()> {
@@ -58,7 +60,8 @@ pub(crate) fn finish(
             Ok(())
         }
         Some(e) => {
-            if text {
+            let shown = phases.iter().flat_map(|p| &p.notes).any(|n| n.contains(e));
+            if text && !shown {
                 eprintln!("{e}");
             }
             let first = e.lines().next().unwrap_or("");

@@ -66,5 +66,11 @@ pub fn run(cli: &Cli, cmd: &ProvisionCommand) -> anyhow::Result<()> {
         report.site, report.generation
     );
     let done = format!("{what}: done; every machine ready");
-    finish(cli, report.error.as_deref(), done, format!("{what} failed"))
+    finish(
+        cli,
+        report.error.as_deref(),
+        &report.phases,
+        done,
+        format!("{what} failed"),
+    )
 }

@@ -57,5 +57,11 @@ pub fn run(cli: &Cli, cmd: &ReplaceCommand) -> anyhow::Result<()> {
         report.report.took_ms as f64 / 1000.0
     );
     let failed = format!("replace of {} failed (the site stays drained)", site.name);
-    finish(cli, report.report.error.as_deref(), done, failed)
+    finish(
+        cli,
+        report.report.error.as_deref(),
+        &report.report.phases,
+        done,
+        failed,
+    )
 }

@@ -19,7 +19,10 @@ use crate::ssh::{command_line, Session};
 pub struct SshCommandArgs {
     /// The machine to log in to.
     machine: MachineName,
-    /// A command to run instead of an interactive shell.
+    /// A command to run instead of an interactive shell. As with OpenSSH,
+    /// the words are joined with spaces into one command line for the
+    /// remote shell: `-- 'ls /opt; which kubelet'` runs both commands, and
+    /// quoting meant for the remote shell must survive the local one.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
     #[command(flatten)]
@@ -28,7 +31,8 @@ pub struct SshCommandArgs {
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
-    /// Every machine of this site (spares included).
+    /// The machines of this site that serve its current generation (the
+    /// roles the state records; spares, powered off, left out).
     #[arg(
         long,
         value_name = "SITE",
@@ -36,10 +40,14 @@ pub struct ExecArgs {
         conflicts_with = "machines"
     )]
     site: Option<SiteName>,
+    /// With --site: its spares too.
+    #[arg(long, requires = "site")]
+    include_spares: bool,
     /// These machines, comma-separated.
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
     machines: Vec<MachineName>,
-    /// The command to run on each machine (after `--`).
+    /// The command to run on each machine (after `--`), joined with spaces
+    /// into one command line for the remote shell, as OpenSSH does.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
     /// Machines at once per site.
@@ -72,8 +80,13 @@ pub fn run_ssh(cli: &Cli, args: &SshCommandArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_exec(cli: &Cli, args: &ExecArgs) -> anyhow::Result<()> {
+    // The fleet with the roles its state records: a site's spares are
+    // powered off, so by default only what serves.
     let (fleet, keys) = fleet_and_keys(cli)?;
-    let chosen = machines(&fleet, args.site.as_ref(), &args.machines)?;
+    let mut chosen = machines(&fleet, args.site.as_ref(), &args.machines)?;
+    if args.site.is_some() && !args.include_spares {
+        chosen.retain(|(_, m)| m.role != crate::fleet::Role::Spare);
+    }
     let opts = exec::Options {
         command: command_line(&args.command),
         user: args.ssh.user.clone(),

@@ -24,7 +24,11 @@ use super::*;
 pub(super) fn load(root: &Path) -> Result<Fleet, LoadError> {
     let mut diags = Diagnostics::default();
     let files = load::read_all(root, &mut diags);
-    let mut ctx = Ctx { diags, file: 0 };
+    let mut ctx = Ctx {
+        diags,
+        file: 0,
+        root: root.to_path_buf(),
+    };
     let fleet = ctx.build(root, files);
     match fleet {
         Some(fleet) if ctx.diags.is_empty() => Ok(fleet),
@@ -39,7 +43,27 @@ pub(super) struct Ctx {
     diags: Diagnostics,
     /// The file being converted, for `err`.
     file: usize,
+    /// The fleet directory, where hooks run.
+    root: std::path::PathBuf,
 }
+
+/// The folders of a fleet repository (and of metalherd's own): no site
+/// may be named like one.
+const RESERVED_SITE_NAMES: &[&str] = &[
+    "sites",
+    "inventory",
+    "ignition",
+    "templates",
+    "assets",
+    "scripts",
+    "docs",
+    "tests",
+    "bench",
+    "fuzz",
+    "src",
+    "target",
+    "out",
+];
 
 /// Where something was written, to point back at it from a later error.
 #[derive(Clone, Copy)]
@@ -80,6 +104,20 @@ impl Ctx {
             Ok(t) => Some(t),
             Err(msg) => {
                 self.err(v.span(), field, msg);
+                None
+            }
+        }
+    }
+
+    /// A hook command, as `sh -c` runs it in the fleet directory: `{site}`
+    /// its only placeholder, and the program it starts (or the script `sh`
+    /// runs) there to run: a path in the fleet, or a command on PATH.
+    pub(super) fn hook(&mut self, v: &Text, field: &str) -> Option<String> {
+        let text = v.as_str();
+        match hook_problem(text, &self.root) {
+            None => Some(text.to_string()),
+            Some(problem) => {
+                self.err(v.span(), field, problem);
                 None
             }
         }
@@ -385,7 +423,10 @@ impl Ctx {
             }
         };
         let alarms = raw.alarms.as_ref().map(|a| Alarms {
-            command: a.command.as_ref().map(|c| c.to_string()),
+            command: a
+                .command
+                .as_ref()
+                .and_then(|c| self.hook(c, "alarms.command")),
             url: a
                 .url
                 .as_ref()
@@ -439,8 +480,8 @@ impl Ctx {
                 encryption_key,
             },
             traffic: raw.traffic.as_ref().map(|t| Traffic {
-                drain: t.drain.to_string(),
-                restore: t.restore.to_string(),
+                drain: self.hook(&t.drain, "traffic.drain").unwrap_or_default(),
+                restore: self.hook(&t.restore, "traffic.restore").unwrap_or_default(),
             }),
             boot: BootSettings {
                 require_token: raw
@@ -466,8 +507,10 @@ impl Ctx {
             rebuild,
             forensics,
             drill: raw.drill.as_ref().map(|d| Drill {
-                isolate: d.isolate.to_string(),
-                reconnect: d.reconnect.to_string(),
+                isolate: self.hook(&d.isolate, "drill.isolate").unwrap_or_default(),
+                reconnect: self
+                    .hook(&d.reconnect, "drill.reconnect")
+                    .unwrap_or_default(),
             }),
             extensions,
             sites: Vec::new(),
@@ -510,6 +553,19 @@ impl Ctx {
         let raw = &file.site;
         let name = self.parse_as::<SiteName>(&raw.name, "name");
         if let Some(name) = &name {
+            // `render --out .` writes `<site>/`: a site may not be named
+            // like a folder of the fleet repository.
+            if RESERVED_SITE_NAMES.contains(&name.as_str()) {
+                self.err(
+                    raw.name.span(),
+                    "name",
+                    format!(
+                        "`{name}` is a folder of the fleet repository (rendered sites are written to \
+                         <out>/<site>/): choose another name (reserved: {})",
+                        RESERVED_SITE_NAMES.join(", ")
+                    ),
+                );
+            }
             if name.as_str() != file.stem {
                 self.err(
                     raw.name.span(),
@@ -970,4 +1026,63 @@ fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
         host: host.to_string(),
         port,
     })
+}
+
+/// What is wrong with hook command `text` run in `root`, if anything.
+fn hook_problem(text: &str, root: &Path) -> Option<String> {
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(end) if &after[..end] == "site" => rest = &after[end + 1..],
+            _ => {
+                return Some(format!(
+                    "`{text}`: the only placeholder a hook gets is {{site}}"
+                ))
+            }
+        }
+    }
+    let words: Vec<&str> = text
+        .split_whitespace()
+        .skip_while(|w| w.contains('=') && !w.starts_with('='))
+        .collect();
+    let program = match words.as_slice() {
+        [] => return Some("an empty hook command".into()),
+        [shell, script, ..] if ["sh", "bash"].contains(shell) && !script.starts_with('-') => {
+            *script
+        }
+        [first, ..] => *first,
+    };
+    // Shell syntax, builtins, placeholders: nothing to look up.
+    const BUILTINS: &[&str] = &[
+        ":", "true", "false", "exit", "echo", "printf", "test", "[", "cd", "exec", ".",
+    ];
+    if BUILTINS.contains(&program)
+        || program.contains(['{', '$', '(', '`', '"', '\'', ';', '&', '|'])
+    {
+        return None;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let script = program != words[0];
+    if program.contains('/') {
+        let path = root.join(program);
+        if !path.is_file() {
+            return Some(format!(
+                "`{program}` does not exist in the fleet directory, where hooks run ({})",
+                path.display()
+            ));
+        }
+        if !script && !runnable(&path) {
+            return Some(format!(
+                "`{program}` is not executable: `chmod +x` it, or run it as `sh {program} …`"
+            ));
+        }
+        return None;
+    }
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| runnable(&d.join(program))));
+    (!on_path).then(|| format!("`{program}` is not a command on PATH (nor a path in the fleet)"))
 }

@@ -87,6 +87,12 @@ fn fleet_yaml(text: &str) -> String {
         }
         let key = line.trim_start().split(':').next().unwrap_or("");
         match (section, key) {
+            ("name", "name") => {
+                let name = line.split_once(':').map_or("", |(_, v)| v.trim());
+                out.push_str(&format!(
+                    "name: {name}-lab   # its own name: the lab's state and keys never mix with {name}'s\n"
+                ));
+            }
             ("os", "flavor") => {
                 out.push_str("  flavor: lab                # built by `metalherd lab image`\n")
             }
@@ -177,6 +183,10 @@ mod tests {
             "kubernetes untouched: {fleet}"
         );
         assert!(fleet.contains("deb: debian:etcd-server"), "{fleet}");
+        assert!(
+            fleet.contains("\nname: example-lab "),
+            "its own name: {fleet}"
+        );
         assert!(
             !fleet.contains("kubernetes-node-linux-amd64"),
             "the lab declares no kubernetes extension: {fleet}"

@@ -389,7 +389,49 @@ pub fn up(fleet: &Fleet, opts: &UpOptions, progress: &dyn Fn(&str)) -> anyhow::R
 fn save_record(fleet: &Fleet, record: &Record) -> anyhow::Result<()> {
     let path = record_path(fleet);
     write_atomic(&path, &serde_json::to_vec_pretty(record)?, 0o600)
-        .with_context(|| format!("writing {}", path.display()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    // Which fleet this lab is, for a command pointed at another fleet
+    // (best effort: the lab runs without it).
+    let owner = OtherLab {
+        name: record.name.clone(),
+        fleet: fleet.name.clone(),
+        root: absolute_root(fleet),
+    };
+    if std::fs::create_dir_all(OWNERS).is_ok() {
+        let _ = write_atomic(
+            &Path::new(OWNERS).join(&record.name),
+            &serde_json::to_vec_pretty(&owner)?,
+            0o644,
+        );
+    }
+    Ok(())
+}
+
+/// Where each lab up says whose it is (`<namespace>`: [`OtherLab`]).
+const OWNERS: &str = "/run/metalherd-lab";
+
+/// A lab that is up for another fleet than the one a command was given.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OtherLab {
+    /// Its name (the network namespace).
+    pub name: String,
+    pub fleet: String,
+    pub root: PathBuf,
+}
+
+/// The labs up for fleets other than `fleet`.
+fn other_labs(fleet: &Fleet) -> Vec<OtherLab> {
+    let here = absolute_root(fleet);
+    let Ok(entries) = std::fs::read_dir(OWNERS) else {
+        return Vec::new();
+    };
+    let mut labs: Vec<OtherLab> = entries
+        .flatten()
+        .filter_map(|e| serde_json::from_slice::<OtherLab>(&std::fs::read(e.path()).ok()?).ok())
+        .filter(|l| l.root != here && netns_exists(&l.name))
+        .collect();
+    labs.sort_by(|a, b| a.name.cmp(&b.name));
+    labs
 }
 
 fn start_all(
@@ -719,6 +761,7 @@ pub fn down(fleet: &Fleet, name: Option<&str>) -> anyhow::Result<DownReport> {
     }
     report.namespace_deleted = !netns_exists(&name);
     let _ = std::fs::remove_file(record_path(fleet));
+    let _ = std::fs::remove_file(Path::new(OWNERS).join(&name));
     let _ = std::fs::remove_dir_all(dir(fleet).join("qmp"));
     Ok(report)
 }
@@ -804,6 +847,9 @@ pub struct Status {
     pub accel: Option<String>,
     pub sites: Vec<String>,
     pub processes: Vec<ProcessStatus>,
+    /// With no lab up for this fleet: the labs up for other fleets.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_labs: Vec<OtherLab>,
 }
 
 pub fn status(fleet: &Fleet) -> anyhow::Result<Status> {
@@ -815,6 +861,7 @@ pub fn status(fleet: &Fleet) -> anyhow::Result<Status> {
             accel: None,
             sites: Vec::new(),
             processes: Vec::new(),
+            other_labs: other_labs(fleet),
         });
     };
     let namespace = netns_exists(&record.name);
@@ -843,6 +890,7 @@ pub fn status(fleet: &Fleet) -> anyhow::Result<Status> {
         accel: Some(record.accel),
         sites: record.sites,
         processes,
+        other_labs: Vec::new(),
     })
 }
 

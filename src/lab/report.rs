@@ -93,12 +93,13 @@ impl UpReport {
             .count();
         format!(
             "lab {} is up in {:.1} s: sites {}, {vms} VMs (powered off, {}), consoles in {}\n\
-             next: metalherd provision site {}\n",
+             next: metalherd --fleet {} provision site {}\n",
             r.name,
             self.took_ms as f64 / 1000.0,
             r.sites.join(", "),
             r.accel,
             super::dir(fleet).join("logs").display(),
+            super::absolute_root(fleet).display(),
             r.sites.first().map_or("SITE", |s| s.as_str())
         )
     }
@@ -128,7 +129,17 @@ impl Status {
     /// `lab status`'s text for the fleet named `fleet`.
     pub fn text(&self, fleet: &str) -> String {
         let Some(name) = &self.name else {
-            return format!("no lab is up for fleet {fleet}\n");
+            let mut out = format!("no lab is up for fleet {fleet}\n");
+            for other in &self.other_labs {
+                out.push_str(&format!(
+                    "lab {} is up for fleet {} at {}: point the command at it with `--fleet {}`\n",
+                    other.name,
+                    other.fleet,
+                    other.root.display(),
+                    other.root.display()
+                ));
+            }
+            return out;
         };
         let mut out = format!(
             "lab {name}: {} (namespace {}, {})\n",

@@ -147,6 +147,15 @@ pub async fn provision(
         let result = steps(ctx, tuning, generation, &mut journal, &mut report, true).await;
         report.finish(result, started);
         journal.finish(report.error.clone()).await?;
+        audit(
+            store,
+            "provision",
+            site,
+            generation.number,
+            report.ok,
+            &report.error,
+        )
+        .await?;
         anyhow::Ok(report)
     })
     .await
@@ -183,9 +192,34 @@ pub async fn bootstrap(
                 .await?;
         }
         journal.finish(report.error.clone()).await?;
+        audit(
+            store,
+            "bootstrap",
+            site,
+            opts.generation,
+            report.ok,
+            &report.error,
+        )
+        .await?;
         anyhow::Ok(report)
     })
     .await
+}
+
+/// The audit log's entry for a provision or bootstrap of `site`.
+async fn audit(
+    store: &dyn StateStore,
+    action: &str,
+    site: &Site,
+    generation: u64,
+    ok: bool,
+    error: &Option<String>,
+) -> anyhow::Result<()> {
+    let detail = serde_json::json!({
+        "site": site.name, "generation": generation, "ok": ok, "error": error,
+    });
+    crate::state::audit(store, action, detail).await?;
+    Ok(())
 }
 
 /// The provision's journaled steps, shared with `replace`: `generation` on
@@ -228,13 +262,17 @@ pub async fn steps(
     let result = journal
         .step("power on", || async {
             for m in super::machines(site) {
-                let record =
-                    MachineRecord::now(MachineState::Provisioning, Some(generation.number));
-                records::put_machine(store, &m.name, &record, Expect::Any).await?;
                 provisioning::open(store, &m.name, &holder.to_string(), fleet.boot.window).await?;
             }
             let (p, t) = super::power_on(infra, fleet, site, opts).await;
             since = t;
+            // Recorded `provisioning`: what was powered on for this boot,
+            // not what a BMC refused.
+            for o in p.machines.iter().filter(|o| o.ok) {
+                let record =
+                    MachineRecord::now(MachineState::Provisioning, Some(generation.number));
+                records::put_machine(store, &o.machine, &record, Expect::Any).await?;
+            }
             let result = super::failed(&p);
             phase = Some(p);
             result

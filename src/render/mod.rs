@@ -169,10 +169,37 @@ impl Rendered {
     }
 }
 
+/// The file that marks a directory as one `render` wrote: only such a
+/// directory (or an empty one) is replaced.
+pub const RENDERED_MARKER: &str = ".metalherd-rendered";
+
+/// Refuses to write into `target` unless it is absent, empty or marked as
+/// rendered by metalherd: `render --out` must never replace a directory a
+/// user made (a fleet's own `templates/`, say).
+fn ours(target: &Path) -> std::io::Result<()> {
+    let Ok(mut entries) = fs::read_dir(target) else {
+        return Ok(());
+    };
+    if entries.next().is_none() || target.join(RENDERED_MARKER).exists() {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!(
+            "{} exists and metalherd did not render it (no {RENDERED_MARKER} in it): refusing to \
+             replace it; render into another --out directory, or remove it",
+            target.display()
+        ),
+    ))
+}
+
 fn write_site(dir: &Path, site: &RenderedSite, files: &[&OutputFile]) -> std::io::Result<()> {
     let target = dir.join(site.name.as_str());
+    ours(&target)?;
+    let marker = "rendered by metalherd: `render` replaces this directory\n";
     if site.dnsmasq.is_none() {
         create_dir_with_mode(&target, 0o700)?;
+        replace_file(&target.join(RENDERED_MARKER), marker.as_bytes(), 0o644)?;
         for f in files {
             replace_file(&dir.join(&f.path), f.contents.as_bytes(), f.mode)?;
         }
@@ -184,6 +211,7 @@ fn write_site(dir: &Path, site: &RenderedSite, files: &[&OutputFile]) -> std::io
             fs::remove_dir_all(&staging)?;
         }
         create_dir_with_mode(&staging, 0o700)?;
+        create_file(&staging.join(RENDERED_MARKER), marker.as_bytes(), 0o644)?;
         for f in files {
             let name = f.path.file_name().unwrap_or_default();
             create_file(&staging.join(name), f.contents.as_bytes(), f.mode)?;

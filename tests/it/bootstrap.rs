@@ -373,16 +373,36 @@ fn exec_and_bootstrap_name_a_host_that_is_down_and_the_others_finish() {
     assert_eq!(text_out.status.code(), Some(1));
     let stdout = text(&text_out.stdout);
     assert!(stdout.contains("fra-cp-01 | Linux"), "{stdout}");
+    // --site: the machines that serve; the spare (powered off) left out.
     assert!(
-        all(&text_out).contains("failed: fra-wk-02, fra-sp-01"),
+        all(&text_out).contains("1 of 5 failed: fra-wk-02") && !stdout.contains("fra-sp-01"),
         "{}",
         all(&text_out)
+    );
+    let with_spares = hosts.metalherd(&[
+        "exec",
+        "--site",
+        "fra",
+        "--include-spares",
+        "--connect-timeout",
+        "3",
+        "--",
+        "true",
+    ]);
+    assert!(
+        all(&with_spares).contains("2 of 6 failed: fra-wk-02, fra-sp-01"),
+        "{}",
+        all(&with_spares)
     );
 
     // `ssh` runs one command and passes its exit status through.
     let ssh = hosts.metalherd(&["ssh", "fra-cp-01", "--", "sh", "-c", "hostname; exit 7"]);
     assert_eq!(ssh.status.code(), Some(7), "{}", all(&ssh));
     assert_eq!(text(&ssh.stdout), "fra-cp-01\n");
+    // Its words make one command line for the remote shell, as OpenSSH's.
+    let ssh = hosts.metalherd(&["ssh", "fra-cp-01", "--", "hostname; echo $((6 * 7))"]);
+    assert_eq!(ssh.status.code(), Some(0), "{}", all(&ssh));
+    assert_eq!(text(&ssh.stdout), "fra-cp-01\n42\n");
 
     // Without a command: the login shell, reading stdin (no terminal, no PTY).
     let mut shell = hosts
@@ -409,6 +429,53 @@ fn exec_and_bootstrap_name_a_host_that_is_down_and_the_others_finish() {
         text(&shell.stdout).ends_with("\nI am core on fra-wk-01\n"),
         "{}",
         all(&shell)
+    );
+
+    // On a terminal (a pseudo-terminal from `script`): the remote shell's
+    // exit ends the session at once, with its status, and the terminal
+    // is left as it was.
+    let script = super::require("script", "bsdutils");
+    let line = format!(
+        "{} --fleet {} ssh fra-wk-01; echo \"exit $?, stty $(stty -g)\"",
+        env!("CARGO_BIN_EXE_metalherd"),
+        f.display()
+    );
+    let mut tty = hosts
+        .ctl_command(script.to_str().unwrap())
+        .args(["-qec", &format!("stty -g; {line}"), "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = tty.stdin.take().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    {
+        use std::io::Write;
+        stdin.write_all(b"exit 3\n").unwrap();
+    }
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = tty.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = tty.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    drop(stdin);
+    let out = tty.wait_with_output().unwrap();
+    let said = all(&out);
+    assert!(
+        status.is_some(),
+        "the session did not end after the remote shell exited: {said}"
+    );
+    let before = said.lines().next().unwrap_or_default().trim().to_string();
+    assert!(
+        said.contains(&format!("exit 3, stty {before}")),
+        "exit status 3 and the terminal restored ({before}): {said}"
     );
 
     // Bootstrap stops at the connect phase, names the host, exits 1.

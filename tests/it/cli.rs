@@ -11,6 +11,20 @@ fn usage_errors_exit_2_and_help_explains() {
     assert!(text(&out.stderr).contains("--out"), "{}", text(&out.stderr));
     let out = metalherd(dir.path(), &["no-such-command"]);
     assert_eq!(out.status.code(), Some(2));
+    // With --output json a script gets a document on stdout too.
+    let out = metalherd(dir.path(), &["--output", "json", "render"]);
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)));
+    assert_eq!(
+        (&doc["ok"], &doc["usage"]),
+        (&serde_json::json!(false), &serde_json::json!(true))
+    );
+    assert!(doc["error"].as_str().unwrap().contains("--out"), "{doc}");
+    assert!(
+        text(&out.stderr).contains("--out"),
+        "clap's text stays on stderr"
+    );
     let help = metalherd(dir.path(), &["render", "--help"]);
     assert!(help.status.success());
     assert!(
@@ -123,7 +137,9 @@ fn render_selects_a_site_or_a_machine() {
     assert_eq!(doc["machines"].as_array().unwrap().len(), 6);
     let files = files_below(out.path());
     assert!(files.iter().all(|f| f.starts_with("ber")), "{files:?}");
-    assert_eq!(files.len(), 6 * 3 + 1, "{files:?}");
+    // Three files per machine, dnsmasq's config, and the marker that lets
+    // the next render replace the directory.
+    assert_eq!(files.len(), 6 * 3 + 2, "{files:?}");
 
     let out2 = tempfile::tempdir().unwrap();
     let r = metalherd(
@@ -144,6 +160,7 @@ fn render_selects_a_site_or_a_machine() {
     assert_eq!(
         files,
         [
+            "muc/.metalherd-rendered",
             "muc/muc-wk-02.final.ign",
             "muc/muc-wk-02.ign",
             "muc/muc-wk-02.ipxe"
@@ -329,4 +346,185 @@ fn keygen_out_writes_a_private_key_file_that_the_state_then_uses() {
         "{}",
         text(&refused.stderr)
     );
+}
+
+/// A provision whose BMCs cannot be reached (no credentials in the
+/// environment) powers nothing on: it records no machine `provisioning`,
+/// says each machine's failure once (not on stdout and again on stderr),
+/// leaves no provisioning window open, and is in the audit log; so are
+/// power changes, whatever came of them.
+#[test]
+fn a_provision_that_powers_nothing_on_records_nothing_and_is_audited() {
+    let fleet = example_fleet();
+    let f = fleet.path();
+    let out = metalherd(f, &["provision", "site", "fra"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    for m in [
+        "fra-cp-01",
+        "fra-cp-02",
+        "fra-cp-03",
+        "fra-wk-01",
+        "fra-wk-02",
+    ] {
+        assert_eq!(
+            said.matches(&format!("{m}: {m} (BMC")).count(),
+            1,
+            "{m} named once: {said}"
+        );
+    }
+    let show = metalherd(f, &["--output", "json", "state", "show", "--site", "fra"]);
+    let doc: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let states: Vec<&serde_json::Value> = doc["sites"][0]["machines"]
+        .as_array()
+        .map(|ms| ms.iter().map(|m| &m["state"]).collect())
+        .unwrap_or_default();
+    assert!(
+        states.iter().all(|s| *s != "provisioning"),
+        "nothing was powered on: {doc}"
+    );
+    let windows = metalherd(f, &["boot", "status", "--site", "fra"]);
+    let windows = text(&windows.stdout);
+    assert!(!windows.contains(" open "), "{windows}");
+    assert!(
+        windows.contains("the boot of provision site fra ended"),
+        "{windows}"
+    );
+
+    let out = metalherd(f, &["power", "on", "fra-wk-01"]);
+    assert_eq!(out.status.code(), Some(1));
+    let audit = metalherd(f, &["--output", "json", "audit"]);
+    let doc: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let entries = doc["entries"].as_array().unwrap_or_else(|| panic!("{doc}"));
+    let provision = entries.iter().find(|e| e["action"] == "provision");
+    assert_eq!(
+        provision.map(|e| (&e["detail"]["site"], &e["detail"]["ok"])),
+        Some((&serde_json::json!("fra"), &serde_json::json!(false))),
+        "{doc}"
+    );
+    let power = entries.iter().find(|e| e["action"] == "power on");
+    assert_eq!(
+        power.map(|e| &e["detail"]["failed"]),
+        Some(&serde_json::json!(["fra-wk-01"])),
+        "{doc}"
+    );
+}
+
+/// `scripts/lab-demo`'s first lines (`scripts/lib/as-root.sh`): as root it
+/// runs on without sudo (minimal root installs have none); as a user it
+/// re-runs itself with sudo; as a user without sudo it says to run it as
+/// root. (The script's users are run with `setpriv`, so this needs root.)
+#[test]
+fn the_lab_demo_runs_as_root_without_sudo_and_re_runs_itself_with_sudo_otherwise() {
+    let setpriv = super::require("setpriv", "util-linux");
+    assert!(
+        rustix::process::getuid().is_root(),
+        "this test runs the script as another user with setpriv: run it as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::copy(repo().join("scripts/lib/as-root.sh"), d.join("as-root.sh")).unwrap();
+    let fake = d.join("bin");
+    std::fs::create_dir(&fake).unwrap();
+    std::fs::write(fake.join("sudo"), "#!/bin/sh\necho \"sudo $*\"\n").unwrap();
+    for p in [d, fake.as_path(), fake.join("sudo").as_path()] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(
+        d.join("as-root.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let script = format!(
+        ". {}/as-root.sh; as_root ./lab-demo fra; echo \"ran as $(id -u)\"",
+        d.display()
+    );
+    let run = |user: Option<&str>, path: &str| {
+        let mut cmd = match user {
+            Some(uid) => {
+                let mut c = std::process::Command::new(&setpriv);
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    "/bin/sh",
+                ]);
+                c
+            }
+            None => std::process::Command::new("/bin/sh"),
+        };
+        let out = cmd
+            .args(["-c", &script])
+            .current_dir(d)
+            .env_clear()
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    // A PATH of only what the script needs (a real sudo may be in
+    // /usr/bin), with or without the fake sudo before it.
+    let only = d.join("only");
+    std::fs::create_dir(&only).unwrap();
+    for tool in ["id", "basename"] {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|b| std::path::Path::new(b).join(tool))
+            .find(|p| p.exists())
+            .unwrap();
+        std::os::unix::fs::symlink(found, only.join(tool)).unwrap();
+    }
+    std::fs::set_permissions(&only, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let only = only.display().to_string();
+
+    let (code, out, _) = run(None, &only);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "ran as 0\n"),
+        "root, no sudo"
+    );
+    let (code, out, err) = run(Some("65534"), &format!("{}:{only}", fake.display()));
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "sudo -- ./lab-demo fra\n"),
+        "a user re-runs it with sudo: {err}"
+    );
+    assert!(
+        err.contains("lab-demo: needs root; re-running with sudo"),
+        "{err}"
+    );
+    let (code, out, err) = run(Some("65534"), &only);
+    assert_eq!((code, out.as_str()), (Some(1), ""), "{err}");
+    assert!(err.contains("there is no sudo: run it as root"), "{err}");
+}
+
+/// `render --out DIR` replaces only what it rendered: a `DIR/<site>` a
+/// user made is refused by name and left as it was; an empty one, or one
+/// metalherd rendered before, is replaced.
+#[test]
+fn render_never_replaces_a_directory_it_did_not_render() {
+    let fleet = example_fleet();
+    let f = fleet.path();
+    let out = f.join("out");
+    std::fs::create_dir_all(out.join("fra")).unwrap();
+    std::fs::write(out.join("fra/notes.txt"), "mine").unwrap();
+    std::fs::create_dir_all(out.join("ber")).unwrap();
+    let said = metalherd(f, &["render", "--out", "out"]);
+    assert_eq!(said.status.code(), Some(1), "{}", text(&said.stderr));
+    let err = text(&said.stderr);
+    assert!(
+        err.contains("fra exists and metalherd did not render it (no .metalherd-rendered in it)"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("fra/notes.txt")).unwrap(),
+        "mine"
+    );
+    std::fs::remove_dir_all(out.join("fra")).unwrap();
+    for _ in 0..2 {
+        let said = metalherd(f, &["render", "--out", "out"]);
+        assert!(said.status.success(), "{}", text(&said.stderr));
+        assert!(out.join("fra/.metalherd-rendered").exists());
+        assert!(out.join("ber/ber-cp-01.ign").exists());
+    }
 }

@@ -941,9 +941,11 @@ fn three_sites_drill_one_then_rebuild_in_waves_stopping_at_a_cut_site() {
             "--no-probe",
         ],
     );
-    assert!(
-        out.status.success(),
-        "plan --blue-green: {}",
+    let blocked = json(&out)["blocked"] == true;
+    assert_eq!(
+        out.status.code(),
+        Some(if blocked { 4 } else { 0 }),
+        "plan --blue-green (exit 4 when blocked): {}",
         text(&out.stderr)
     );
     let planned: Vec<String> = json(&out)["steps"]

@@ -71,7 +71,12 @@ fn each_blocker_refuses_by_name_and_changes_nothing() {
     std::fs::write(dir.join("alarm.firing"), "").unwrap();
 
     let out = metalherd(dir, &["--output", "json", "plan", "site", "fra"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "blocked: exit 4 {}",
+        text(&out.stderr)
+    );
     let plan = json(&out);
     assert_eq!(plan["blocked"], true);
     assert_eq!(plan["to_generation"], 1);

@@ -213,6 +213,29 @@ fn redfish_pxe_once_and_cycle_on_three_systems_in_parallel() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(json(&out)["results"][0]["state"], "off");
     assert_no_password(&out);
+
+    // Boot from disk from now on (what provision sets once an installed
+    // machine reported): the emulator itself holds Hdd, Continuous.
+    let out = power(fleet.path(), &["disk", "fra-cp-02"], &creds);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let system = std::process::Command::new("curl")
+        .args(["-sS", "-f", "-L", "-u", &creds])
+        .arg(format!(
+            "http://127.0.0.1:{port}/redfish/v1/Systems/fra-cp-02"
+        ))
+        .output()
+        .unwrap();
+    assert!(system.status.success(), "{}", text(&system.stderr));
+    let system: serde_json::Value = serde_json::from_slice(&system.stdout).unwrap();
+    assert_eq!(
+        (
+            &system["Boot"]["BootSourceOverrideTarget"],
+            &system["Boot"]["BootSourceOverrideEnabled"]
+        ),
+        (&serde_json::json!("Hdd"), &serde_json::json!("Continuous")),
+        "{system}"
+    );
+    assert_no_password(&out);
 }
 
 #[test]
