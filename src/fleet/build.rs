@@ -28,6 +28,8 @@ pub(super) fn load(root: &Path) -> Result<Fleet, LoadError> {
         diags,
         file: 0,
         root: root.to_path_buf(),
+        refused_default_credentials: HashSet::new(),
+        invalid_count: HashSet::new(),
     };
     let fleet = ctx.build(root, files);
     match fleet {
@@ -45,6 +47,12 @@ pub(super) struct Ctx {
     file: usize,
     /// The fleet directory, where hooks run.
     root: std::path::PathBuf,
+    /// Sites whose `bmc_defaults.credentials` was refused (reported once
+    /// there, not again for each machine that relies on it).
+    refused_default_credentials: HashSet<String>,
+    /// Sites whose `cluster.control_plane_count` was refused (their
+    /// machines are not counted against it).
+    invalid_count: HashSet<String>,
 }
 
 /// The folders of a fleet repository (and of metalherd's own): no site
@@ -290,7 +298,88 @@ impl Ctx {
         sites.sort_by(|a, b| a.name.cmp(&b.name));
         fleet.sites = sites;
         fleet.root = root.to_path_buf();
+        self.check_role_files(&fleet);
         Some(fleet)
+    }
+
+    /// What rendering will read must be there, so that `inventory check`
+    /// fails where `render` would: each role's file (and the install stage
+    /// where machines install), the templates those files name with
+    /// `local:` / `contents_local:`, and the flavor's iPXE and the dnsmasq
+    /// templates. (Tera syntax errors are still `render`'s to find.)
+    fn check_role_files(&mut self, fleet: &Fleet) {
+        let mut roles: Vec<(String, Vec<&str>)> = Vec::new();
+        for (_, m) in fleet.machines() {
+            let file = format!("ignition/{}.yaml", m.role.as_str());
+            match roles.iter_mut().find(|(f, _)| *f == file) {
+                Some((_, users)) => users.push(m.name.as_str()),
+                None => roles.push((file, vec![m.name.as_str()])),
+            }
+        }
+        if fleet.os.flavor == OsFlavor::Flatcar
+            && fleet.machines().any(|(_, m)| m.install_disk.is_some())
+        {
+            roles.push((
+                "ignition/install.yaml".into(),
+                vec!["(machines with an install_disk)"],
+            ));
+        }
+        for (file, users) in &roles {
+            let path = self.root.join(file);
+            let id = self.diags.add_file(PathBuf::from(file));
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                let shown: Vec<&str> = users.iter().take(3).copied().collect();
+                self.diags.push(
+                    id,
+                    0,
+                    0,
+                    String::new(),
+                    format!(
+                        "cannot read: the role file of {}{} is missing",
+                        shown.join(", "),
+                        if users.len() > 3 { ", …" } else { "" }
+                    ),
+                );
+                continue;
+            };
+            for (n, line) in text.lines().enumerate() {
+                let trimmed = line.trim_start().trim_start_matches("- ");
+                let Some((key, value)) = trimmed.split_once(':') else {
+                    continue;
+                };
+                if !["local", "contents_local"].contains(&key.trim()) {
+                    continue;
+                }
+                let value = value.trim().trim_matches(['"', '\'']);
+                if value.is_empty() || value.contains("{{") || value.contains("{%") {
+                    continue;
+                }
+                if !self.root.join("templates").join(value).is_file() {
+                    self.diags.push(
+                        id,
+                        n + 1,
+                        line.len() - line.trim_start().len() + 1,
+                        key.trim().to_string(),
+                        format!("templates/{value} does not exist"),
+                    );
+                }
+            }
+        }
+        for template in [
+            format!("templates/ipxe/{}.ipxe", fleet.os.flavor.as_str()),
+            "templates/dnsmasq/dnsmasq.conf".to_string(),
+        ] {
+            if !self.root.join(&template).is_file() {
+                let id = self.diags.add_file(PathBuf::from(&template));
+                self.diags.push(
+                    id,
+                    0,
+                    0,
+                    String::new(),
+                    "cannot read: the template is missing (every machine's boot renders it)".into(),
+                );
+            }
+        }
     }
 }
 
@@ -332,11 +421,13 @@ impl Ctx {
         let channel = self.parse(&raw.os.channel, "os.channel", |s| {
             grammar::channel(flavor, s)
         });
-        let os_version = self.parse(&raw.os.version, "os.version", grammar::version);
+        let os_version = self.parse(&raw.os.version, "os.version", |s| {
+            grammar::exact_os_version(flavor, s)
+        });
         let kubernetes_version = self.parse(
             &raw.kubernetes.version,
             "kubernetes.version",
-            grammar::version,
+            grammar::exact_kubernetes_version,
         );
         let mut admins = Vec::new();
         for (i, a) in raw.admins.iter().enumerate() {
@@ -615,7 +706,10 @@ impl Ctx {
                     "cluster.control_plane_count",
                     format!("{} is not allowed: {why}", **n),
                 );
-                None
+                // Reported; the site is still built so that the rules
+                // about all sites (overlapping networks) are checked too.
+                self.invalid_count.insert(raw.name.as_str().to_string());
+                Some(**n)
             }
             Some(n) => Some(**n),
         };
@@ -637,6 +731,10 @@ impl Ctx {
         let credentials = defaults
             .and_then(|d| d.credentials.as_ref())
             .and_then(|c| self.secret_ref(c, "bmc_defaults.credentials"));
+        if credentials.is_none() && defaults.is_some_and(|d| d.credentials.is_some()) {
+            self.refused_default_credentials
+                .insert(raw.name.as_str().to_string());
+        }
         let site = Site {
             name: name?,
             datacenter: datacenter?,
@@ -768,6 +866,9 @@ impl Ctx {
     }
 
     fn check_control_planes(&mut self, site: &Site, spans: &SiteSpans) {
+        if self.invalid_count.contains(site.name.as_str()) {
+            return;
+        }
         let want = site.cluster.control_plane_count;
         let have = site
             .machines
@@ -794,6 +895,8 @@ struct Seen {
     names: HashMap<MachineName, Origin>,
     macs: HashMap<MacAddr, (Origin, MachineName)>,
     ips: HashMap<IpAddr, (Origin, MachineName)>,
+    /// BMC address and system: one BMC powers one machine.
+    bmcs: HashMap<(String, String), (Origin, String)>,
 }
 
 impl Ctx {
@@ -859,7 +962,20 @@ impl Ctx {
     ) -> Option<Machine> {
         let name = self.parse_as::<MachineName>(&raw.name, &format!("{at}.name"));
         let role = self.parse_as::<Role>(&raw.role, &format!("{at}.role"));
-        let mac = self.parse_as::<MacAddr>(&raw.mac, &format!("{at}.mac"));
+        let mac = self.parse(&raw.mac, &format!("{at}.mac"), |s| {
+            let mac: MacAddr = s.parse()?;
+            let o = mac.octets();
+            if o == [0; 6] {
+                Err(format!("{mac} is no network card's address"))
+            } else if o[0] & 1 == 1 {
+                Err(format!(
+                    "{mac} is a multicast (or broadcast) address: no network card has it \
+                     (the first octet of a card's MAC is even)"
+                ))
+            } else {
+                Ok(mac)
+            }
+        });
         let ip = self.parse(&raw.ip, &format!("{at}.ip"), parse_ip);
         if let (Some(ip), Some(site)) = (ip, site) {
             let nodes = &site.networks.nodes;
@@ -922,11 +1038,36 @@ impl Ctx {
             .install_disk
             .as_ref()
             .and_then(|d| self.parse(d, &format!("{at}.install_disk"), grammar::device));
+        let default_refused =
+            site.is_some_and(|s| self.refused_default_credentials.contains(s.name.as_str()));
         let bmc = self.bmc(
             &raw.bmc,
             &format!("{at}.bmc"),
+            default_refused,
             site.map(|s| &s.bmc_defaults),
         );
+        // Two machines behind one BMC (and system): powering one off
+        // would power off the other. (The manual driver's address is a
+        // place, not a BMC.)
+        if let Some(b) = bmc.as_ref().filter(|b| b.driver != BmcDriver::Manual) {
+            let key = (
+                b.address.trim_end_matches('/').to_ascii_lowercase(),
+                b.system.clone().unwrap_or_default(),
+            );
+            let owner = name.as_ref().map_or("?".to_string(), |n| n.to_string());
+            if let Some((first, other)) = seen.bmcs.get(&key) {
+                let msg = format!(
+                    "BMC {}{} is already `{other}`'s at {}: a power change of one would hit the other",
+                    b.address,
+                    b.system.as_deref().map(|s| format!(" (system {s})")).unwrap_or_default(),
+                    self.describe(*first)
+                );
+                self.err(raw.bmc.address.span(), format!("{at}.bmc.address"), msg);
+            } else {
+                seen.bmcs
+                    .insert(key, (self.origin(raw.bmc.address.span()), owner));
+            }
+        }
         Some(Machine {
             name: name?,
             role: role?,
@@ -937,7 +1078,13 @@ impl Ctx {
         })
     }
 
-    fn bmc(&mut self, raw: &RawBmc, at: &str, defaults: Option<&BmcDefaults>) -> Option<Bmc> {
+    fn bmc(
+        &mut self,
+        raw: &RawBmc,
+        at: &str,
+        default_refused: bool,
+        defaults: Option<&BmcDefaults>,
+    ) -> Option<Bmc> {
         // Without the site (its file failed its own checks), only what
         // the machine itself says can be checked.
         let site_known = defaults.is_some();
@@ -975,7 +1122,12 @@ impl Ctx {
             return None;
         }
         let needs_credentials = matches!(driver, Some(BmcDriver::Redfish | BmcDriver::Ipmi));
-        if site_known && needs_credentials && raw.credentials.is_none() && credentials.is_none() {
+        if site_known
+            && needs_credentials
+            && raw.credentials.is_none()
+            && credentials.is_none()
+            && !default_refused
+        {
             self.err(raw.address.span(), format!("{at}.credentials"), "this BMC driver needs credentials: set a reference here or in the site's bmc_defaults");
         }
         Some(Bmc {

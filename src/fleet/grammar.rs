@@ -51,6 +51,47 @@ pub fn version(s: &str) -> Result<String, String> {
     }
 }
 
+/// An exact OS version, as the README promises: digits and dots
+/// (Flatcar `4081.2.0`, Fedora CoreOS `40.20240416.3.0`), never a channel
+/// or `latest`. The lab's version is its Debian suite (`bookworm`).
+pub fn exact_os_version(flavor: Option<OsFlavor>, s: &str) -> Result<String, String> {
+    let v = version(s)?;
+    if flavor == Some(OsFlavor::Lab) {
+        return Ok(v);
+    }
+    let exact = s.split('.').count() >= 2
+        && s.split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if exact {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{:?} is not an exact version: give one release's number (e.g. 4081.2.0), not a channel or `latest`",
+            shown(s)
+        ))
+    }
+}
+
+/// An exact Kubernetes version: `v1.31.2` (a pre-release suffix allowed).
+pub fn exact_kubernetes_version(s: &str) -> Result<String, String> {
+    let v = version(s)?;
+    let core = s.strip_prefix('v').unwrap_or(s);
+    let core = core.split(['-', '+']).next().unwrap_or("");
+    let parts: Vec<&str> = core.split('.').collect();
+    if parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{:?} is not an exact Kubernetes version: MAJOR.MINOR.PATCH, e.g. v1.31.2",
+            shown(s)
+        ))
+    }
+}
+
 /// A label people read (`datacenter: FRA-3`): one line, up to 64
 /// characters, letters (any script), digits, spaces and `. _ - / ( ) :`.
 pub fn label(s: &str) -> Result<String, String> {

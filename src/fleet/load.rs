@@ -43,6 +43,28 @@ pub(super) struct RawFiles {
 /// Reads every file of the fleet in `root`; problems go to `diags`.
 pub(super) fn read_all(root: &Path, diags: &mut Diagnostics) -> RawFiles {
     let fleet_id = diags.add_file(PathBuf::from(FLEET_FILE));
+    // Not a fleet at all: one line that says so and how to give one, not
+    // a "cannot read" per folder.
+    if !root.join(FLEET_FILE).exists() && !root.join("sites").exists() {
+        diags.push(
+            fleet_id,
+            0,
+            0,
+            String::new(),
+            format!(
+                "cannot read: {} is not a fleet repository (no {FLEET_FILE}, no sites/): point \
+                 metalherd at one with --fleet DIR or METALHERD_FLEET, or start one with \
+                 `metalherd init DIR`",
+                root.display()
+            ),
+        );
+        return RawFiles {
+            fleet: None,
+            site_stems: Vec::new(),
+            sites: Vec::new(),
+            inventories: Vec::new(),
+        };
+    }
     let fleet =
         parse_file(root, fleet_id, diags).and_then(|node| deserialize(&node, fleet_id, "", diags));
 

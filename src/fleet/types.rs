@@ -362,7 +362,25 @@ impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let net: IpNet = s.parse().map_err(|_| {
-            format!("malformed CIDR {s:?}: expected ADDRESS/PREFIX, e.g. 10.10.4.0/22")
+            // Say which half is wrong: a prefix too long for the address
+            // family is the usual slip.
+            let why = match s.split_once('/') {
+                Some((addr, prefix)) => {
+                    match (addr.parse::<std::net::IpAddr>(), prefix.parse::<u8>()) {
+                        (Ok(a), Ok(p)) => {
+                            let max = if a.is_ipv4() { 32 } else { 128 };
+                            format!(
+                                "the prefix /{p} is longer than an {} address has (at most /{max})",
+                                if a.is_ipv4() { "IPv4" } else { "IPv6" }
+                            )
+                        }
+                        (Err(_), _) => format!("{addr:?} is not an IP address"),
+                        (_, Err(_)) => format!("{prefix:?} is not a prefix length"),
+                    }
+                }
+                None => "no /PREFIX".to_string(),
+            };
+            format!("malformed CIDR {s:?}: {why}; expected ADDRESS/PREFIX, e.g. 10.10.4.0/22")
         })?;
         if net.trunc() != net {
             return Err(format!(
@@ -466,6 +484,11 @@ mod tests {
         ] {
             assert!(s.parse::<Cidr>().is_err(), "{s}");
         }
+        let too_long = "10.10.4.0/33".parse::<Cidr>().unwrap_err();
+        assert!(
+            too_long.contains("the prefix /33 is longer than an IPv4 address has (at most /32)"),
+            "{too_long}"
+        );
         let a: Cidr = "10.64.0.0/14".parse().unwrap();
         assert!(a.overlaps(&"10.65.0.0/16".parse().unwrap()));
         assert!(!a.overlaps(&"10.96.0.0/16".parse().unwrap()));

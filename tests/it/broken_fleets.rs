@@ -33,7 +33,7 @@ struct Edit {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Expect {
-    /// `file:line`
+    /// `file:line`, or `file` for the whole file
     at: String,
     field: String,
     message: String,
@@ -83,7 +83,12 @@ fn run_case(path: &Path) -> Result<(), String> {
     let lines: Vec<&str> = stderr.lines().collect();
     let mut from = 0;
     for want in &case.expect {
-        let prefix = format!("error: {}:", want.at);
+        // `file:line`, or `file` alone for a problem with the whole file.
+        let prefix = if want.at.contains(':') {
+            format!("error: {}:", want.at)
+        } else {
+            format!("error: {}: ", want.at)
+        };
         let found = lines[from..].iter().position(|l| {
             l.starts_with(&prefix)
                 && (want.field.is_empty() || l.contains(&format!(" {}: ", want.field)))
@@ -105,7 +110,7 @@ fn run_case(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("{name}: --output json is not JSON: {e}"))?;
     let diags = doc["diagnostics"].as_array().cloned().unwrap_or_default();
     for want in &case.expect {
-        let (file, line) = want.at.rsplit_once(':').unwrap();
+        let (file, line) = want.at.rsplit_once(':').unwrap_or((&want.at, "0"));
         let hit = diags.iter().any(|d| {
             d["file"] == file
                 && d["line"].as_u64() == line.parse().ok()

@@ -44,6 +44,13 @@ fn a_missing_fleet_fails_with_exit_1_and_says_where() {
         stderr.contains("inventory/fleet.yaml: cannot read"),
         "{stderr}"
     );
+    // One line, and how to point metalherd at a fleet.
+    assert_eq!(stderr.matches("cannot read").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("is not a fleet repository")
+            && stderr.contains("--fleet DIR or METALHERD_FLEET"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -527,4 +534,28 @@ fn render_never_replaces_a_directory_it_did_not_render() {
         assert!(out.join("fra/.metalherd-rendered").exists());
         assert!(out.join("ber/ber-cp-01.ign").exists());
     }
+}
+
+/// One inline secret in a site's `bmc_defaults` is one error: the
+/// machines that rely on those defaults are not each reported again as
+/// lacking credentials.
+#[test]
+fn a_refused_default_credential_is_reported_once() {
+    let fleet = example_fleet();
+    let site = fleet.path().join("sites/muc.yaml");
+    let text_before = std::fs::read_to_string(&site).unwrap();
+    std::fs::write(
+        &site,
+        text_before.replace(
+            "credentials: \"env:MUC_BMC_CREDENTIALS\"",
+            "credentials: \"root:calvin-s3cret\"",
+        ),
+    )
+    .unwrap();
+    let out = metalherd(fleet.path(), &["inventory", "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("error: 1 problem in fleet"), "{stderr}");
+    assert!(!stderr.contains("needs credentials"), "{stderr}");
+    assert!(stderr.contains("bmc_defaults.credentials"), "{stderr}");
 }

@@ -241,7 +241,10 @@ fn redfish_pxe_once_and_cycle_on_three_systems_in_parallel() {
 #[test]
 fn redfish_requires_auth_and_names_machine_bmc_and_step() {
     let (_emu, port) = sushy(&["fra-cp-01", "fra-cp-02", "fra-cp-03"]);
-    let fleet = fleet_with_bmcs(|_| format!("{{ address: \"http://127.0.0.1:{port}\" }}"));
+    // One emulator, each machine its own system (one BMC powers one machine).
+    let fleet = fleet_with_bmcs(|n| {
+        format!("{{ address: \"http://127.0.0.1:{port}\", system: /redfish/v1/Systems/{n} }}")
+    });
     // The emulator really demands authentication.
     let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     std::io::Write::write_all(&mut raw, b"GET /redfish/v1/Systems HTTP/1.0\r\n\r\n").unwrap();
@@ -290,7 +293,10 @@ fn redfish_emulator_killed_mid_operation_fails_cleanly() {
     for attempt in 1..=5 {
         let (mut emu, port) = sushy(&["fra-cp-01", "fra-cp-02", "fra-cp-03"]);
         let log = emu._dir.path().join("log");
-        let fleet = fleet_with_bmcs(|_| format!("{{ address: \"http://127.0.0.1:{port}\" }}"));
+        // One emulator, each machine its own system (one BMC powers one machine).
+        let fleet = fleet_with_bmcs(|n| {
+            format!("{{ address: \"http://127.0.0.1:{port}\", system: /redfish/v1/Systems/{n} }}")
+        });
         let creds = format!("admin:{PASSWORD}");
         let child = Command::new(env!("CARGO_BIN_EXE_metalherd"))
             .args([
@@ -389,7 +395,14 @@ fn ipmi_against_pyghmi_fakebmc_with_the_password_off_argv() {
         std::env::var("PATH").unwrap_or_default()
     );
 
-    let fleet = fleet_with_bmcs(|_| format!("{{ driver: ipmi, address: \"127.0.0.1:{port}\" }}"));
+    // fra-cp-02 is the BMC under test; the others' BMCs are elsewhere.
+    let fleet = fleet_with_bmcs(|n| match n {
+        "fra-cp-02" => format!("{{ driver: ipmi, address: \"127.0.0.1:{port}\" }}"),
+        other => format!(
+            "{{ driver: ipmi, address: \"127.0.0.2:{}\" }}",
+            &other[other.len() - 1..]
+        ),
+    });
     // fakebmc's only user is admin/password.
     let run = |args: &[&str]| {
         let mut all = vec!["--output", "json", "power"];
@@ -438,12 +451,12 @@ fn ipmi_against_pyghmi_fakebmc_with_the_password_off_argv() {
 
     let out = metalherd_env(
         fleet.path(),
-        &["power", "status", "fra-cp-01", "--retries", "0"],
+        &["power", "status", "fra-cp-02", "--retries", "0"],
         &[("FRA_BMC_CREDENTIALS", "admin:wrong"), ("PATH", &path)],
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stdout).contains("fra-cp-01 (BMC 127.0.0.1:"),
+        text(&out.stdout).contains("fra-cp-02 (BMC 127.0.0.1:"),
         "{}",
         text(&out.stdout)
     );
@@ -488,7 +501,11 @@ fn qemu_over_qmp() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let s = sock.display().to_string();
-    let fleet = fleet_with_bmcs(|_| format!("{{ driver: qemu, address: \"unix:{s}\" }}"));
+    // fra-cp-03 is the VM under test; the others' sockets are elsewhere.
+    let fleet = fleet_with_bmcs(|n| match n {
+        "fra-cp-03" => format!("{{ driver: qemu, address: \"unix:{s}\" }}"),
+        other => format!("{{ driver: qemu, address: \"unix:{s}.{other}\" }}"),
+    });
     let run = |action: &str| {
         let out = metalherd_env(
             fleet.path(),
