@@ -20,7 +20,7 @@ pub fn target(keys: &Keys, machine: &Machine) -> anyhow::Result<ssh::Target> {
     let host_key = keys
         .host
         .get(&machine.name)
-        .with_context(|| format!("{}: no host key in metalherd's state", machine.name))?;
+        .with_context(|| format!("{}: no host key in metalherd's state: it was never rendered or provisioned with this fleet's state", machine.name))?;
     Ok(ssh::Target::new(
         machine.name.as_str(),
         machine.ip,

@@ -116,11 +116,19 @@ impl KeyPair {
         })
     }
 
-    /// Loads the key at `path`, or generates and stores a new one. New
-    /// keys are made durable by the caller, all at once (`ensure`).
-    fn load_or_create(path: &Path, comment: &str) -> Result<(Self, bool), KeyError> {
+    /// Loads the key at `path`, or (with `create`) generates and stores a
+    /// new one; `None` when there is none and none may be made. New keys
+    /// are made durable by the caller, all at once (`ensure`).
+    fn load_or_create(
+        path: &Path,
+        comment: &str,
+        create: Create,
+    ) -> Result<Option<(Self, bool)>, KeyError> {
         if path.exists() {
-            return Ok((Self::load(path)?, false));
+            return Ok(Some((Self::load(path)?, false)));
+        }
+        if create == Create::No {
+            return Ok(None);
         }
         let io_err = |source| KeyError::Io {
             path: path.into(),
@@ -138,8 +146,16 @@ impl KeyPair {
             0o644,
         )
         .map_err(io_err)?;
-        Ok((key, true))
+        Ok(Some((key, true)))
     }
+}
+
+/// Whether a missing key is generated (rendering, provisioning) or left
+/// missing (connecting: a key made now is one no machine has).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Create {
+    Yes,
+    No,
 }
 
 /// The keys rendering needs: every machine's host key and metalherd's
@@ -156,11 +172,23 @@ pub struct Keys {
 /// files (the fast path below, [`ensure`]); otherwise every private key is
 /// sealed and goes through the `StateStore` (etcd, or sealed local files).
 pub fn ensure_state(fleet: &Fleet) -> Result<(Keys, usize), KeyError> {
+    let (keys, created) = load_state(fleet, Create::Yes)?;
+    Ok((keys.ok_or(KeyError::Panicked)?, created))
+}
+
+/// The keys the fleet's state holds, generating none: `None` without
+/// metalherd's own key (nothing was ever rendered or provisioned with
+/// this state), and only the machines that have a host key.
+pub fn existing(fleet: &Fleet) -> Result<Option<Keys>, KeyError> {
+    Ok(load_state(fleet, Create::No)?.0)
+}
+
+fn load_state(fleet: &Fleet, create: Create) -> Result<(Option<Keys>, usize), KeyError> {
     use crate::fleet::StateBackend;
     if matches!(fleet.state.backend, StateBackend::Local { .. })
         && fleet.state.encryption_key.is_none()
     {
-        return ensure(fleet, &fleet.state_dir());
+        return load(fleet, &fleet.state_dir(), create);
     }
     // Callers may be inside the runtime or not: block on it from a thread
     // of our own (blocking from one of its tasks would panic).
@@ -171,7 +199,7 @@ pub fn ensure_state(fleet: &Fleet) -> Result<(Keys, usize), KeyError> {
                     path: fleet.root.clone(),
                     source,
                 })?;
-                runtime.block_on(ensure_in_store(fleet))
+                runtime.block_on(load_from_store(fleet, create))
             })
             .join()
             .unwrap_or(Err(KeyError::Panicked))
@@ -183,7 +211,8 @@ async fn stored_key(
     sealer: &crate::state::crypt::Sealer,
     key: &str,
     comment: &str,
-) -> Result<(KeyPair, bool), KeyError> {
+    create: Create,
+) -> Result<Option<(KeyPair, bool)>, KeyError> {
     use crate::state::{Expect, StateError};
     let parse = |bytes: &[u8]| -> Result<KeyPair, KeyError> {
         let err = |source| KeyError::ParseStored {
@@ -194,7 +223,10 @@ async fn stored_key(
         KeyPair::from_private(&private).map_err(err)
     };
     if let Some(e) = store.get(key).await? {
-        return Ok((parse(&sealer.open(key, &e.value)?)?, false));
+        return Ok(Some((parse(&sealer.open(key, &e.value)?)?, false)));
+    }
+    if create == Create::No {
+        return Ok(None);
     }
     let pair = KeyPair::generate(comment)?;
     let sealed = sealer.seal(key, pair.private_openssh().as_bytes())?;
@@ -203,7 +235,7 @@ async fn stored_key(
         // Another run made it first: use theirs.
         Err(StateError::Conflict { .. }) => {
             if let Some(e) = store.get(key).await? {
-                return Ok((parse(&sealer.open(key, &e.value)?)?, false));
+                return Ok(Some((parse(&sealer.open(key, &e.value)?)?, false)));
             }
         }
         Err(e) => return Err(e.into()),
@@ -212,13 +244,17 @@ async fn stored_key(
     store
         .put(&format!("{key}.pub"), public.as_bytes(), Expect::Any)
         .await?;
-    Ok((pair, true))
+    Ok(Some((pair, true)))
 }
 
-async fn ensure_in_store(fleet: &Fleet) -> Result<(Keys, usize), KeyError> {
+async fn load_from_store(fleet: &Fleet, create: Create) -> Result<(Option<Keys>, usize), KeyError> {
     let (store, sealer) = crate::state::open(fleet)?;
     let store = store.as_ref();
-    let (operator, new) = stored_key(store, &sealer, "ssh/id_ed25519", "metalherd").await?;
+    let Some((operator, new)) =
+        stored_key(store, &sealer, "ssh/id_ed25519", "metalherd", create).await?
+    else {
+        return Ok((None, 0));
+    };
     let mut created = usize::from(new);
     let mut host = HashMap::new();
     for (site, machine) in fleet.machines() {
@@ -226,19 +262,33 @@ async fn ensure_in_store(fleet: &Fleet) -> Result<(Keys, usize), KeyError> {
             "hostkeys/{}/{}/ssh_host_ed25519_key",
             site.name, machine.name
         );
-        let (pair, new) =
-            stored_key(store, &sealer, &key, &format!("root@{}", machine.name)).await?;
-        created += usize::from(new);
-        host.insert(machine.name.clone(), pair);
+        let comment = format!("root@{}", machine.name);
+        if let Some((pair, new)) = stored_key(store, &sealer, &key, &comment, create).await? {
+            created += usize::from(new);
+            host.insert(machine.name.clone(), pair);
+        }
     }
-    Ok((Keys { host, operator }, created))
+    Ok((Some(Keys { host, operator }), created))
 }
 
 /// Loads every key the fleet needs from `state_dir`, generating the
 /// missing ones. Returns the keys and how many were generated.
 pub fn ensure(fleet: &Fleet, state_dir: &Path) -> Result<(Keys, usize), KeyError> {
+    let (keys, created) = load(fleet, state_dir, Create::Yes)?;
+    Ok((keys.ok_or(KeyError::Panicked)?, created))
+}
+
+fn load(
+    fleet: &Fleet,
+    state_dir: &Path,
+    create: Create,
+) -> Result<(Option<Keys>, usize), KeyError> {
     let mut created = 0;
-    let (operator, new) = KeyPair::load_or_create(&state_dir.join("ssh/id_ed25519"), "metalherd")?;
+    let operator_path = state_dir.join("ssh/id_ed25519");
+    let Some((operator, new)) = KeyPair::load_or_create(&operator_path, "metalherd", create)?
+    else {
+        return Ok((None, 0));
+    };
     created += usize::from(new);
     // Loading checks each key (ssh-key derives the public half from the
     // private one), which is most of the cost: spread it over all cores.
@@ -257,12 +307,12 @@ pub fn ensure(fleet: &Fleet, state_dir: &Path) -> Result<(Keys, usize), KeyError
         &jobs,
         || KeyError::Panicked,
         |(name, path)| {
-            let (key, new) = KeyPair::load_or_create(path, &format!("root@{name}"))?;
-            Ok((name.clone(), key, new))
+            let key = KeyPair::load_or_create(path, &format!("root@{name}"), create)?;
+            Ok(key.map(|(key, new)| (name.clone(), key, new)))
         },
     )?;
     let mut host = HashMap::new();
-    for (name, key, new) in loaded {
+    for (name, key, new) in loaded.into_iter().flatten() {
         created += usize::from(new);
         host.insert(name, key);
     }
@@ -274,7 +324,7 @@ pub fn ensure(fleet: &Fleet, state_dir: &Path) -> Result<(Keys, usize), KeyError
             source,
         })?;
     }
-    Ok((Keys { host, operator }, created))
+    Ok((Some(Keys { host, operator }), created))
 }
 
 #[cfg(test)]
@@ -302,9 +352,18 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b/key");
-        let (first, created) = KeyPair::load_or_create(&path, "x").unwrap();
+        // Without leave to create, a missing key stays missing.
+        assert!(KeyPair::load_or_create(&path, "x", Create::No)
+            .unwrap()
+            .is_none());
+        assert!(!path.exists());
+        let (first, created) = KeyPair::load_or_create(&path, "x", Create::Yes)
+            .unwrap()
+            .unwrap();
         assert!(created);
-        let (again, created) = KeyPair::load_or_create(&path, "x").unwrap();
+        let (again, created) = KeyPair::load_or_create(&path, "x", Create::No)
+            .unwrap()
+            .unwrap();
         assert!(!created);
         assert_eq!(first.fingerprint(), again.fingerprint());
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);

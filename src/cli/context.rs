@@ -40,8 +40,33 @@ pub(crate) fn machine<'a>(
         .with_context(|| format!("no machine `{name}` in fleet {}", fleet.name))
 }
 
-/// Loads the fleet and the keys; refuses to invent keys for machines
-/// that were never rendered (their Ignition would not carry them).
+/// Loads the fleet and the keys it already has, for connecting to its
+/// machines: a key made now is one no machine holds, so none is made.
+/// Without metalherd's own key the fleet was never provisioned with this
+/// state: say so, and name the labs up for other fleets.
+pub(crate) fn fleet_and_existing_keys(cli: &Cli) -> anyhow::Result<(Fleet, Keys)> {
+    let fleet = load_fleet(cli)?;
+    crate::lab::enter(&fleet)?;
+    let fleet = runtime()?.block_on(crate::fleet::roles::recorded(fleet));
+    let state_dir = fleet.state_dir();
+    let keys = keys::existing(&fleet)
+        .with_context(|| format!("loading SSH keys from {}", state_dir.display()))?;
+    match keys {
+        Some(keys) => Ok((fleet, keys)),
+        None => anyhow::bail!(
+            "fleet {} ({}) has no SSH keys in its state ({}): metalherd never rendered or \
+             provisioned it here, so none of its machines would accept a connection; \
+             provision it first, or point --fleet at the fleet that was provisioned{}",
+            fleet.name,
+            fleet.root.display(),
+            state_dir.display(),
+            crate::lab::elsewhere(&fleet)
+        ),
+    }
+}
+
+/// Loads the fleet and the keys, generating the missing ones (for
+/// rendering and provisioning, whose Ignition carries them).
 pub(crate) fn fleet_and_keys(cli: &Cli) -> anyhow::Result<(Fleet, Keys)> {
     let fleet = load_fleet(cli)?;
     // A lab fleet's machines live in the lab's network namespace.

@@ -51,6 +51,9 @@ pub struct UpArgs {
     #[arg(long, default_value = lab::DEFAULT_NAME, value_name = "NAME")]
     name: String,
     /// Memory per VM in MiB (768 is comfortable; etcd preallocates 128).
+    /// `lab up` refuses, before starting anything, when every VM (spares
+    /// too) at this plus QEMU's own (under TCG 128 MiB of translation
+    /// cache and about 100 MiB) would not fit in MemAvailable.
     #[arg(long, default_value_t = 768, value_name = "MIB")]
     memory: u32,
     /// CPU virtualisation: auto probes KVM and falls back to TCG.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::args::SshArgs;
-use super::context::{fleet_and_keys, machine, machines, runtime};
+use super::context::{fleet_and_existing_keys, machine, machines, runtime};
 use super::print::print;
 use super::{Cli, Output};
 use crate::exec;
@@ -61,7 +61,7 @@ pub struct ExecArgs {
 }
 
 pub fn run_ssh(cli: &Cli, args: &SshCommandArgs) -> anyhow::Result<()> {
-    let (fleet, keys) = fleet_and_keys(cli)?;
+    let (fleet, keys) = fleet_and_existing_keys(cli)?;
     let (_, machine) = machine(&fleet, &args.machine)?;
     let target = exec::target(&keys, machine)?;
     let timeouts = args.ssh.timeouts(Duration::MAX);
@@ -82,7 +82,7 @@ pub fn run_ssh(cli: &Cli, args: &SshCommandArgs) -> anyhow::Result<()> {
 pub fn run_exec(cli: &Cli, args: &ExecArgs) -> anyhow::Result<()> {
     // The fleet with the roles its state records: a site's spares are
     // powered off, so by default only what serves.
-    let (fleet, keys) = fleet_and_keys(cli)?;
+    let (fleet, keys) = fleet_and_existing_keys(cli)?;
     let mut chosen = machines(&fleet, args.site.as_ref(), &args.machines)?;
     if args.site.is_some() && !args.include_spares {
         chosen.retain(|(_, m)| m.role != crate::fleet::Role::Spare);

@@ -21,6 +21,9 @@ use super::raw::*;
 use super::types::*;
 use super::*;
 
+mod addresses;
+use addresses::Kind;
+
 pub(super) fn load(root: &Path) -> Result<Fleet, LoadError> {
     let mut diags = Diagnostics::default();
     let files = load::read_all(root, &mut diags);
@@ -30,6 +33,7 @@ pub(super) fn load(root: &Path) -> Result<Fleet, LoadError> {
         root: root.to_path_buf(),
         refused_default_credentials: HashSet::new(),
         invalid_count: HashSet::new(),
+        claims: Vec::new(),
     };
     let fleet = ctx.build(root, files);
     match fleet {
@@ -53,6 +57,8 @@ pub(super) struct Ctx {
     /// Sites whose `cluster.control_plane_count` was refused (their
     /// machines are not counted against it).
     invalid_count: HashSet<String>,
+    /// Who answers at which address, judged once all is read.
+    claims: Vec<addresses::Claim>,
 }
 
 /// The folders of a fleet repository (and of metalherd's own): no site
@@ -262,7 +268,8 @@ impl Ctx {
         let mut inventory_of: HashMap<SiteName, Origin> = HashMap::new();
         // Sites with a machine that failed its checks: their control-plane
         // count cannot be judged.
-        let mut incomplete = HashSet::new();
+        let mut incomplete: HashSet<String> =
+            files.unreadable_inventories.iter().cloned().collect();
         for file in &files.inventories {
             self.file = file.id;
             if !self.inventory(file, &mut sites, &site_files, &mut seen, &mut inventory_of) {
@@ -293,6 +300,12 @@ impl Ctx {
                 }
             }
         }
+        let single: Vec<String> = sites
+            .iter()
+            .filter(|(s, _)| s.cluster.control_plane_count == 1)
+            .map(|(s, _)| s.name.to_string())
+            .collect();
+        self.check_address_claims(&single);
         let mut fleet = settings?;
         let mut sites: Vec<Site> = sites.into_iter().map(|(s, _)| s).collect();
         sites.sort_by(|a, b| a.name.cmp(&b.name));
@@ -669,12 +682,63 @@ impl Ctx {
             }
         }
         let boot_server = self.url(&raw.boot_server, "boot_server", &["http", "https"]);
+        let site_name = raw.name.as_str();
+        if let Some(url) = &boot_server {
+            if let Some(ip) = url_ip(url) {
+                let what = format!("the boot server of site `{site_name}`");
+                let port = url.port_or_known_default();
+                self.claim(
+                    ip,
+                    port,
+                    Kind::BootServer,
+                    site_name,
+                    what,
+                    raw.boot_server.span(),
+                    "boot_server",
+                );
+            }
+        }
         let datacenter = self.parse(&raw.datacenter, "datacenter", grammar::label);
         let provisioning = self.network(&raw.networks.provisioning, "networks.provisioning");
         let nodes = self.network(&raw.networks.nodes, "networks.nodes");
         let c = &*raw.cluster;
         let cluster_name = self.parse_as::<ClusterName>(&c.name, "cluster.name");
         let api_endpoint = self.parse(&c.api_endpoint, "cluster.api_endpoint", parse_endpoint);
+        if let Some(ip) = api_endpoint
+            .as_ref()
+            .and_then(|e| e.host.parse::<IpAddr>().ok())
+        {
+            let what = format!("the API endpoint of site `{site_name}`");
+            let port = api_endpoint.as_ref().map(|e| e.port);
+            let span = c.api_endpoint.span();
+            self.claim(
+                ip,
+                port,
+                Kind::ApiEndpoint,
+                site_name,
+                what,
+                span,
+                "cluster.api_endpoint",
+            );
+        }
+        for (net, raw_net, which) in [
+            (&provisioning, &raw.networks.provisioning, "provisioning"),
+            (&nodes, &raw.networks.nodes, "nodes"),
+        ] {
+            if let Some(net) = net {
+                let what = format!("the gateway of site `{site_name}`'s {which} network");
+                let field = format!("networks.{which}.gateway");
+                self.claim(
+                    net.gateway,
+                    None,
+                    Kind::Gateway,
+                    site_name,
+                    what,
+                    raw_net.gateway.span(),
+                    &field,
+                );
+            }
+        }
         let pod_cidr = self.parse_as::<Cidr>(&c.pod_cidr, "cluster.pod_cidr");
         let service_cidr = self.parse_as::<Cidr>(&c.service_cidr, "cluster.service_cidr");
         if let (Some(pod), Some(svc)) = (pod_cidr, service_cidr) {
@@ -939,7 +1003,13 @@ impl Ctx {
         // A site file that exists but failed its own checks is reported
         // already; its machines are still checked on their own.
         let mut complete = !file.incomplete;
+        // In file order, the malformed entries among them: a malformed
+        // entry's name still takes part in the duplicate check.
+        let mut malformed = file.malformed_names.iter().peekable();
         for (i, raw) in &file.machines {
+            while let Some((j, name)) = malformed.next_if(|(j, _)| j < i) {
+                self.malformed_name(*j, name, seen);
+            }
             let at = format!("machines[{i}]");
             match self.machine(raw, &at, site.as_deref(), seen) {
                 Some(machine) => {
@@ -950,7 +1020,32 @@ impl Ctx {
                 None => complete = false,
             }
         }
+        for (j, name) in malformed {
+            self.malformed_name(*j, name, seen);
+        }
         complete
+    }
+
+    /// Reports `name` if an earlier machine has it; remembers it otherwise.
+    fn check_name(&mut self, name: &MachineName, raw: &Text, field: &str, seen: &mut Seen) {
+        if let Some(first) = seen.names.get(name) {
+            let msg = format!(
+                "machine name `{name}` is already used at {}",
+                self.describe(*first)
+            );
+            self.err(raw.span(), field, msg);
+        } else {
+            seen.names.insert(name.clone(), self.origin(raw.span()));
+        }
+    }
+
+    /// The name of a machine entry that is malformed otherwise (its own
+    /// problem is reported already).
+    fn malformed_name(&mut self, i: usize, raw: &Text, seen: &mut Seen) {
+        let field = format!("machines[{i}].name");
+        if let Some(name) = self.parse_as::<MachineName>(raw, &field) {
+            self.check_name(&name, raw, &field, seen);
+        }
     }
 
     fn machine(
@@ -998,17 +1093,21 @@ impl Ctx {
                 self.err(raw.ip.span(), format!("{at}.ip"), problem);
             }
         }
-        let here = self.origin(raw.name.span());
+        if let (Some(name), Some(ip), Some(role), Some(site)) = (&name, ip, role, site) {
+            let what = format!("machine `{name}`");
+            let field = format!("{at}.ip");
+            self.claim(
+                ip,
+                None,
+                Kind::Machine(role),
+                site.name.as_str(),
+                what,
+                raw.ip.span(),
+                &field,
+            );
+        }
         if let Some(name) = &name {
-            if let Some(first) = seen.names.get(name) {
-                let msg = format!(
-                    "machine name `{name}` is already used at {}",
-                    self.describe(*first)
-                );
-                self.err(raw.name.span(), format!("{at}.name"), msg);
-            } else {
-                seen.names.insert(name.clone(), here);
-            }
+            self.check_name(name, &raw.name, &format!("{at}.name"), seen);
             if let Some(mac) = mac {
                 if let Some((first, owner)) = seen.macs.get(&mac) {
                     let msg = format!(
@@ -1055,6 +1154,12 @@ impl Ctx {
                 b.system.clone().unwrap_or_default(),
             );
             let owner = name.as_ref().map_or("?".to_string(), |n| n.to_string());
+            if let (Some(ip), Some(site)) = (bmc_ip(&b.address), site) {
+                let what = format!("the BMC of `{owner}`");
+                let field = format!("{at}.bmc.address");
+                let span = raw.bmc.address.span();
+                self.claim(ip, None, Kind::Bmc, site.name.as_str(), what, span, &field);
+            }
             if let Some((first, other)) = seen.bmcs.get(&key) {
                 let msg = format!(
                     "BMC {}{} is already `{other}`'s at {}: a power change of one would hit the other",
@@ -1142,6 +1247,27 @@ impl Ctx {
 /// `host:port` or `[v6]:port`.
 /// An image registry host as container image references spell it:
 /// `host[:port][/path]`, no scheme.
+/// The IP address a URL names, if it names one rather than a host name.
+fn url_ip(url: &Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// The IP address of a BMC: its URL's (Redfish), or the bare address or
+/// `address:port` (IPMI). Sockets and host names have none.
+fn bmc_ip(address: &str) -> Option<IpAddr> {
+    if address.contains("://") {
+        return Url::parse(address).ok().as_ref().and_then(url_ip);
+    }
+    address
+        .parse()
+        .ok()
+        .or_else(|| address.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+}
+
 fn parse_registry(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && !s.contains("://")

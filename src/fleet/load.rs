@@ -9,7 +9,7 @@ use marked_yaml::{LoaderOptions, Node};
 use serde::de::DeserializeOwned;
 
 use super::diag::Diagnostics;
-use super::raw::{RawFleet, RawInventoryHeader, RawMachine, RawSite};
+use super::raw::{RawFleet, RawInventoryHeader, RawMachine, RawSite, Text};
 
 pub(super) const FLEET_FILE: &str = "inventory/fleet.yaml";
 
@@ -29,6 +29,15 @@ pub(super) struct InventoryFile {
     pub machines: Vec<(usize, RawMachine)>,
     /// Some machine entries were malformed and are missing from `machines`.
     pub incomplete: bool,
+    /// The names of the malformed entries (where they have one), so that a
+    /// duplicate name is reported even when its machine lacks, say, `bmc`.
+    pub malformed_names: Vec<(usize, Text)>,
+}
+
+/// Just the name of a machine entry that failed to deserialize.
+#[derive(serde::Deserialize)]
+struct NameOnly {
+    name: Text,
 }
 
 pub(super) struct RawFiles {
@@ -36,6 +45,10 @@ pub(super) struct RawFiles {
     /// The names of all site files found, including those that failed to
     /// parse: their sites exist, they are only broken.
     pub site_stems: Vec<String>,
+    /// Inventory files that are not readable YAML (or lack a header): their
+    /// sites' machine counts cannot be judged, so no consequence of the
+    /// error is reported beside it.
+    pub unreadable_inventories: Vec<String>,
     pub sites: Vec<SiteFile>,
     pub inventories: Vec<InventoryFile>,
 }
@@ -61,6 +74,7 @@ pub(super) fn read_all(root: &Path, diags: &mut Diagnostics) -> RawFiles {
         return RawFiles {
             fleet: None,
             site_stems: Vec::new(),
+            unreadable_inventories: Vec::new(),
             sites: Vec::new(),
             inventories: Vec::new(),
         };
@@ -82,6 +96,7 @@ pub(super) fn read_all(root: &Path, diags: &mut Diagnostics) -> RawFiles {
     }
 
     let mut inventories = Vec::new();
+    let mut unreadable_inventories = Vec::new();
     for path in yaml_files(root, "inventory", diags) {
         if path == Path::new(FLEET_FILE) {
             continue;
@@ -89,12 +104,15 @@ pub(super) fn read_all(root: &Path, diags: &mut Diagnostics) -> RawFiles {
         let id = diags.add_file(path.clone());
         let stem = stem(&path);
         let Some(node) = parse_file(root, id, diags) else {
+            unreadable_inventories.push(stem);
             continue;
         };
         let Some(header) = deserialize::<RawInventoryHeader>(&node, id, "", diags) else {
+            unreadable_inventories.push(stem);
             continue;
         };
         let mut machines = Vec::new();
+        let mut malformed_names = Vec::new();
         let mut incomplete = false;
         match node.as_mapping().and_then(|m| m.get("machines")) {
             Some(Node::Sequence(seq)) => {
@@ -104,6 +122,9 @@ pub(super) fn read_all(root: &Path, diags: &mut Diagnostics) -> RawFiles {
                         machines.push((i, m));
                     } else {
                         incomplete = true;
+                        if let Ok(n) = marked_yaml::from_node::<NameOnly>(item) {
+                            malformed_names.push((i, n.name));
+                        }
                     }
                 }
             }
@@ -119,12 +140,14 @@ pub(super) fn read_all(root: &Path, diags: &mut Diagnostics) -> RawFiles {
             header,
             machines,
             incomplete,
+            malformed_names,
         });
     }
 
     RawFiles {
         fleet: fleet.map(|f| (fleet_id, f)),
         site_stems,
+        unreadable_inventories,
         sites,
         inventories,
     }

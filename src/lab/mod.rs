@@ -287,6 +287,32 @@ pub fn up(fleet: &Fleet, opts: &UpOptions, progress: &dyn Fn(&str)) -> anyhow::R
     ensure_lab_fleet(fleet)?;
     ensure_root("lab up")?;
     valid_name(&opts.name)?;
+    let sites: Vec<&Site> = if opts.sites.is_empty() {
+        fleet.sites.iter().collect()
+    } else {
+        opts.sites
+            .iter()
+            .map(|s| {
+                fleet
+                    .site(s.as_str())
+                    .with_context(|| format!("no site `{s}` in fleet {}", fleet.name))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    // Every VM may run (the spares too, for a blue-green replacement):
+    // refuse before anything starts when they would not fit. Under `auto`
+    // TCG's larger need is counted: the probe comes later.
+    let vms: usize = sites.iter().map(|s| s.machines.len()).sum();
+    let counted = if opts.accel == Accel::Kvm {
+        "kvm"
+    } else {
+        "tcg"
+    };
+    if let Some(available) = mem_available_mib() {
+        if let Some(problem) = memory_problem(vms, opts.memory_mb, counted, available) {
+            bail!("{problem}");
+        }
+    }
     // VMs would boot without their node software: refuse, and say how.
     let unpinned: Vec<&str> = fleet
         .extensions
@@ -320,18 +346,6 @@ pub fn up(fleet: &Fleet, opts: &UpOptions, progress: &dyn Fn(&str)) -> anyhow::R
             opts.name
         );
     }
-    let sites: Vec<&Site> = if opts.sites.is_empty() {
-        fleet.sites.iter().collect()
-    } else {
-        opts.sites
-            .iter()
-            .map(|s| {
-                fleet
-                    .site(s.as_str())
-                    .with_context(|| format!("no site `{s}` in fleet {}", fleet.name))
-            })
-            .collect::<anyhow::Result<_>>()?
-    };
     let image = opts.assets_dir.join("lab").join(&fleet.os.version);
     for f in ["vmlinuz", "initrd.img"] {
         if !image.join(f).is_file() {
@@ -342,6 +356,7 @@ pub fn up(fleet: &Fleet, opts: &UpOptions, progress: &dyn Fn(&str)) -> anyhow::R
         }
     }
     let accel = match opts.accel {
+        Accel::Auto if !cpu_virtualizes() => "tcg",
         Accel::Auto => {
             progress("probing KVM");
             if probe_kvm(&image.join("vmlinuz")) {
@@ -417,6 +432,23 @@ pub struct OtherLab {
     pub name: String,
     pub fleet: String,
     pub root: PathBuf,
+}
+
+/// One line per lab up for another fleet than `fleet`, saying how to
+/// point a command at it (empty when there is none).
+pub fn elsewhere(fleet: &Fleet) -> String {
+    other_labs(fleet)
+        .iter()
+        .map(|o| {
+            format!(
+                "\nlab {} is up for fleet {} at {}: point the command at it with `--fleet {}`",
+                o.name,
+                o.fleet,
+                o.root.display(),
+                o.root.display()
+            )
+        })
+        .collect()
 }
 
 /// The labs up for fleets other than `fleet`.
@@ -552,7 +584,7 @@ fn start_all(
                 "-M".into(),
                 "q35".into(),
                 "-accel".into(),
-                record.accel.clone(),
+                accel_arg(&record.accel),
                 "-cpu".into(),
                 "max".into(),
                 "-m".into(),
@@ -665,8 +697,73 @@ fn which(program: &str, package: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("{program} is not installed: apt-get install {package}"))
 }
 
-/// Whether QEMU boots the lab kernel with KVM: within 15 s the kernel must
-/// print its banner on the serial console.
+/// TCG's translation cache per VM, in MiB. QEMU's default (1 GiB on a
+/// 64-bit host) lets a 768 MiB VM grow to 1.6 GB; a booting Debian with
+/// etcd needs far less.
+pub const TB_SIZE_MIB: u64 = 128;
+
+/// QEMU's own memory per VM beyond the guest's and the translation cache
+/// (devices, its heap, the iPXE ROM), in MiB: measured below 100.
+const QEMU_OVERHEAD_MIB: u64 = 100;
+
+/// QEMU's `-accel` value: TCG with its translation cache bounded.
+fn accel_arg(accel: &str) -> String {
+    if accel == "tcg" {
+        format!("tcg,tb-size={TB_SIZE_MIB}")
+    } else {
+        accel.to_string()
+    }
+}
+
+/// What one VM may take at most, in MiB.
+pub fn vm_budget_mib(memory_mb: u32, accel: &str) -> u64 {
+    let cache = if accel == "tcg" { TB_SIZE_MIB } else { 0 };
+    u64::from(memory_mb) + cache + QEMU_OVERHEAD_MIB
+}
+
+/// Why `vms` VMs of `memory_mb` would not fit in `available` MiB, with the
+/// numbers and what to do instead; `None` when they fit.
+fn memory_problem(vms: usize, memory_mb: u32, accel: &str, available: u64) -> Option<String> {
+    let per_vm = vm_budget_mib(memory_mb, accel);
+    let need = per_vm * vms as u64;
+    if need <= available {
+        return None;
+    }
+    let cache = if accel == "tcg" {
+        format!(" + {TB_SIZE_MIB} MiB TCG translation cache")
+    } else {
+        String::new()
+    };
+    let fit = available / per_vm;
+    Some(format!(
+        "the lab's {vms} VMs may take {need} MiB ({vms} × ({memory_mb} MiB memory{cache} + \
+         {QEMU_OVERHEAD_MIB} MiB QEMU)), but this machine has {available} MiB available \
+         (MemAvailable): {fit} such VMs fit. Start fewer sites (--site SITE, repeatable) or \
+         give each VM less memory (--memory 512)"
+    ))
+}
+
+/// MemAvailable from /proc/meminfo, in MiB.
+fn mem_available_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// Whether the CPU offers hardware virtualisation (vmx or svm): without
+/// it KVM cannot run guests, and probing would only cost seconds.
+fn cpu_virtualizes() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|text| {
+        text.lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+    })
+}
+
+/// Whether QEMU boots the lab kernel with KVM: within 5 s the kernel must
+/// print its banner on the serial console (with KVM it does in well under
+/// a second).
 fn probe_kvm(kernel: &Path) -> bool {
     if !Path::new("/dev/kvm").exists() {
         return false;
@@ -711,7 +808,7 @@ fn probe_kvm(kernel: &Path) -> bool {
             }
         }
     });
-    let works = rx.recv_timeout(Duration::from_secs(15)).is_ok();
+    let works = rx.recv_timeout(Duration::from_secs(5)).is_ok();
     let _ = child.kill();
     let _ = child.wait();
     works
@@ -923,4 +1020,27 @@ pub fn console_paths(fleet: &Fleet, machine: &str) -> (PathBuf, PathBuf) {
         lab.join("qmp").join(format!("{machine}.serial")),
         lab.join("logs").join(format!("{machine}.console")),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_check_refuses_with_the_numbers_and_what_to_do() {
+        // The example fleet's 18 VMs at 768 MiB under TCG: 18 × 996 MiB.
+        let problem = memory_problem(18, 768, "tcg", 16_000).expect("refused");
+        assert!(problem.contains("17928 MiB"), "{problem}");
+        assert!(problem.contains("16000 MiB available"), "{problem}");
+        assert!(problem.contains("16 such VMs fit"), "{problem}");
+        assert!(
+            problem.contains("--site") && problem.contains("--memory"),
+            "{problem}"
+        );
+        // One site's six fit; KVM has no translation cache to count.
+        assert_eq!(memory_problem(6, 768, "tcg", 16_000), None);
+        assert_eq!(vm_budget_mib(768, "kvm"), 868);
+        assert_eq!(accel_arg("tcg"), "tcg,tb-size=128");
+        assert_eq!(accel_arg("kvm"), "kvm");
+    }
 }

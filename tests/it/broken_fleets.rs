@@ -16,6 +16,9 @@ struct Case {
     rule: String,
     edits: Vec<Edit>,
     expect: Vec<Expect>,
+    /// The expected diagnostics are all there are: no consequence of the
+    /// problem is reported beside it.
+    only: Option<bool>,
     secret: Option<String>,
 }
 
@@ -122,6 +125,13 @@ fn run_case(path: &Path) -> Result<(), String> {
                 want.at, want.field
             ));
         }
+    }
+    if case.only == Some(true) && diags.len() != case.expect.len() {
+        return Err(format!(
+            "{name}: want only the {} expected diagnostics, got {}:\n{stderr}",
+            case.expect.len(),
+            diags.len()
+        ));
     }
     if json_out.status.code() != Some(1) || doc["ok"] != false {
         return Err(format!("{name}: JSON check must fail with ok=false"));

@@ -54,6 +54,62 @@ fn a_missing_fleet_fails_with_exit_1_and_says_where() {
 }
 
 #[test]
+fn ssh_and_exec_on_a_never_provisioned_fleet_refuse_and_make_no_keys() {
+    // A user at the wrong fleet (the repo root, not the lab's): a key made
+    // now is one no machine has, so connecting cannot work; say so.
+    let fleet = example_fleet();
+    for args in [
+        &["ssh", "fra-cp-01", "--", "true"][..],
+        &["exec", "--site", "fra", "--", "true"][..],
+    ] {
+        let out = metalherd(fleet.path(), args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("has no SSH keys in its state")
+                && stderr.contains("point --fleet at the fleet that was provisioned"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !fleet.path().join(".metalherd/state/ssh").exists()
+                && !fleet.path().join(".metalherd/state/hostkeys").exists(),
+            "{args:?} generated keys"
+        );
+    }
+}
+
+#[test]
+fn lab_up_refuses_vms_that_would_not_fit_in_memory_before_starting_anything() {
+    // (As root, as the tests run: `lab up` checks root first.)
+    let dir = tempfile::tempdir().unwrap();
+    let out = metalherd(dir.path(), &["init", "--lab", "lab"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let name = format!("mhmem{}", std::process::id() % 100_000);
+    let fleet = dir.path().join("lab");
+    let out = metalherd(
+        &fleet,
+        &["lab", "up", "--name", &name, "--memory", "1000000"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("the lab's 18 VMs may take")
+            && stderr.contains("MiB available (MemAvailable)")
+            && stderr.contains("--site SITE")
+            && stderr.contains("--memory 512"),
+        "{stderr}"
+    );
+    assert!(
+        !std::path::Path::new("/run/netns").join(&name).exists(),
+        "a namespace was made before the check"
+    );
+    assert!(
+        !fleet.join(".metalherd/lab").exists(),
+        "lab files were made"
+    );
+}
+
+#[test]
 fn init_writes_a_fleet_that_checks_and_renders_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("myfleet");

@@ -505,6 +505,28 @@ fn provision_a_site_of_three_vms_to_etcd_quorum_then_lab_down() {
     );
     assert!(state.contains("ready"), "{doc}");
 
+    // Pointed at another fleet (a new user's repo root): `lab status` and
+    // `ssh` name this lab and how to reach it; ssh makes no keys.
+    let other = super::example_fleet();
+    let lab_root = lab.path().canonicalize().unwrap();
+    for args in [
+        &["lab", "status"][..],
+        &["ssh", "fra-cp-01", "--", "true"][..],
+    ] {
+        let out = mh(other.path(), args);
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            said.contains(&format!("lab {} is up", lab.name))
+                && said.contains(&format!("--fleet {}", lab_root.display())),
+            "{args:?} against another fleet does not name lab {}: {said}",
+            lab.name
+        );
+    }
+    assert!(
+        !other.path().join(".metalherd/state/ssh").exists(),
+        "ssh against a never-provisioned fleet generated keys"
+    );
+
     // lab down: nothing left.
     let pids = lab.pids.clone();
     let out = lab.down();
