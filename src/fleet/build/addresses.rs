@@ -5,6 +5,11 @@
 //! really a node, an API endpoint that dies with the machine it names, a
 //! boot server that is a machine being reinstalled.
 //!
+//! Some pairs may share: one boot server may serve several sites, a
+//! gateway may serve the boot files, and emulated
+//! BMCs (virtualbmc, sushy-tools) listen on the provisioning host beside
+//! them; a one-control-plane site's API endpoint may be that machine.
+//!
 //! Claims are collected while sites and machines are built and judged at
 //! the end, when every site's control-plane count is known.
 
@@ -115,16 +120,21 @@ impl Ctx {
 /// Whether `a` (earlier) and `b` (later) may not share their address.
 /// Same-kind pairs are other rules' business (duplicate machine IPs,
 /// BMCs by address and system, overlapping networks), except API
-/// endpoints and boot servers, which no other rule compares; machines
-/// against gateways are the networks' rules too.
+/// endpoints, which no other rule compares; machines against gateways are
+/// the networks' rules too.
 fn conflicts(a: &Claim, b: &Claim, single_control_plane: &[String]) -> bool {
     use Kind::*;
     match (a.kind, b.kind) {
-        (ApiEndpoint, ApiEndpoint) | (BootServer, BootServer) => a.port == b.port,
+        (ApiEndpoint, ApiEndpoint) => a.port == b.port,
+        // One `metalherd serve --site A --site B` may serve several sites.
+        (BootServer, BootServer) => false,
         (Machine(_), Machine(_)) | (Bmc, Bmc) | (Gateway, Gateway) => false,
         (Machine(_), Gateway) | (Gateway, Machine(_)) => false,
-        // A router that also serves the boot files is a common small setup.
+        // A router that also serves the boot files is a common small setup;
+        // emulated BMCs (virtualbmc, sushy-tools) run on the provisioning
+        // host, one port each, beside its boot server at its gateway.
         (BootServer, Gateway) | (Gateway, BootServer) => false,
+        (Bmc, Gateway | BootServer) | (Gateway | BootServer, Bmc) => false,
         (ApiEndpoint, Machine(Role::ControlPlane)) | (Machine(Role::ControlPlane), ApiEndpoint) => {
             !(a.site == b.site && single_control_plane.contains(&a.site))
         }
