@@ -51,7 +51,7 @@ pub fn version(s: &str) -> Result<String, String> {
     }
 }
 
-/// An exact OS version, as the README promises: digits and dots
+/// An exact OS version, as docs/fleet.md promises: digits and dots
 /// (Flatcar `4081.2.0`, Fedora CoreOS `40.20240416.3.0`), never a channel
 /// or `latest`. The lab's version is its Debian suite (`bookworm`).
 pub fn exact_os_version(flavor: Option<OsFlavor>, s: &str) -> Result<String, String> {

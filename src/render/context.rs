@@ -1,7 +1,7 @@
 //! What role files and templates can use. Every template is rendered with
 //! `fleet`, `site`, `cluster`, `node_network`, `provisioning_network`, `control_planes`,
 //! `generation`, `registry` and `assets_base`; machine templates also get `machine`
-//! and `ignition_url`. README.md ("Templates") lists the fields; add new
+//! and `ignition_url`. docs/fleet.md ("Templates") lists the fields; add new
 //! ones here, in a view struct, so templates never see secrets.
 
 use std::net::IpAddr;

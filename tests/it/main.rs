@@ -11,6 +11,7 @@ mod bootstrap;
 mod broken_fleets;
 mod cli;
 mod crash;
+mod docs;
 mod early_errors;
 mod etcd_cluster;
 mod faults;
