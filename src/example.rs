@@ -35,6 +35,10 @@ pub const FILES: &[(&str, &str)] = &[
     ("inventory/fra.yaml", include_str!("../inventory/fra.yaml")),
     ("inventory/muc.yaml", include_str!("../inventory/muc.yaml")),
     (
+        "monitoring/metalherd.rules.yaml",
+        include_str!("../monitoring/metalherd.rules.yaml"),
+    ),
+    (
         "scripts/gslb-weight",
         include_str!("../scripts/gslb-weight"),
     ),
@@ -115,7 +119,7 @@ mod tests {
     fn embedded_fleet_matches_the_repository() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut on_disk = Vec::new();
-        for dir in ["inventory", "sites", "ignition", "templates"] {
+        for dir in ["inventory", "monitoring", "sites", "ignition", "templates"] {
             let mut stack = vec![root.join(dir)];
             while let Some(d) = stack.pop() {
                 for e in std::fs::read_dir(&d).unwrap() {

@@ -19,6 +19,7 @@ pub mod keys;
 pub mod kubeconfig;
 pub mod lab;
 pub mod lifecycle;
+pub mod metrics;
 pub mod operation;
 pub mod parallel;
 pub mod pki;

@@ -21,6 +21,7 @@ mod inventory;
 mod kubeconfig;
 mod lab;
 mod lockdown;
+mod metrics;
 mod plan;
 mod power;
 mod print;
@@ -151,6 +152,8 @@ pub enum Command {
     State(state::StateCommand),
     /// Print (or write) a site's rendered dnsmasq config.
     Dnsmasq(serve::DnsmasqArgs),
+    /// The fleet's state as Prometheus metrics (stdout, or --textfile FILE).
+    Metrics(metrics::MetricsArgs),
     /// Start a fleet repository of your own from the shipped example.
     Init(init::InitArgs),
     /// Print a shell completion script.
@@ -224,6 +227,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<()> {
         Command::Boot(cmd) => boot::run(cli, cmd),
         Command::Serve(args) => serve::run(cli, args),
         Command::Dnsmasq(args) => serve::dnsmasq(cli, args),
+        Command::Metrics(args) => metrics::run(cli, args),
         Command::Bootstrap(cmd) => bootstrap::run(cli, cmd),
         Command::Ssh(args) => ssh::run_ssh(cli, args),
         Command::Exec(args) => ssh::run_exec(cli, args),

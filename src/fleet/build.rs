@@ -70,6 +70,7 @@ const RESERVED_SITE_NAMES: &[&str] = &[
     "templates",
     "assets",
     "scripts",
+    "monitoring",
     "docs",
     "tests",
     "bench",

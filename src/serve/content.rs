@@ -50,6 +50,9 @@ pub struct Content {
     pub extensions: HashMap<String, String>,
     pub require_token: bool,
     pub machines: usize,
+    /// The fleet and the sites served, for the fleet metrics on `/metrics`.
+    pub fleet: Arc<Fleet>,
+    pub sites: Vec<SiteName>,
 }
 
 /// Renders every machine of `sites` (all when empty) of `fleet`.
@@ -128,5 +131,7 @@ pub fn build(fleet: &Fleet, sites: &[SiteName]) -> anyhow::Result<Content> {
         extensions,
         require_token: fleet.boot.require_token,
         machines,
+        fleet: Arc::new(fleet.clone()),
+        sites: sites.to_vec(),
     })
 }

@@ -749,10 +749,23 @@ async fn machines(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(serde_json::json!({ "machines": list })).into_response()
 }
 
+/// The server's own counters, then the fleet's state for the sites it
+/// serves ([`crate::metrics`]), read at each scrape.
 async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
+    let content = shared.content();
+    let store = shared.store();
+    let fleet = match crate::metrics::Snapshot::read(&content.fleet, store.as_ref(), &content.sites)
+        .await
+    {
+        Ok(snapshot) => snapshot.encode(),
+        Err(e) => {
+            tracing::warn!("fleet metrics: reading the state: {e}");
+            "# fleet metrics unavailable: the state could not be read\n".to_string()
+        }
+    };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        shared.metrics.render(),
+        format!("{}{fleet}", shared.metrics.render()),
     )
         .into_response()
 }

@@ -143,6 +143,9 @@ pub struct SiteRecord {
     /// failed replace leaves it set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drained: Option<String>,
+    /// When the site was drained (RFC 3339), while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained_since: Option<String>,
     /// The roles of the site's machines in the current generation, where a
     /// blue-green replace moved them away from the inventory's (machine →
     /// role; machines not listed keep their inventory role).
@@ -210,9 +213,18 @@ pub async fn set_drained(
     site: impl fmt::Display,
     drained: Option<String>,
 ) -> Result<(), StateError> {
-    update_site(store, site, |r| r.drained = drained.clone())
-        .await
-        .map(|_| ())
+    update_site(store, site, |r| {
+        // Drained again while drained: it has been out of service since
+        // the first time.
+        r.drained_since = match (&r.drained_since, &drained) {
+            (_, None) => None,
+            (Some(since), Some(_)) if r.drained.is_some() => Some(since.clone()),
+            (_, Some(_)) => Some(now_rfc3339()),
+        };
+        r.drained = drained.clone();
+    })
+    .await
+    .map(|_| ())
 }
 
 /// The record of `machine` and its revision, if any.

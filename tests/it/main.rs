@@ -26,6 +26,7 @@ mod lifecycle;
 mod lockdown;
 mod machines;
 mod manifests;
+mod metrics;
 mod netboot;
 mod pki;
 mod power;

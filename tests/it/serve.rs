@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use super::{example_fleet, metalherd, require, text};
 
-struct Server {
+pub(super) struct Server {
     child: Child,
-    port: u16,
+    pub(super) port: u16,
     log: std::path::PathBuf,
 }
 
@@ -49,7 +49,7 @@ fn start(fleet: &Path, extra: &[&str]) -> Server {
     start_unarmed(fleet, extra)
 }
 
-fn start_unarmed(fleet: &Path, extra: &[&str]) -> Server {
+pub(super) fn start_unarmed(fleet: &Path, extra: &[&str]) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -103,7 +103,11 @@ fn raw(port: u16, request: &[u8]) -> std::io::Result<(u16, String, Vec<u8>)> {
     Ok((status, head, buf[split..].to_vec()))
 }
 
-fn try_get(port: u16, path: &str, headers: &[&str]) -> std::io::Result<(u16, String, Vec<u8>)> {
+pub(super) fn try_get(
+    port: u16,
+    path: &str,
+    headers: &[&str],
+) -> std::io::Result<(u16, String, Vec<u8>)> {
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
     for h in headers {
         req.push_str(h);
@@ -113,7 +117,7 @@ fn try_get(port: u16, path: &str, headers: &[&str]) -> std::io::Result<(u16, Str
     raw(port, req.as_bytes())
 }
 
-fn get(port: u16, path: &str) -> (u16, String) {
+pub(super) fn get(port: u16, path: &str) -> (u16, String) {
     let (status, _, body) = try_get(port, path, &[]).unwrap();
     (status, String::from_utf8_lossy(&body).to_string())
 }
