@@ -158,3 +158,79 @@ fn every_command_the_docs_name_exists() {
     }
     assert!(checked > 20, "only {checked} commands found in the docs");
 }
+
+/// Commands that act on nothing but the fleet repository and its local
+/// state: the docs' inline examples of them run as written.
+const OFFLINE: &[&str] = &[
+    "inventory",
+    "render",
+    "plan",
+    "dnsmasq",
+    "completions",
+    "audit",
+    "metrics",
+    "state show",
+    "state history",
+    "state locks",
+    "state keygen",
+    "boot status",
+    "assets list",
+    "dev gen-docs",
+    "init",
+];
+
+#[test]
+fn every_inline_offline_command_in_the_docs_runs_on_the_shipped_fleet() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_metalherd"));
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut ran = BTreeSet::new();
+    // cli.md is the reference (its headings name command groups).
+    for page in pages().into_iter().filter(|p| !p.ends_with("cli.md")) {
+        let body = std::fs::read_to_string(&page).unwrap();
+        for span in body.split('`').skip(1).step_by(2) {
+            let command = span.split_whitespace().collect::<Vec<_>>().join(" ");
+            let Some(rest) = command.strip_prefix("metalherd ") else {
+                continue;
+            };
+            // Placeholders (S, DIR), elisions and paths outside the fleet
+            // are usage lines, not examples.
+            let example = !rest.split(' ').any(|w| {
+                w.len() <= 4 && w.chars().all(|c| c.is_ascii_uppercase())
+                    || w.starts_with('/')
+                    || w.starts_with('~')
+                    || ["…", "|", "[", ">"].iter().any(|p| w.contains(p))
+            });
+            if !example || !OFFLINE.iter().any(|o| rest.starts_with(o)) {
+                continue;
+            }
+            let fleet = super::example_fleet();
+            let out = Command::new("bash")
+                .args(["-c", &command])
+                .current_dir(fleet.path())
+                .env_clear()
+                .env("PATH", &path)
+                .output()
+                .unwrap();
+            let code = out.status.code();
+            // A usage error (2) is prose naming a command (`metalherd
+            // init` writes …), not an example; an example must work.
+            if code == Some(2) {
+                continue;
+            }
+            let fine = code == Some(0) || (rest.starts_with("plan") && code == Some(4));
+            assert!(
+                fine,
+                "{}: `{command}` fails on the shipped fleet ({code:?}): {}{}",
+                page.display(),
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+            ran.insert(command);
+        }
+    }
+    assert!(ran.len() >= 3, "only {ran:?} ran");
+}
