@@ -113,6 +113,13 @@ pub fn run(cli: &Cli, cmd: &StateCommand) -> anyhow::Result<()> {
         let store = store.as_ref();
         match cmd {
             StateCommand::Show { site } => {
+                if let Some(s) = site.as_deref() {
+                    anyhow::ensure!(
+                        fleet.site(s).is_some(),
+                        "no site `{s}` in fleet {}",
+                        fleet.name
+                    );
+                }
                 print_ok(cli, &summary(&fleet, store, site.as_deref()).await?)
             }
             StateCommand::History { limit } => {

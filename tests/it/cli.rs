@@ -110,6 +110,18 @@ fn lab_up_refuses_vms_that_would_not_fit_in_memory_before_starting_anything() {
 }
 
 #[test]
+fn state_show_of_an_unknown_site_says_so() {
+    let fleet = example_fleet();
+    let out = metalherd(fleet.path(), &["state", "show", "--site", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no site `nope` in fleet example"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn init_writes_a_fleet_that_checks_and_renders_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("myfleet");
