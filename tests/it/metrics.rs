@@ -18,6 +18,17 @@ use metalherd::state::{Expect, Holder, LockGuard};
 use super::serve::{get, start_unarmed};
 use super::{example_fleet, metalherd, repo, require, text};
 
+/// A helper process the test started, stopped by PID when the test ends
+/// (also when it fails).
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn promtool() -> std::path::PathBuf {
     require("promtool", "prometheus")
 }
@@ -265,7 +276,7 @@ fn a_real_prometheus_scrapes_the_boot_server_and_answers_queries() {
     )
     .unwrap();
     let log = dir.path().join("prometheus.log");
-    let mut child = Command::new(&prometheus)
+    let child = Command::new(&prometheus)
         .arg(format!("--config.file={}", config.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
@@ -276,6 +287,7 @@ fn a_real_prometheus_scrapes_the_boot_server_and_answers_queries() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let _prometheus = Kill(child);
     let query = |q: &str| -> Option<serde_json::Value> {
         let path = format!("/api/v1/query?query={q}");
         let (status, _, body) = super::serve::try_get(port, &path, &[]).ok()?;
@@ -293,7 +305,6 @@ fn a_real_prometheus_scrapes_the_boot_server_and_answers_queries() {
             }
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
             panic!(
                 "prometheus returned no metalherd series within 60 s:\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default()
@@ -322,7 +333,6 @@ fn a_real_prometheus_scrapes_the_boot_server_and_answers_queries() {
             break;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
             panic!(
                 "MetalherdReplaceFailed did not fire for fra:\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default()
@@ -330,8 +340,6 @@ fn a_real_prometheus_scrapes_the_boot_server_and_answers_queries() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let _ = child.kill();
-    let _ = child.wait();
     drop(guard);
 }
 
@@ -375,5 +383,134 @@ fn the_shipped_alert_rules_pass_promtool_check_and_their_unit_tests() {
                 "alert {name} has no promtool unit test"
             );
         }
+    }
+}
+
+/// The `alarms` blocker against a real Alertmanager (Debian's
+/// `prometheus-alertmanager`, on loopback, clustering off): no alert,
+/// nothing blocks; an active alert blocks `plan` by name; silenced, it
+/// no longer does.
+#[test]
+fn the_alarms_blocker_reads_a_real_alertmanager() {
+    let alertmanager = require("prometheus-alertmanager", "prometheus-alertmanager");
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        "route: { receiver: nobody }\nreceivers: [ { name: nobody } ]\n",
+    )
+    .unwrap();
+    let log = dir.path().join("alertmanager.log");
+    let child = Command::new(&alertmanager)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut alertmanager = Kill(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(
+        super::serve::try_get(port, "/-/ready", &[]),
+        Ok((200, _, _))
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "alertmanager did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        if let Ok(Some(status)) = alertmanager.0.try_wait() {
+            panic!(
+                "alertmanager exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let post = |path: &str, body: &str| -> (u16, String) {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (status, _, body) = super::serve::raw(port, request.as_bytes()).unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+
+    let fleet = example_fleet();
+    let fleet_yaml = fleet.path().join("inventory/fleet.yaml");
+    let mut text_of = std::fs::read_to_string(&fleet_yaml).unwrap();
+    text_of.push_str(&format!("alarms:\n  url: http://127.0.0.1:{port}\n"));
+    std::fs::write(&fleet_yaml, text_of).unwrap();
+    let alarms = || -> serde_json::Value {
+        let out = metalherd(
+            fleet.path(),
+            &["--output", "json", "plan", "site", "fra", "--no-probe"],
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("plan: not JSON ({e}): {}", text(&out.stderr)));
+        doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "alarms")
+            .cloned()
+            .unwrap_or_else(|| panic!("no alarms check: {doc}"))
+    };
+    let quiet = alarms();
+    assert_eq!(quiet["ok"], true, "{quiet}");
+
+    let starts = "2020-01-01T00:00:00Z";
+    let (status, said) = post(
+        "/api/v2/alerts",
+        &format!(
+            r#"[{{"labels":{{"alertname":"EtcdNoLeader","site":"ber"}},"startsAt":"{starts}"}}]"#
+        ),
+    );
+    assert_eq!(status, 200, "posting an alert: {said}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let firing = loop {
+        let check = alarms();
+        if check["ok"] == false {
+            break check;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the alert never blocked: {check}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let detail = firing["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("1 active alert(s)") && detail.contains("EtcdNoLeader"),
+        "{firing}"
+    );
+
+    // Silenced, it is not active any more.
+    let (status, said) = post(
+        "/api/v2/silences",
+        r#"{"matchers":[{"name":"alertname","value":"EtcdNoLeader","isRegex":false}],"startsAt":"2020-01-01T00:00:00Z","endsAt":"2099-01-01T00:00:00Z","createdBy":"metalherd test","comment":"maintenance"}"#,
+    );
+    assert_eq!(status, 200, "posting a silence: {said}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let check = alarms();
+        if check["ok"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the silenced alert still blocks: {check}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -84,7 +84,7 @@ pub(super) fn start_unarmed(fleet: &Path, extra: &[&str]) -> Server {
 }
 
 /// Sends raw bytes; returns (status, head, body).
-fn raw(port: u16, request: &[u8]) -> std::io::Result<(u16, String, Vec<u8>)> {
+pub(super) fn raw(port: u16, request: &[u8]) -> std::io::Result<(u16, String, Vec<u8>)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(request)?;
