@@ -264,13 +264,14 @@ impl OsFlavor {
         }
     }
 
-    /// The Butane `variant` and `version` role files of this flavor use.
-    pub fn butane_variant(&self) -> (&'static str, &'static str) {
+    /// The Butane `variant` role files of this flavor use (their
+    /// `version` picks the Ignition spec: `render::butane::SPECS`).
+    pub fn butane_variant(&self) -> &'static str {
         match self {
-            OsFlavor::Flatcar => ("flatcar", "1.1.0"),
-            OsFlavor::Fcos => ("fcos", "1.5.0"),
+            OsFlavor::Flatcar => "flatcar",
+            OsFlavor::Fcos => "fcos",
             // The same role files serve Flatcar and the lab.
-            OsFlavor::Lab => ("flatcar", "1.1.0"),
+            OsFlavor::Lab => "flatcar",
         }
     }
 }

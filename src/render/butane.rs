@@ -1,7 +1,8 @@
-//! A Butane-style YAML subset → Ignition spec 3.3.0, through CoreOS's own
-//! typed structs (`ignition-config`), never by assembling JSON text.
+//! A Butane-style YAML subset → Ignition, through CoreOS's own typed
+//! structs (`ignition-config`), never by assembling JSON text.
 //!
-//! Supported: `variant`/`version` (`flatcar` 1.1.0 or `fcos` 1.5.0),
+//! Supported: `variant`/`version` (the fleet OS's variant; each version
+//! gives the Ignition spec Butane gives it: [`SPECS`]),
 //! `storage.files` (contents `inline`, `local` — a file under
 //! `templates/`, itself a template — or `source` with
 //! `verification.hash`), `storage.directories`, `storage.links`,
@@ -18,6 +19,16 @@ use marked_yaml::{LoaderOptions, Spanned};
 use serde::Deserialize;
 
 type Text = Spanned<String>;
+
+/// The Butane variants and versions metalherd reads, and the Ignition
+/// spec Butane produces for each (its `config/<variant>/v<version>`
+/// translations): a role file gets the spec its version stands for.
+pub const SPECS: &[(&str, &str, &str)] = &[
+    ("flatcar", "1.0.0", "3.3.0"),
+    ("flatcar", "1.1.0", "3.4.0"),
+    ("fcos", "1.4.0", "3.3.0"),
+    ("fcos", "1.5.0", "3.4.0"),
+];
 
 /// One problem in a role file, after templating.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +208,8 @@ struct Conv<'r, 'a> {
     errors: Vec<ButaneError>,
     resolve: &'r mut Resolve<'a>,
     paths: BTreeSet<String>,
+    /// The Ignition spec being written (`3.3.0`): what it can express.
+    spec: &'static str,
 }
 
 impl Conv<'_, '_> {
@@ -239,6 +252,20 @@ impl Conv<'_, '_> {
             None => s.parse::<i64>().ok(),
         };
         match parsed {
+            // Ignition before 3.4.0 ignores these bits (its validator warns;
+            // Butane refuses them at such a version).
+            Some(m) if m & 0o7000 != 0 && self.spec == "3.3.0" => {
+                self.err(
+                    v,
+                    field,
+                    format!(
+                        "{s}: setuid, setgid and sticky bits need Ignition spec 3.4.0 \
+                         (Butane version 1.1.0 for flatcar, 1.5.0 for fcos); this file's \
+                         version gives 3.3.0, which ignores them"
+                    ),
+                );
+                None
+            }
             Some(m) if (0..=0o7777).contains(&m) => Some(m),
             _ => {
                 self.err(
@@ -360,7 +387,7 @@ fn owner_group(o: &Option<BOwner>) -> Option<ign::NodeGroup> {
 /// Ignition config. `variant` is what the fleet's OS flavor requires.
 pub fn transpile(
     yaml: &str,
-    variant: (&str, &str),
+    variant: &str,
     resolve: &mut Resolve<'_>,
 ) -> Result<ign::Config, Vec<ButaneError>> {
     let options = LoaderOptions::default().error_on_duplicate_keys(true);
@@ -402,20 +429,39 @@ pub fn transpile(
         }]
     })?;
 
+    let versions: Vec<&(&str, &str, &str)> =
+        SPECS.iter().filter(|(v, _, _)| *v == variant).collect();
+    let accepted = versions
+        .iter()
+        .map(|(_, version, spec)| format!("{version} (Ignition {spec})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let spec = versions
+        .iter()
+        .find(|(_, version, _)| *version == raw.version.as_str())
+        .map_or("3.3.0", |(_, _, spec)| *spec);
     let mut conv = Conv {
         errors: Vec::new(),
         resolve,
         paths: BTreeSet::new(),
+        spec,
     };
-    if (raw.variant.as_str(), raw.version.as_str()) != variant {
+    if raw.variant.as_str() != variant {
         conv.err(
             &raw.variant,
             "variant".into(),
             format!(
-                "this fleet's OS needs `variant: {}` with `version: {}`, not {} {}",
-                variant.0,
-                variant.1,
+                "this fleet's OS needs `variant: {variant}` (version {accepted}), not {} {}",
                 raw.variant.as_str(),
+                raw.version.as_str()
+            ),
+        );
+    } else if !versions.iter().any(|(_, v, _)| *v == raw.version.as_str()) {
+        conv.err(
+            &raw.version,
+            "version".into(),
+            format!(
+                "{variant} {} is not a version metalherd reads; use {accepted}",
                 raw.version.as_str()
             ),
         );
@@ -430,6 +476,8 @@ pub fn transpile(
         }),
         ..Default::default()
     };
+    let mut config = config;
+    config.ignition.version = Some(spec.to_string());
     if conv.errors.is_empty() {
         Ok(config)
     } else {
@@ -572,7 +620,7 @@ mod tests {
     #[test]
     fn unknown_key_is_an_error_with_its_line() {
         let yaml = "variant: flatcar\nversion: 1.1.0\nstorage:\n  files:\n    - path: /etc/x\n      colour: red\n";
-        let errs = transpile(yaml, ("flatcar", "1.1.0"), &mut no_local).unwrap_err();
+        let errs = transpile(yaml, "flatcar", &mut no_local).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].line, 6, "{errs:?}");
         assert!(errs[0].field.ends_with("colour"), "{errs:?}");
@@ -581,7 +629,7 @@ mod tests {
     #[test]
     fn modes_are_octal() {
         let yaml = "variant: flatcar\nversion: 1.1.0\nstorage:\n  files:\n    - path: /etc/x\n      mode: 0644\n      contents: { inline: hi }\n";
-        let config = transpile(yaml, ("flatcar", "1.1.0"), &mut no_local).unwrap();
+        let config = transpile(yaml, "flatcar", &mut no_local).unwrap();
         let file = &config.storage.unwrap().files.unwrap()[0];
         assert_eq!(file.mode, Some(0o644));
         assert_eq!(
@@ -593,16 +641,58 @@ mod tests {
     #[test]
     fn remote_source_needs_a_hash() {
         let yaml = "variant: flatcar\nversion: 1.1.0\nstorage:\n  files:\n    - path: /opt/bin/x\n      contents: { source: \"http://10.0.0.1/x\" }\n";
-        let errs = transpile(yaml, ("flatcar", "1.1.0"), &mut no_local).unwrap_err();
+        let errs = transpile(yaml, "flatcar", &mut no_local).unwrap_err();
         assert!(errs[0].message.contains("verification.hash"), "{errs:?}");
     }
 
     #[test]
     fn wrong_variant_and_duplicate_paths() {
         let yaml = "variant: fcos\nversion: 1.5.0\nstorage:\n  directories:\n    - path: /a\n    - path: /a\n";
-        let errs = transpile(yaml, ("flatcar", "1.1.0"), &mut no_local).unwrap_err();
+        let errs = transpile(yaml, "flatcar", &mut no_local).unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert_eq!(errs[0].field, "variant");
         assert_eq!(errs[1].line, 6);
+    }
+
+    #[test]
+    fn each_version_gives_the_spec_butane_gives_it_and_modes_follow_it() {
+        let file = |version: &str, mode: &str| {
+            format!("variant: flatcar\nversion: {version}\nstorage:\n  files:\n    - path: /opt/bin/x\n      mode: {mode}\n      contents: {{ inline: hi }}\n")
+        };
+        let old = transpile(&file("1.0.0", "0755"), "flatcar", &mut no_local).unwrap();
+        assert_eq!(old.ignition.version.as_deref(), Some("3.3.0"));
+        let new = transpile(&file("1.1.0", "04755"), "flatcar", &mut no_local).unwrap();
+        assert_eq!(new.ignition.version.as_deref(), Some("3.4.0"));
+        // What a 3.4.0 file says, CoreOS's 3.4.0 structs read back.
+        let json = crate::render::to_json(&new);
+        let read: ignition_config::v3_4::Config = serde_json::from_str(&json).unwrap();
+        assert_eq!(read.ignition.version, "3.4.0");
+        let mode = new.storage.unwrap().files.unwrap()[0].mode;
+        assert_eq!(mode, Some(0o4755));
+        let errs = transpile(&file("1.0.0", "04755"), "flatcar", &mut no_local).unwrap_err();
+        assert_eq!(
+            (errs[0].line, errs[0].field.as_str()),
+            (6, "storage.files[0].mode"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[0].message.contains("need Ignition spec 3.4.0"),
+            "{errs:?}"
+        );
+        let errs = transpile(&file("1.2.0", "0755"), "flatcar", &mut no_local).unwrap_err();
+        assert_eq!(
+            (errs[0].line, errs[0].field.as_str()),
+            (2, "version"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[0]
+                .message
+                .contains("1.0.0 (Ignition 3.3.0), 1.1.0 (Ignition 3.4.0)"),
+            "{errs:?}"
+        );
+        let fcos = "variant: fcos\nversion: 1.4.0\n";
+        let fcos = transpile(fcos, "fcos", &mut no_local).unwrap();
+        assert_eq!(fcos.ignition.version.as_deref(), Some("3.3.0"));
     }
 }

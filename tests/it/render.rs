@@ -291,8 +291,8 @@ fn the_fcos_flavor_renders_valid_configs_and_installs_with_coreos_inst() {
     for role in ["control-plane", "worker", "spare", "install"] {
         edit(
             &format!("ignition/{role}.yaml"),
-            "variant: flatcar\nversion: 1.1.0",
-            "variant: fcos\nversion: 1.5.0",
+            "variant: flatcar\nversion: 1.0.0",
+            "variant: fcos\nversion: 1.4.0",
         );
     }
     let out = render_with_cli(fleet.path());
@@ -340,4 +340,77 @@ fn the_fcos_flavor_renders_valid_configs_and_installs_with_coreos_inst() {
         "{}",
         text(&r.stderr)
     );
+}
+
+/// Each Butane version gives the spec Butane gives it: 1.1.0 → Ignition
+/// 3.4.0, where setuid bits are allowed; 1.0.0 → 3.3.0, where they are
+/// refused. Debian's Ignition (2.14) knows 3.4.0 only as
+/// `3.4.0-experimental`: the rendered 3.4.0 configs pass the real
+/// `ignition-validate` under that name, with no warning.
+#[test]
+fn butane_versions_give_their_ignition_spec_checked_by_the_real_validator() {
+    let validate = require("ignition-validate", "ignition");
+    let fleet = example_fleet();
+    let setuid = "storage:\n  files:\n    - path: /opt/bin/helper\n      mode: 04755\n      contents: { inline: \"#!/bin/sh\\n\" }\n";
+    let worker = fleet.path().join("ignition/worker.yaml");
+    let text_of = std::fs::read_to_string(&worker).unwrap();
+    assert!(text_of.contains("\nstorage:\n  files:\n"), "{text_of}");
+    let with_setuid = text_of.replacen("\nstorage:\n  files:\n", &format!("\n{setuid}"), 1);
+    std::fs::write(&worker, &with_setuid).unwrap();
+
+    // 1.0.0 (3.3.0): refused, naming the file, line and field.
+    let out = tempfile::tempdir().unwrap();
+    let r = super::metalherd(
+        fleet.path(),
+        &["render", "--out", out.path().to_str().unwrap()],
+    );
+    assert_eq!(r.status.code(), Some(1));
+    let stderr = text(&r.stderr);
+    assert!(
+        stderr.contains("ignition/worker.yaml") && stderr.contains("need Ignition spec 3.4.0"),
+        "{stderr}"
+    );
+
+    // 1.1.0 (3.4.0): every role file says so, and the setuid file renders.
+    for role in ["control-plane", "worker", "spare", "install"] {
+        let p = fleet.path().join(format!("ignition/{role}.yaml"));
+        let t = std::fs::read_to_string(&p).unwrap();
+        assert!(t.contains("version: 1.0.0"), "{role}");
+        std::fs::write(&p, t.replace("version: 1.0.0", "version: 1.1.0")).unwrap();
+    }
+    let out = render_with_cli(fleet.path());
+    let worker_ign = std::fs::read_to_string(out.path().join("fra/fra-wk-01.final.ign")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&worker_ign).unwrap();
+    assert_eq!(doc["ignition"]["version"], "3.4.0");
+    let helper = doc["storage"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/opt/bin/helper")
+        .unwrap_or_else(|| panic!("no helper in {doc}"));
+    assert_eq!(helper["mode"], 0o4755);
+    let dir = tempfile::tempdir().unwrap();
+    let mut validated = 0;
+    for f in files_below(out.path())
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "ign"))
+    {
+        let body = std::fs::read_to_string(out.path().join(f)).unwrap();
+        assert!(body.contains(r#""version":"3.4.0""#), "{}", f.display());
+        let experimental = dir.path().join(f.file_name().unwrap());
+        std::fs::write(
+            &experimental,
+            body.replace(r#""version":"3.4.0""#, r#""version":"3.4.0-experimental""#),
+        )
+        .unwrap();
+        let r = Command::new(&validate).arg(&experimental).output().unwrap();
+        let said = format!("{}{}", text(&r.stdout), text(&r.stderr));
+        assert!(
+            r.status.success() && said.trim().is_empty(),
+            "{}: {said}",
+            f.display()
+        );
+        validated += 1;
+    }
+    assert!(validated >= 18, "validated only {validated} configs");
 }
