@@ -22,6 +22,7 @@ use super::types::*;
 use super::*;
 
 mod addresses;
+mod disks;
 use addresses::Kind;
 
 pub(super) fn load(root: &Path) -> Result<Fleet, LoadError> {
@@ -785,6 +786,7 @@ impl Ctx {
                 format!("{} is more than 100 percent", *raw.capacity),
             );
         }
+        let disks = self.site_disks(raw.disks.as_ref());
         let registry_mirror = raw
             .registry_mirror
             .as_ref()
@@ -825,6 +827,7 @@ impl Ctx {
                 insecure: defaults.and_then(|d| d.insecure).unwrap_or(false),
             },
             registry_mirror,
+            disks,
             machines: Vec::new(),
         };
         let spans = SiteSpans {
@@ -1174,12 +1177,20 @@ impl Ctx {
                     .insert(key, (self.origin(raw.bmc.address.span()), owner));
             }
         }
+        let disks = self.machine_disks(
+            raw.disks.as_ref(),
+            at,
+            site,
+            install_disk.as_deref(),
+            raw.name.span(),
+        );
         Some(Machine {
             name: name?,
             role: role?,
             mac: mac?,
             ip: ip?,
             install_disk,
+            disks: disks?,
             bmc: bmc?,
         })
     }

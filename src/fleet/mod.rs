@@ -291,6 +291,8 @@ pub struct Site {
     pub bmc_defaults: BmcDefaults,
     /// A registry mirror for this site's image pulls (air-gapped sites).
     pub registry_mirror: Option<Url>,
+    /// The named data disks role files may use, with default devices.
+    pub disks: std::collections::BTreeMap<String, String>,
     pub machines: Vec<Machine>,
 }
 
@@ -352,6 +354,8 @@ pub struct Machine {
     /// The disk the OS is installed to; none for machines that run from
     /// RAM after every network boot.
     pub install_disk: Option<String>,
+    /// Its named data disks: the site's defaults with its own devices.
+    pub disks: std::collections::BTreeMap<String, String>,
     pub bmc: Bmc,
 }
 

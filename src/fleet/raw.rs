@@ -4,6 +4,8 @@
 //! checked beyond its YAML shape; `fleet::build` turns these into the typed
 //! model. To add a field: add it here, then convert it in `build.rs`.
 
+use std::collections::HashMap;
+
 use marked_yaml::Spanned;
 use serde::Deserialize;
 
@@ -159,6 +161,8 @@ pub struct RawSite {
     pub bmc_defaults: Option<RawBmcDefaults>,
     /// A registry mirror this site's nodes pull images from.
     pub registry_mirror: Option<Text>,
+    /// The data disks role files may name, with default devices.
+    pub disks: Option<HashMap<Text, Text>>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +221,8 @@ pub struct RawMachine {
     pub mac: Text,
     pub ip: Text,
     pub install_disk: Option<Text>,
+    /// Devices of the site's named data disks where this machine's differ.
+    pub disks: Option<HashMap<Text, Text>>,
     pub bmc: RawBmc,
 }
 

@@ -73,6 +73,8 @@ struct MachineView<'a> {
     mac_hexhyp: String,
     ip: IpAddr,
     install_disk: Option<&'a str>,
+    /// Named data disks → devices (`machine.disks.etcd`).
+    disks: &'a std::collections::BTreeMap<String, String>,
 }
 
 fn network_view(n: &crate::fleet::Network) -> NetworkView {
@@ -173,6 +175,7 @@ fn machine_view(m: &Machine) -> MachineView<'_> {
         mac_hexhyp: m.mac.hexhyp(),
         ip: m.ip,
         install_disk: m.install_disk.as_deref(),
+        disks: &m.disks,
     }
 }
 

@@ -414,3 +414,65 @@ fn butane_versions_give_their_ignition_spec_checked_by_the_real_validator() {
     }
     assert!(validated >= 18, "validated only {validated} configs");
 }
+
+/// One role file serves machines whose disks differ: `machine.disks.etcd`
+/// is the site's default device, or the machine's own.
+#[test]
+fn named_disks_give_each_machine_its_own_device() {
+    let fleet = example_fleet();
+    let edit = |path: &str, from: &str, to: &str| {
+        let p = fleet.path().join(path);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "{path} holds {from:?}");
+        std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    };
+    // A role file that names a disk needs it at every site it serves.
+    for site in ["fra", "ber", "muc"] {
+        edit(
+            &format!("sites/{site}.yaml"),
+            "capacity: 50",
+            "disks: { etcd: /dev/sdb }\ncapacity: 50",
+        );
+    }
+    edit(
+        "inventory/fra.yaml",
+        "    install_disk: /dev/sda\n    bmc:\n      address: https://10.10.1.12",
+        "    install_disk: /dev/sda\n    disks: { etcd: /dev/nvme1n1 }\n    bmc:\n      address: https://10.10.1.12",
+    );
+    edit(
+        "ignition/control-plane.yaml",
+        "systemd:\n  units:\n",
+        "systemd:\n  units:\n    - name: etcd-disk.service\n      contents: \"[Service]\\nExecStart=/usr/bin/true {{ machine.disks.etcd }}\\n\"\n",
+    );
+    let out = render_with_cli(fleet.path());
+    let unit = |machine: &str| -> String {
+        let body =
+            std::fs::read_to_string(out.path().join(format!("fra/{machine}.final.ign"))).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        doc["systemd"]["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == "etcd-disk.service")
+            .and_then(|u| u["contents"].as_str())
+            .unwrap_or_else(|| panic!("{machine}: no etcd-disk.service"))
+            .to_string()
+    };
+    assert!(
+        unit("fra-cp-01").contains("/usr/bin/true /dev/sdb"),
+        "{}",
+        unit("fra-cp-01")
+    );
+    assert!(
+        unit("fra-cp-02").contains("/usr/bin/true /dev/nvme1n1"),
+        "{}",
+        unit("fra-cp-02")
+    );
+    // The inventory shows them.
+    let shown = super::metalherd(
+        fleet.path(),
+        &["--output", "json", "inventory", "show", "--site", "fra"],
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert!(doc.to_string().contains("nvme1n1"), "{doc}");
+}
