@@ -3,7 +3,7 @@
 //! network, no clock, and byte-identical output for the same inputs.
 //!
 //! Role files (`ignition/<role>.yaml`) and everything under `templates/`
-//! are Tera templates; role files are then read as a Butane-style subset
+//! are Tera templates; role files are then read as Butane
 //! ([`butane`]) and become Ignition (3.3.0 or 3.4.0, as their version says). metalherd adds each machine's
 //! identity itself (hostname, pinned SSH host key, the `core` user's
 //! keys), so no role file can forget it. Machines with an `install_disk`

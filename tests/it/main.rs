@@ -9,6 +9,7 @@ mod assets;
 mod assets_lock;
 mod bootstrap;
 mod broken_fleets;
+mod butane_compat;
 mod cli;
 mod crash;
 mod docs;

@@ -1,21 +1,26 @@
-//! A Butane-style YAML subset → Ignition, through CoreOS's own typed
-//! structs (`ignition-config`), never by assembling JSON text.
+//! Butane → Ignition, through CoreOS's own typed structs
+//! (`ignition-config`), never by assembling JSON text.
 //!
-//! Supported: `variant`/`version` (the fleet OS's variant; each version
-//! gives the Ignition spec Butane gives it: [`SPECS`]),
-//! `storage.files` (contents `inline`, `local` — a file under
-//! `templates/`, itself a template — or `source` with
-//! `verification.hash`), `storage.directories`, `storage.links`,
-//! `systemd.units` (`contents` or `contents_local`, with `dropins`),
-//! `passwd.users`, `passwd.groups` and `kernel_arguments`. Any other key
-//! is an error, never silently dropped. To support a new key: add it to
-//! the `B*` struct and convert it in the matching function.
+//! Every field of the variants and versions in [`SPECS`] means what it
+//! means in Butane (storage, disks, raid, luks, filesystems with
+//! `with_mount_unit` ([`storage`]), files with `append`, resources with
+//! compression and HTTP headers, `ignition.config.merge`, timeouts, TLS and
+//! proxy, passwd, systemd, kernel arguments). `local:`, `contents_local:`
+//! and `ssh_authorized_keys_local` name templates under `templates/`,
+//! rendered by the caller's resolver. Fields metalherd does not write
+//! (`ignition.config.replace`, `storage.trees`, `boot_device`, `grub`,
+//! 3.4.0-only LUKS fields) are errors naming them, and so is any unknown
+//! key: nothing is silently dropped. To support a new key: add it to the
+//! `B*` struct, convert it, and add a case to `tests/butane/`.
+
+mod storage;
 
 use std::collections::BTreeSet;
 
 use base64::Engine;
 use ignition_config::v3_3 as ign;
 use marked_yaml::{LoaderOptions, Spanned};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 type Text = Spanned<String>;
@@ -48,18 +53,72 @@ pub type Resolve<'a> = dyn FnMut(&str) -> Result<String, String> + 'a;
 struct BConfig {
     variant: Text,
     version: Text,
+    ignition: Option<BIgnition>,
     storage: Option<BStorage>,
     systemd: Option<BSystemd>,
     passwd: Option<BPasswd>,
     kernel_arguments: Option<BKernelArguments>,
+    /// Butane sugar for fcos (mirrored or encrypted root): not expanded yet.
+    boot_device: Option<Spanned<IgnoredAny>>,
+    /// fcos 1.5.0's GRUB users: not supported yet.
+    grub: Option<Spanned<IgnoredAny>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BStorage {
+    disks: Option<Vec<storage::BDisk>>,
+    raid: Option<Vec<storage::BRaid>>,
+    luks: Option<Vec<storage::BLuks>>,
+    filesystems: Option<Vec<storage::BFilesystem>>,
     files: Option<Vec<BFile>>,
     directories: Option<Vec<BDirectory>>,
     links: Option<Vec<BLink>>,
+    /// Butane sugar (a local directory copied in): not supported yet.
+    trees: Option<Spanned<IgnoredAny>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BIgnition {
+    config: Option<BIgnitionConfig>,
+    timeouts: Option<BTimeouts>,
+    security: Option<BSecurity>,
+    proxy: Option<BProxy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BIgnitionConfig {
+    merge: Option<Vec<BContents>>,
+    replace: Option<Spanned<BContents>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BTimeouts {
+    http_response_headers: Option<Spanned<i64>>,
+    http_total: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BSecurity {
+    tls: Option<BTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BTls {
+    certificate_authorities: Option<Vec<BContents>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BProxy {
+    http_proxy: Option<Text>,
+    https_proxy: Option<Text>,
+    no_proxy: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +135,7 @@ struct BFile {
     mode: Option<Text>,
     overwrite: Option<bool>,
     contents: Option<BContents>,
+    append: Option<Vec<BContents>>,
     user: Option<BOwner>,
     group: Option<BOwner>,
 }
@@ -86,7 +146,16 @@ struct BContents {
     inline: Option<Text>,
     local: Option<Text>,
     source: Option<Text>,
+    compression: Option<Text>,
+    http_headers: Option<Vec<BHeader>>,
     verification: Option<BVerification>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BHeader {
+    name: Text,
+    value: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +231,11 @@ struct BUser {
     no_create_home: Option<bool>,
     system: Option<bool>,
     password_hash: Option<String>,
+    no_log_init: Option<bool>,
+    no_user_group: Option<bool>,
+    should_exist: Option<Spanned<bool>>,
+    /// Butane sugar: keys read from files (here: templates), one per line.
+    ssh_authorized_keys_local: Option<Vec<Text>>,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +244,8 @@ struct BGroup {
     name: Text,
     gid: Option<i64>,
     system: Option<bool>,
+    password_hash: Option<String>,
+    should_exist: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -213,7 +289,7 @@ struct Conv<'r, 'a> {
 }
 
 impl Conv<'_, '_> {
-    fn err(&mut self, v: &Text, field: String, message: impl Into<String>) {
+    fn err<T>(&mut self, v: &Spanned<T>, field: String, message: impl Into<String>) {
         let (line, column) = v
             .span()
             .start()
@@ -337,7 +413,63 @@ impl Conv<'_, '_> {
             }
             resource.source = Some(source.to_string());
         }
+        if let Some(compression) = &c.compression {
+            if !["", "gzip"].contains(&compression.as_str()) {
+                self.err(
+                    compression,
+                    format!("{field}.compression"),
+                    format!(
+                        "{:?} is not a compression Ignition reads; use gzip",
+                        compression.as_str()
+                    ),
+                );
+            }
+            resource.compression = Some(compression.to_string());
+        }
+        if let Some(headers) = &c.http_headers {
+            let remote = c
+                .source
+                .as_ref()
+                .is_some_and(|s| s.starts_with("http://") || s.starts_with("https://"));
+            let mut names = BTreeSet::new();
+            let mut list = Vec::new();
+            for (i, h) in headers.iter().enumerate() {
+                let f = format!("{field}.http_headers[{i}].name");
+                if !remote {
+                    self.err(
+                        &h.name,
+                        f.clone(),
+                        "HTTP headers go with an http(s) source only",
+                    );
+                }
+                if h.name.is_empty() {
+                    self.err(&h.name, f.clone(), "a header needs a name");
+                } else if !names.insert(h.name.to_ascii_lowercase()) {
+                    self.err(
+                        &h.name,
+                        f,
+                        format!("header {} is given twice", h.name.as_str()),
+                    );
+                }
+                let mut header = ign::HttpHeadersItem::new(h.name.to_string());
+                header.value = h.value.clone();
+                list.push(header);
+            }
+            resource.http_headers = Some(list);
+        }
         Some(resource)
+    }
+
+    /// Refuses a field only Ignition 3.4.0 has when this file writes 3.3.0,
+    /// and (for now) at 3.4.0 too: the config is built from CoreOS's 3.3.0
+    /// structs, which cannot carry it.
+    fn needs_3_4<T>(&mut self, v: &Spanned<T>, field: String) {
+        let why = if self.spec == "3.3.0" {
+            "it needs Ignition spec 3.4.0 (Butane version 1.1.0 for flatcar, 1.5.0 for fcos)"
+        } else {
+            "metalherd does not write this Ignition 3.4.0 field yet"
+        };
+        self.err(v, field, format!("not supported: {why}"));
     }
 
     fn unit_text(
@@ -466,17 +598,48 @@ pub fn transpile(
             ),
         );
     }
-    let config = ign::Config {
-        storage: raw.storage.as_ref().map(|s| conv.storage(s)),
-        systemd: raw.systemd.as_ref().map(|s| conv.systemd(s)),
+    for (v, name, why) in [
+        (&raw.boot_device, "boot_device", "metalherd does not expand Butane's boot_device sugar (mirrored or encrypted root) yet; declare the layout with storage.disks, raid, luks and filesystems"),
+        (&raw.grub, "grub", "metalherd does not write GRUB users yet"),
+    ] {
+        if let Some(v) = v {
+            let message = if variant == "flatcar" {
+                format!("unknown key: Butane's flatcar variant has no {name} (fcos only)")
+            } else {
+                format!("not supported: {why}")
+            };
+            conv.err(v, name.into(), message);
+        }
+    }
+    if let Some(trees) = raw.storage.as_ref().and_then(|s| s.trees.as_ref()) {
+        conv.err(
+            trees,
+            "storage.trees".into(),
+            "not supported: metalherd does not copy local directory trees yet; list the files under storage.files with contents.local",
+        );
+    }
+    let (storage, mount_units) = match &raw.storage {
+        Some(s) => {
+            let (storage, units) = conv.storage(s, variant);
+            (Some(storage), units)
+        }
+        None => (None, Vec::new()),
+    };
+    let systemd = raw.systemd.as_ref().map(|s| conv.systemd(s));
+    let mut config = ign::Config {
+        ignition: raw
+            .ignition
+            .as_ref()
+            .map(|i| conv.ignition(i))
+            .unwrap_or_default(),
+        storage,
+        systemd: with_mount_units(systemd, mount_units),
         passwd: raw.passwd.as_ref().map(|p| conv.passwd(p)),
         kernel_arguments: raw.kernel_arguments.map(|k| ign::KernelArguments {
             should_exist: k.should_exist,
             should_not_exist: k.should_not_exist,
         }),
-        ..Default::default()
     };
-    let mut config = config;
     config.ignition.version = Some(spec.to_string());
     if conv.errors.is_empty() {
         Ok(config)
@@ -486,9 +649,157 @@ pub fn transpile(
     }
 }
 
+/// Butane's merge of the units `with_mount_unit` makes under the file's
+/// own: a unit the file declares by the same name keeps what it sets.
+fn with_mount_units(
+    systemd: Option<ign::Systemd>,
+    generated: Vec<ign::Unit>,
+) -> Option<ign::Systemd> {
+    if generated.is_empty() {
+        return systemd;
+    }
+    let declared = systemd.and_then(|s| s.units).unwrap_or_default();
+    let mut units = Vec::new();
+    for mut unit in generated {
+        if let Some(own) = declared.iter().find(|u| u.name == unit.name) {
+            unit.contents = own.contents.clone().or(unit.contents);
+            unit.enabled = own.enabled.or(unit.enabled);
+            unit.mask = own.mask.or(unit.mask);
+            unit.dropins = own.dropins.clone().or(unit.dropins);
+        }
+        units.push(unit);
+    }
+    let generated: BTreeSet<String> = units.iter().map(|u| u.name.clone()).collect();
+    units.extend(
+        declared
+            .into_iter()
+            .filter(|u| !generated.contains(&u.name)),
+    );
+    Some(ign::Systemd { units: Some(units) })
+}
+
 impl Conv<'_, '_> {
-    fn storage(&mut self, s: &BStorage) -> ign::Storage {
+    fn ignition(&mut self, i: &BIgnition) -> ign::Ignition {
+        let mut out = ign::Ignition::default();
+        if let Some(config) = &i.config {
+            if let Some(replace) = &config.replace {
+                self.err(
+                    replace,
+                    "ignition.config.replace".into(),
+                    "not supported: a replacing config would discard what metalherd adds to \
+                     every machine (host keys, network, the boot report); use merge",
+                );
+            }
+            let merge = config.merge.as_ref().map(|merge| {
+                merge
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, c)| {
+                        let field = format!("ignition.config.merge[{j}]");
+                        let text = c.inline.as_ref().map(|t| (t.to_string(), t));
+                        let text = text.or_else(|| {
+                            let local = c.local.as_ref()?;
+                            Some((self.local(local, format!("{field}.local"))?, local))
+                        });
+                        if let Some((text, at)) = text {
+                            if let Err(e) = ignition_config::Config::parse_str(&text) {
+                                self.err(at, field.clone(), format!("not an Ignition config: {e}"));
+                            }
+                        }
+                        self.contents(c, &field)
+                    })
+                    .collect()
+            });
+            out.config = Some(ign::IgnitionConfig {
+                merge,
+                replace: None,
+            });
+        }
+        if let Some(t) = &i.timeouts {
+            for (v, name) in [
+                (&t.http_response_headers, "http_response_headers"),
+                (&t.http_total, "http_total"),
+            ] {
+                if let Some(v) = v.as_ref().filter(|v| ***v < 0) {
+                    self.err(
+                        v,
+                        format!("ignition.timeouts.{name}"),
+                        "a timeout is seconds, 0 or more",
+                    );
+                }
+            }
+            out.timeouts = Some(ign::Timeouts {
+                http_response_headers: t.http_response_headers.as_ref().map(|v| **v),
+                http_total: t.http_total.as_ref().map(|v| **v),
+            });
+        }
+        if let Some(security) = &i.security {
+            let tls = security.tls.as_ref().map(|tls| ign::SecurityTls {
+                certificate_authorities: tls.certificate_authorities.as_ref().map(|cas| {
+                    cas.iter()
+                        .enumerate()
+                        .filter_map(|(j, c)| {
+                            self.contents(
+                                c,
+                                &format!("ignition.security.tls.certificate_authorities[{j}]"),
+                            )
+                        })
+                        .collect()
+                }),
+            });
+            out.security = Some(ign::Security { tls });
+        }
+        if let Some(p) = &i.proxy {
+            for (v, name) in [
+                (&p.http_proxy, "http_proxy"),
+                (&p.https_proxy, "https_proxy"),
+            ] {
+                let Some(v) = v else { continue };
+                if !(v.starts_with("http://") || v.starts_with("https://")) {
+                    self.err(
+                        v,
+                        format!("ignition.proxy.{name}"),
+                        format!("{:?} is not a proxy URL (http://host:port)", v.as_str()),
+                    );
+                } else if name == "https_proxy" && v.starts_with("http://") {
+                    // Ignition warns about it; rendered configs carry no warnings.
+                    self.err(
+                        v,
+                        format!("ignition.proxy.{name}"),
+                        "a proxy for HTTPS reached over plain HTTP (Ignition warns about it); give an https:// proxy",
+                    );
+                }
+            }
+            out.proxy = Some(ign::Proxy {
+                http_proxy: p.http_proxy.as_ref().map(|v| v.to_string()),
+                https_proxy: p.https_proxy.as_ref().map(|v| v.to_string()),
+                no_proxy: p
+                    .no_proxy
+                    .as_ref()
+                    .map(|n| n.iter().map(|x| Some(x.clone())).collect()),
+            });
+        }
+        out
+    }
+
+    fn storage(&mut self, s: &BStorage, variant: &str) -> (ign::Storage, Vec<ign::Unit>) {
         let mut out = ign::Storage::default();
+        if let Some(disks) = &s.disks {
+            out.disks = Some(self.disks(disks));
+        }
+        if let Some(raid) = &s.raid {
+            out.raid = Some(self.raids(raid));
+        }
+        if let Some(luks) = &s.luks {
+            out.luks = Some(self.luks(luks, variant));
+        }
+        let mut mount_units = Vec::new();
+        if let Some(filesystems) = &s.filesystems {
+            let (list, units) =
+                self.filesystems(filesystems, s.luks.as_deref().unwrap_or_default());
+            out.filesystems = Some(list);
+            mount_units = units;
+        }
         if let Some(files) = &s.files {
             let mut list = Vec::new();
             for (i, f) in files.iter().enumerate() {
@@ -502,6 +813,20 @@ impl Conv<'_, '_> {
                     .contents
                     .as_ref()
                     .and_then(|c| self.contents(c, &format!("{field}.contents")));
+                file.append = f.append.as_ref().map(|append| {
+                    append
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, c)| self.contents(c, &format!("{field}.append[{j}]")))
+                        .collect()
+                });
+                if f.overwrite == Some(true) && file.contents.is_none() {
+                    self.err(
+                        &f.path,
+                        format!("{field}.overwrite"),
+                        "overwrite: true needs contents (Ignition would write an empty file)",
+                    );
+                }
                 list.push(file);
             }
             out.files = Some(list);
@@ -533,7 +858,7 @@ impl Conv<'_, '_> {
             }
             out.links = Some(list);
         }
-        out
+        (out, mount_units)
     }
 
     fn systemd(&mut self, s: &BSystemd) -> ign::Systemd {
@@ -578,7 +903,8 @@ impl Conv<'_, '_> {
         let users = p.users.as_ref().map(|users| {
             users
                 .iter()
-                .map(|u| {
+                .enumerate()
+                .map(|(i, u)| {
                     let mut user = ign::User::new(u.name.to_string());
                     user.ssh_authorized_keys = u.ssh_authorized_keys.clone();
                     user.groups = u.groups.clone();
@@ -590,6 +916,41 @@ impl Conv<'_, '_> {
                     user.no_create_home = u.no_create_home;
                     user.system = u.system;
                     user.password_hash = u.password_hash.clone();
+                    user.no_log_init = u.no_log_init;
+                    user.no_user_group = u.no_user_group;
+                    user.should_exist = u.should_exist.as_ref().map(|v| **v);
+                    if let Some(files) = &u.ssh_authorized_keys_local {
+                        let keys = user.ssh_authorized_keys.get_or_insert_with(Vec::new);
+                        for (j, file) in files.iter().enumerate() {
+                            let field = format!("passwd.users[{i}].ssh_authorized_keys_local[{j}]");
+                            if let Some(text) = self.local(file, field) {
+                                keys.extend(
+                                    text.lines().filter(|l| !l.is_empty()).map(str::to_string),
+                                );
+                            }
+                        }
+                    }
+                    if let Some(no) = u.should_exist.as_ref().filter(|v| !***v) {
+                        let others = user.ssh_authorized_keys.is_some()
+                            || user.groups.is_some()
+                            || user.home_dir.is_some()
+                            || user.shell.is_some()
+                            || user.uid.is_some()
+                            || user.gecos.is_some()
+                            || user.primary_group.is_some()
+                            || user.no_create_home.is_some()
+                            || user.system.is_some()
+                            || user.password_hash.is_some()
+                            || user.no_log_init.is_some()
+                            || user.no_user_group.is_some();
+                        if others {
+                            self.err(
+                                no,
+                                format!("passwd.users[{i}].should_exist"),
+                                "should_exist: false deletes the user: give it only a name",
+                            );
+                        }
+                    }
                     user
                 })
                 .collect()
@@ -597,10 +958,22 @@ impl Conv<'_, '_> {
         let groups = p.groups.as_ref().map(|groups| {
             groups
                 .iter()
-                .map(|g| {
+                .enumerate()
+                .map(|(i, g)| {
                     let mut group = ign::Group::new(g.name.to_string());
                     group.gid = g.gid;
                     group.system = g.system;
+                    group.password_hash = g.password_hash.clone();
+                    group.should_exist = g.should_exist.as_ref().map(|v| **v);
+                    if let Some(no) = g.should_exist.as_ref().filter(|v| !***v) {
+                        if g.gid.is_some() || g.system.is_some() || g.password_hash.is_some() {
+                            self.err(
+                                no,
+                                format!("passwd.groups[{i}].should_exist"),
+                                "should_exist: false deletes the group: give it only a name",
+                            );
+                        }
+                    }
                     group
                 })
                 .collect()
