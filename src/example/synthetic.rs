@@ -37,7 +37,7 @@ pub fn write(dir: &Path, sites: u8, machines: u16) -> anyhow::Result<()> {
         write(
             &format!("sites/{name}.yaml"),
             &format!(
-                "name: {name}\ndatacenter: DC-{s}\nboot_server: http://10.{n}.0.2:8080\nnetworks:\n  provisioning: {{ cidr: 10.{n}.0.0/22, gateway: 10.{n}.0.1, dns: [10.{n}.0.1] }}\n  nodes: {{ cidr: 10.{}.0.0/22, gateway: 10.{}.0.1, dns: [10.{}.0.1] }}\ncluster:\n  name: {name}-k8s\n  api_endpoint: 10.{}.0.10:6443\n  pod_cidr: 100.{}.0.0/16\n  service_cidr: 172.{}.0.0/16\n  control_plane_count: 3\ncapacity: {capacity}\nbmc_defaults: {{ driver: redfish, credentials: \"env:BMC_CREDENTIALS\" }}\n",
+                "name: {name}\ndatacenter: DC-{s}\nboot_server: http://10.{n}.0.2:8080\nnetworks:\n  provisioning: {{ cidr: 10.{n}.0.0/22, gateway: 10.{n}.0.1, dns: [10.{n}.0.1] }}\n  nodes: {{ cidr: 10.{}.0.0/22, gateway: 10.{}.0.1, dns: [10.{}.0.1] }}\ncluster:\n  name: {name}-k8s\n  api_endpoint: 10.{}.0.10:6443\n  pod_cidr: 100.{}.0.0/16\n  service_cidr: 172.{}.0.0/16\n  control_plane_count: 3\ncapacity: {capacity}\ndisks: {{ etcd: /dev/nvme0n1 }}\nbmc_defaults: {{ driver: redfish, credentials: \"env:BMC_CREDENTIALS\" }}\n",
                 n + 4, n + 4, n + 4, n + 4, 64 + s, 16 + s % 16
             ),
         )?;

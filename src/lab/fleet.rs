@@ -3,7 +3,8 @@
 //! virtual machines: `os.flavor: lab` with the Debian suite as its version,
 //! `boot.dhcp: server` (the lab's dnsmasq is the only DHCP server), and
 //! each machine's BMC a QEMU QMP socket under `.metalherd/lab/qmp/`
-//! instead of Redfish, with no install disk (the lab runs from RAM).
+//! instead of Redfish, with no install disk (the lab runs from RAM) and
+//! its named data disks the VM's virtio disks (`/dev/vda`, … in order).
 
 use crate::example;
 
@@ -40,6 +41,8 @@ pub fn files() -> Vec<(&'static str, String)> {
                 fleet_yaml(text)
             } else if path.starts_with("inventory/") {
                 inventory(text)
+            } else if path.starts_with("sites/") {
+                site(text)
             } else {
                 text.to_string()
             };
@@ -127,7 +130,42 @@ fn fleet_yaml(text: &str) -> String {
     )
 }
 
-/// Drops `install_disk` lines and turns each machine's `bmc:` block into a
+/// A site's named data disks as a lab VM has them: one virtio disk each,
+/// `/dev/vda`, `/dev/vdb`, … in the order the site names them.
+fn site(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let named = line
+            .strip_prefix("disks:")
+            .and_then(|rest| rest.split('#').next())
+            .and_then(|map| map.trim().strip_prefix('{'))
+            .and_then(|map| map.strip_suffix('}'));
+        match named {
+            Some(map) => {
+                let disks: Vec<String> = map
+                    .split(',')
+                    .filter_map(|pair| pair.split(':').next())
+                    .map(str::trim)
+                    .filter(|name| !name.is_empty())
+                    .enumerate()
+                    .map(|(i, name)| format!("{name}: /dev/vd{}", (b'a' + i as u8) as char))
+                    .collect();
+                out.push_str(&format!(
+                    "disks: {{ {} }}   # the lab VMs' virtio disks\n",
+                    disks.join(", ")
+                ));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// Drops `install_disk` and machine `disks` lines (a lab VM's disks are
+/// its site's) and turns each machine's `bmc:` block into a
 /// QEMU socket named after the machine.
 fn inventory(text: &str) -> String {
     let mut out = String::new();
@@ -144,7 +182,7 @@ fn inventory(text: &str) -> String {
             }
             in_bmc = false;
         }
-        if trimmed.starts_with("install_disk:") {
+        if trimmed.starts_with("install_disk:") || trimmed.starts_with("disks:") {
             continue;
         }
         if trimmed == "bmc:" {
@@ -197,6 +235,25 @@ mod tests {
             .unwrap()
             .1;
         assert!(!fra.contains("install_disk"), "{fra}");
+        let muc = &files
+            .iter()
+            .find(|(p, _)| *p == "inventory/muc.yaml")
+            .unwrap()
+            .1;
+        assert!(!muc.contains("disks:"), "{muc}");
+        let site = &files
+            .iter()
+            .find(|(p, _)| *p == "sites/ber.yaml")
+            .unwrap()
+            .1;
+        assert!(
+            site.contains("\ndisks: { etcd: /dev/vda }   # the lab VMs' virtio disks\n"),
+            "{site}"
+        );
+        assert_eq!(
+            super::site("disks: { etcd: /dev/sdb, data: /dev/sdc }  # x\nname: a\n"),
+            "disks: { etcd: /dev/vda, data: /dev/vdb }   # the lab VMs' virtio disks\nname: a\n"
+        );
         assert!(!fra.contains("redfish"), "{fra}");
         assert!(
             fra.contains(

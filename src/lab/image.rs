@@ -44,7 +44,8 @@ const BUILD_SCRIPT: &str = include_str!("image/build.sh");
 const INIT: &str = include_str!("image/init");
 /// What the root filesystem is made of (and what the build needs from it:
 /// busybox-static for the initrd, kmod for `modprobe` and `depmod`;
-/// libnss-myhostname resolves the hostname Ignition sets, for sudo).
+/// libnss-myhostname resolves the hostname Ignition sets, for sudo; the
+/// disk tools Ignition's disks stage runs).
 const PACKAGES: &[&str] = &[
     "linux-image-amd64",
     "systemd",
@@ -60,6 +61,11 @@ const PACKAGES: &[&str] = &[
     "kmod",
     "busybox-static",
     "libnss-myhostname",
+    // What Ignition's disks stage runs, as on Flatcar: sgdisk, mdadm,
+    // cryptsetup (mkfs.ext4 and wipefs are in every Debian root).
+    "gdisk",
+    "mdadm",
+    "cryptsetup-bin",
 ];
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// The image's files, as the boot server serves them.

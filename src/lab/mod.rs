@@ -313,6 +313,10 @@ pub fn up(fleet: &Fleet, opts: &UpOptions, progress: &dyn Fn(&str)) -> anyhow::R
             bail!("{problem}");
         }
     }
+    // Each named disk is a virtio disk: refuse names the VMs cannot have.
+    for m in sites.iter().flat_map(|s| &s.machines) {
+        vm_disks(m)?;
+    }
     // VMs would boot without their node software: refuse, and say how.
     let unpinned: Vec<&str> = fleet
         .extensions
@@ -369,7 +373,7 @@ pub fn up(fleet: &Fleet, opts: &UpOptions, progress: &dyn Fn(&str)) -> anyhow::R
         Accel::Kvm => "kvm",
     };
     let lab = dir(fleet);
-    for sub in ["", "logs", "qmp", "tftp"] {
+    for sub in ["", "logs", "qmp", "tftp", "disks"] {
         create_dir_with_mode(&lab.join(sub), 0o700)
             .with_context(|| format!("creating {}", lab.join(sub).display()))?;
     }
@@ -614,6 +618,23 @@ fn start_all(
                 "-device".into(),
                 format!("virtio-net-pci,netdev=n0,mac={}", m.mac),
             ];
+            let mut args = args;
+            for (i, (name, _)) in vm_disks(m)?.iter().enumerate() {
+                // New, empty hardware at each `lab up` (sparse: no space
+                // until written).
+                let image = lab.join("disks").join(format!("{}-{name}.img", m.name));
+                let _ = std::fs::remove_file(&image);
+                std::fs::File::create(&image)
+                    .and_then(|f| f.set_len(DISK_SIZE_MIB << 20))
+                    .with_context(|| format!("creating {}", image.display()))?;
+                args.push("-drive".into());
+                args.push(format!(
+                    "file={},if=none,id=disk{i},format=raw,cache=unsafe",
+                    image.display()
+                ));
+                args.push("-device".into());
+                args.push(format!("virtio-blk-pci,drive=disk{i},serial={name}"));
+            }
             let _ = std::fs::remove_file(&qmp);
             progress(&format!("site {}: VM {} ({})", site.name, m.name, m.mac));
             let log = lab.join("logs").join(format!("qemu-{}.log", m.name));
@@ -723,6 +744,34 @@ pub fn vm_budget_mib(memory_mb: u32, accel: &str) -> u64 {
 
 /// Why `vms` VMs of `memory_mb` would not fit in `available` MiB, with the
 /// numbers and what to do instead; `None` when they fit.
+/// The size of each lab VM's data disks (sparse files).
+const DISK_SIZE_MIB: u64 = 1024;
+
+/// A lab VM's data disks: one virtio disk per named disk of the machine,
+/// `/dev/vda`, `/dev/vdb`, … in order (the VMs run from RAM: no root
+/// disk comes first). Returns (name, device) in device order, or why the
+/// machine's devices cannot be the VM's.
+fn vm_disks(m: &crate::fleet::Machine) -> anyhow::Result<Vec<(String, String)>> {
+    let mut disks: Vec<(String, String)> = m
+        .disks
+        .iter()
+        .map(|(n, d)| (n.clone(), d.clone()))
+        .collect();
+    disks.sort_by(|a, b| a.1.cmp(&b.1));
+    for (i, (name, device)) in disks.iter().enumerate() {
+        let want = format!("/dev/vd{}", (b'a' + i as u8) as char);
+        if *device != want || i >= 26 {
+            bail!(
+                "machine {}'s disk {name} is {device}, but a lab VM has virtio disks /dev/vda, \
+                 /dev/vdb, … one per named disk, in order ({want} here); `metalherd init --lab` \
+                 writes the example fleet's disks so",
+                m.name
+            );
+        }
+    }
+    Ok(disks)
+}
+
 fn memory_problem(vms: usize, memory_mb: u32, accel: &str, available: u64) -> Option<String> {
     let per_vm = vm_budget_mib(memory_mb, accel);
     let need = per_vm * vms as u64;
@@ -860,6 +909,7 @@ pub fn down(fleet: &Fleet, name: Option<&str>) -> anyhow::Result<DownReport> {
     let _ = std::fs::remove_file(record_path(fleet));
     let _ = std::fs::remove_file(Path::new(OWNERS).join(&name));
     let _ = std::fs::remove_dir_all(dir(fleet).join("qmp"));
+    let _ = std::fs::remove_dir_all(dir(fleet).join("disks"));
     Ok(report)
 }
 
@@ -882,7 +932,9 @@ fn stop(record: &Record) -> anyhow::Result<Vec<String>> {
                 .split_whitespace()
                 .filter_map(|p| p.parse::<u32>().ok())
             {
-                if !targets.iter().any(|(_, p)| *p == pid) {
+                // `lab up` joins the namespace itself: cleaning up after a
+                // failed start must not stop the process that reports it.
+                if pid != std::process::id() && !targets.iter().any(|(_, p)| *p == pid) {
                     targets.push((format!("process {pid} in {}", record.name), pid));
                 }
             }

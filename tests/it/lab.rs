@@ -10,6 +10,7 @@
 //! its input hash, as `lab image` does). Lab tests run one at a time: each
 //! boots three TCG VMs on a 2-core machine.
 
+use base64::Engine;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -296,10 +297,14 @@ fn netns_exists(name: &str) -> bool {
 /// even when an earlier one failed; `LAB_ONLY=token,tamper` runs only
 /// those (by the short names below).
 pub fn scenarios() {
-    let scenarios: [(&str, fn()); 4] = [
+    let scenarios: [(&str, fn()); 5] = [
         (
             "tamper",
             a_tampered_extension_is_refused_by_ignition_and_named_everywhere,
+        ),
+        (
+            "disks",
+            partitions_and_raid_made_by_the_real_ignition_on_a_vms_disks,
         ),
         (
             "token",
@@ -489,6 +494,37 @@ fn provision_a_site_of_three_vms_to_etcd_quorum_then_lab_down() {
             "etcd is not merged on {}: {said}",
             r["machine"]
         );
+    }
+
+    // etcd's data is on its own disk: the VM's first virtio disk, made ext4
+    // (label etcd) by Ignition's disks stage and mounted at /var/lib/etcd
+    // by the unit Butane's with_mount_unit makes.
+    let results = exec_site(
+        &lab,
+        "fra",
+        &[
+            "sudo",
+            "findmnt",
+            "-rn",
+            "-o",
+            "SOURCE,FSTYPE,LABEL",
+            "--target",
+            "/var/lib/etcd/data/member",
+        ],
+    );
+    assert_eq!(results.len(), 3);
+    for (machine, stdout) in &results {
+        assert_eq!(
+            stdout.split_whitespace().collect::<Vec<_>>(),
+            ["/dev/vda", "ext4", "etcd"],
+            "etcd's data on {machine} is not on its own disk"
+        );
+    }
+    // The config Ignition cached (it holds the host key) is gone once the
+    // disks stage ran.
+    let left = exec_site(&lab, "fra", &["sudo", "ls", "/run/metalherd-lab"]);
+    for (machine, stdout) in &left {
+        assert!(!stdout.contains("ignition.json"), "{machine}: {stdout}");
     }
 
     // The state: generation 1 at fra, its machines ready.
@@ -1074,6 +1110,262 @@ fn three_sites_drill_one_then_rebuild_in_waves_stopping_at_a_cut_site() {
         .collect();
     assert_eq!(calls, ["fra weight 0", "fra weight 100"], "{gslb}");
     eprintln!("three-site lab test: {:?}", started.elapsed());
+}
+
+/// `metalherd exec --site SITE -- COMMAND…`: each machine's stdout, by
+/// machine; fails unless it succeeded everywhere.
+fn exec_site(lab: &Lab, site: &str, command: &[&str]) -> Vec<(String, String)> {
+    let mut args = vec!["--output", "json", "exec", "--site", site, "--"];
+    args.extend(command);
+    let out = mh(lab.path(), &args);
+    assert!(
+        out.status.success(),
+        "{command:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let doc = json(&out);
+    doc["machines"]
+        .as_array()
+        .or_else(|| doc["results"].as_array())
+        .unwrap_or_else(|| panic!("{doc}"))
+        .iter()
+        .map(|r| {
+            (
+                r["machine"].as_str().unwrap_or_default().to_string(),
+                r["stdout"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// [`one_machine_fleet`] whose control plane has three more disks and a
+/// role file that uses them: a RAID1 mirror of two, two GPT partitions on
+/// the third, each with an ext4 filesystem and the mount unit Butane's
+/// `with_mount_unit` makes. (No LUKS volume: Ignition's files stage writes
+/// a volume's crypttab from what its disks stage made, and the lab runs
+/// the files stage first; see docs/lab.md.)
+fn disks_fleet() -> tempfile::TempDir {
+    disks_fleet_at(&["fra", "ber", "muc"])
+}
+
+/// [`disks_fleet`] with the disks declared at `sites` only.
+fn disks_fleet_at(sites: &[&str]) -> tempfile::TempDir {
+    let fleet = one_machine_fleet();
+    for site in sites {
+        let spec = fleet.path().join(format!("sites/{site}.yaml"));
+        let body = std::fs::read_to_string(&spec).unwrap();
+        let disks =
+            "disks: { etcd: /dev/vda, mirror_a: /dev/vdb, mirror_b: /dev/vdc, parts: /dev/vdd }";
+        assert!(body.contains("disks: { etcd: /dev/vda }"), "{body}");
+        std::fs::write(&spec, body.replace("disks: { etcd: /dev/vda }", disks)).unwrap();
+    }
+    let role = fleet.path().join("ignition/control-plane.yaml");
+    let body = std::fs::read_to_string(&role).unwrap();
+    let storage = "storage:
+  disks:
+    - device: {{ machine.disks.parts }}
+      wipe_table: true
+      partitions:
+        - number: 1
+          label: lab-small
+          size_mib: 64
+          type_guid: 0FC63DAF-8483-4772-8E79-3D69D8477DE4
+        - number: 2
+          label: lab-rest
+          size_mib: 0
+  raid:
+    - name: mirror
+      level: raid1
+      devices: [\"{{ machine.disks.mirror_a }}\", \"{{ machine.disks.mirror_b }}\"]
+";
+    // The role's own filesystems (etcd's) go on; these join them.
+    let filesystems = "  filesystems:
+    - device: /dev/md/mirror
+      format: ext4
+      label: mirror
+      path: /srv/mirror
+      with_mount_unit: true
+    - device: /dev/disk/by-partlabel/lab-small
+      format: ext4
+      label: small
+      path: /srv/small
+      with_mount_unit: true
+";
+    assert!(
+        body.contains("\nstorage:\n") && body.contains("\n  filesystems:\n"),
+        "{body}"
+    );
+    let body = body
+        .replacen("\nstorage:\n", &format!("\n{storage}"), 1)
+        .replacen("\n  filesystems:\n", &format!("\n{filesystems}"), 1);
+    std::fs::write(&role, body).unwrap();
+    fleet
+}
+
+/// Ignition's disks stage, the real one, under systemd and udev in a VM
+/// with the kernel's md (this host's kernel has none, and without systemd
+/// Ignition cannot wait for devices): partitions with their sizes and
+/// labels, a RAID1 mirror, ext4 on each,
+/// mounted by the units `with_mount_unit` wrote; etcd's data on its own
+/// disk; and a second disks stage over the same config changes nothing.
+fn partitions_and_raid_made_by_the_real_ignition_on_a_vms_disks() {
+    // First with sites ber and muc lacking disks the role file names:
+    // `lab up` fails, says why, and leaves no namespace behind. (Its
+    // cleanup used to stop `lab up` itself, which then said nothing.)
+    {
+        let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let fleet = disks_fleet_at(&["fra"]);
+        pin_extensions(fleet.path(), image_dir());
+        let name = format!("mhlab{}r", std::process::id());
+        let assets = image_dir().to_str().unwrap();
+        let out = mh(
+            fleet.path(),
+            &[
+                "lab",
+                "up",
+                "--name",
+                &name,
+                "--site",
+                "fra",
+                "--accel",
+                "tcg",
+                "--assets-dir",
+                assets,
+            ],
+        );
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains("ber-cp-01") && said.contains("machine.disks.parts"),
+            "{said}"
+        );
+        assert!(!netns_exists(&name), "lab up left namespace {name}");
+    }
+    let mut lab = Lab::up_with("d", disks_fleet, &["fra"]);
+    let out = mh(
+        lab.path(),
+        &[
+            "--output",
+            "json",
+            "provision",
+            "site",
+            "fra",
+            "--boot-timeout",
+            "600",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "provision: {}{}\nconsole:\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        lab.console("fra-cp-01")
+    );
+    let console = lab.console("fra-cp-01");
+    assert!(
+        console.contains("metalherd-lab: ignition disks stage done"),
+        "{console}"
+    );
+    let one = |command: &[&str]| -> String {
+        let results = exec_site(&lab, "fra", command);
+        assert_eq!(results.len(), 1, "{results:?}");
+        results[0].1.clone()
+    };
+    let mounted = |path: &str| -> Vec<String> {
+        one(&[
+            "sudo",
+            "findmnt",
+            "-rn",
+            "-o",
+            "SOURCE,FSTYPE,LABEL",
+            "--target",
+            path,
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+    };
+
+    // The partitions: numbers, labels, the declared size and type.
+    let table = one(&["sudo", "sgdisk", "-p", "/dev/vdd"]);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.first().is_some_and(|n| n.parse::<u32>().is_ok()))
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert_eq!(
+        (rows[0][0], rows[0][3], rows[0][4], rows[0][5], rows[0][6]),
+        ("1", "64.0", "MiB", "8300", "lab-small"),
+        "{table}"
+    );
+    assert_eq!((rows[1][0], rows[1][6]), ("2", "lab-rest"), "{table}");
+    assert_eq!(
+        mounted("/srv/small"),
+        ["/dev/vdd1", "ext4", "small"],
+        "{table}"
+    );
+
+    // The mirror: both members active, ext4 on it, mounted.
+    let mdstat = one(&["cat", "/proc/mdstat"]);
+    assert!(
+        mdstat.contains("raid1") && mdstat.contains("vdb[") && mdstat.contains("vdc["),
+        "{mdstat}"
+    );
+    let mirror = mounted("/srv/mirror");
+    assert!(
+        mirror[0].starts_with("/dev/md") && mirror[1..] == ["ext4", "mirror"],
+        "{mirror:?}\n{mdstat}"
+    );
+
+    // etcd writes to its own disk.
+    assert_eq!(
+        mounted("/var/lib/etcd/data/member"),
+        ["/dev/vda", "ext4", "etcd"]
+    );
+
+    // The disks stage again over that disk's part of the config, as a
+    // second boot would run it (wipe_table off): nothing changes, and a
+    // file written to the partition's filesystem is still there.
+    // (`exec` joins its words for the remote shell as ssh does: what must
+    // stay one word is quoted here.)
+    let root_sh = |script: &str| format!("sudo sh -c {}", metalherd::ssh::shell_quote(script));
+    one(&[&root_sh("echo kept > /srv/small/probe")]);
+    let config = serde_json::json!({
+        "ignition": {"version": "3.3.0"},
+        "storage": {
+            "disks": [{"device": "/dev/vdd", "wipeTable": false, "partitions": [
+                {"number": 1, "label": "lab-small", "sizeMiB": 64,
+                 "typeGuid": "0FC63DAF-8483-4772-8E79-3D69D8477DE4"},
+                {"number": 2, "label": "lab-rest", "sizeMiB": 0}
+            ]}],
+            "filesystems": [{"device": "/dev/disk/by-partlabel/lab-small", "format": "ext4",
+                             "label": "small", "path": "/srv/small"}]
+        }
+    });
+    // Ignition's stages after fetch read the config from its cache: the
+    // cache is this config.
+    let encoded = base64::engine::general_purpose::STANDARD.encode(config.to_string());
+    let again = one(&[&root_sh(&format!(
+        "cd /run/metalherd-lab && echo {encoded} | base64 -d > again.json && \
+         /usr/lib/dracut/modules.d/30ignition/ignition -platform metal -root / -stage disks \
+         -config-cache again.json -state-file again.state -neednet again.neednet \
+         -log-to-stdout > again.log 2>&1; echo exit=$?; grep -o 'executing: \"[a-z.0-9]*\"' again.log"
+    ))]);
+    let mut lines = again.lines();
+    assert_eq!(lines.next(), Some("exit=0"), "second disks stage: {again}");
+    let ran: Vec<&str> = lines.collect();
+    assert!(
+        ran.iter().all(|l| *l == "executing: \"udevadm\""),
+        "the second disks stage changed something: {ran:?}"
+    );
+    assert_eq!(one(&["sudo", "sgdisk", "-p", "/dev/vdd"]), table);
+    assert_eq!(one(&["sudo", "cat", "/srv/small/probe"]).trim(), "kept");
+    assert_eq!(mounted("/srv/small"), ["/dev/vdd1", "ext4", "small"]);
+
+    let out = lab.down();
+    assert!(out.status.success(), "lab down: {}", text(&out.stderr));
 }
 
 /// A lab fleet whose site fra is its first control plane alone.

@@ -419,60 +419,73 @@ fn butane_versions_give_their_ignition_spec_checked_by_the_real_validator() {
 /// is the site's default device, or the machine's own.
 #[test]
 fn named_disks_give_each_machine_its_own_device() {
+    // The shipped fleet: etcd's disk is the site's (fra, muc: NVMe; ber:
+    // SATA), but muc-cp-03's own (an older chassis).
     let fleet = example_fleet();
-    let edit = |path: &str, from: &str, to: &str| {
-        let p = fleet.path().join(path);
-        let text = std::fs::read_to_string(&p).unwrap();
-        assert!(text.contains(from), "{path} holds {from:?}");
-        std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
-    };
-    // A role file that names a disk needs it at every site it serves.
-    for site in ["fra", "ber", "muc"] {
-        edit(
-            &format!("sites/{site}.yaml"),
-            "capacity: 50",
-            "disks: { etcd: /dev/sdb }\ncapacity: 50",
-        );
-    }
-    edit(
-        "inventory/fra.yaml",
-        "    install_disk: /dev/sda\n    bmc:\n      address: https://10.10.1.12",
-        "    install_disk: /dev/sda\n    disks: { etcd: /dev/nvme1n1 }\n    bmc:\n      address: https://10.10.1.12",
-    );
-    edit(
-        "ignition/control-plane.yaml",
-        "systemd:\n  units:\n",
-        "systemd:\n  units:\n    - name: etcd-disk.service\n      contents: \"[Service]\\nExecStart=/usr/bin/true {{ machine.disks.etcd }}\\n\"\n",
-    );
     let out = render_with_cli(fleet.path());
-    let unit = |machine: &str| -> String {
-        let body =
-            std::fs::read_to_string(out.path().join(format!("fra/{machine}.final.ign"))).unwrap();
-        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
-        doc["systemd"]["units"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|u| u["name"] == "etcd-disk.service")
-            .and_then(|u| u["contents"].as_str())
-            .unwrap_or_else(|| panic!("{machine}: no etcd-disk.service"))
-            .to_string()
+    let config = |site: &str, machine: &str| -> serde_json::Value {
+        let body = std::fs::read_to_string(out.path().join(format!("{site}/{machine}.final.ign")))
+            .unwrap();
+        serde_json::from_str(&body).unwrap()
     };
-    assert!(
-        unit("fra-cp-01").contains("/usr/bin/true /dev/sdb"),
-        "{}",
-        unit("fra-cp-01")
-    );
-    assert!(
-        unit("fra-cp-02").contains("/usr/bin/true /dev/nvme1n1"),
-        "{}",
-        unit("fra-cp-02")
-    );
+    for (site, machine, device) in [
+        ("fra", "fra-cp-01", "/dev/nvme0n1"),
+        ("ber", "ber-cp-02", "/dev/sdb"),
+        ("muc", "muc-cp-01", "/dev/nvme0n1"),
+        ("muc", "muc-cp-03", "/dev/sdb"),
+    ] {
+        let doc = config(site, machine);
+        let filesystems = &doc["storage"]["filesystems"];
+        assert_eq!(
+            filesystems,
+            &serde_json::json!([{
+                "device": device, "format": "ext4", "label": "etcd", "mountOptions": ["noatime"],
+                "path": "/var/lib/etcd", "wipeFilesystem": true
+            }]),
+            "{machine}"
+        );
+        let units = doc["systemd"]["units"].as_array().unwrap();
+        let mount = units
+            .iter()
+            .find(|u| u["name"] == "var-lib-etcd.mount")
+            .unwrap_or_else(|| panic!("{machine}: no mount unit in {units:?}"));
+        let contents = mount["contents"].as_str().unwrap();
+        assert!(
+            contents.contains(&format!("What={device}\n"))
+                && contents.contains("Where=/var/lib/etcd\n")
+                && contents.contains("Options=noatime\n")
+                && mount["enabled"] == true,
+            "{machine}: {contents}"
+        );
+        let etcd = units.iter().find(|u| u["name"] == "etcd.service").unwrap();
+        assert!(etcd["contents"]
+            .as_str()
+            .unwrap()
+            .contains("RequiresMountsFor=/var/lib/etcd\n"));
+    }
+    // Workers run no etcd: no filesystem for it.
+    assert!(config("fra", "fra-wk-01")["storage"]["filesystems"].is_null());
     // The inventory shows them.
     let shown = super::metalherd(
         fleet.path(),
-        &["--output", "json", "inventory", "show", "--site", "fra"],
+        &["--output", "json", "inventory", "show", "--site", "muc"],
     );
     let doc: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-    assert!(doc.to_string().contains("nvme1n1"), "{doc}");
+    assert!(doc.to_string().contains("/dev/sdb"), "{doc}");
+
+    // A role file that names a disk needs it at every site it serves.
+    let p = fleet.path().join("sites/ber.yaml");
+    let site = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, site.replace("disks: { etcd: /dev/sdb }", "")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let r = super::metalherd(
+        fleet.path(),
+        &["render", "--out", dir.path().to_str().unwrap()],
+    );
+    assert_eq!(r.status.code(), Some(1));
+    let stderr = text(&r.stderr);
+    assert!(
+        stderr.contains("ignition/control-plane.yaml") && stderr.contains("ber-cp-01"),
+        "{stderr}"
+    );
 }

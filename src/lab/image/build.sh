@@ -105,6 +105,37 @@ PasswordAuthentication no
 HostKey /etc/ssh/ssh_host_ed25519_key
 EOF
 
+# Ignition's disks stage (partitions, RAID, LUKS, filesystems). Flatcar's
+# initramfs runs it under systemd, which Ignition asks over D-Bus for the
+# devices; the lab's /init has no systemd, so it runs here, first thing in
+# the real root, from the config /init's fetch stage cached, before any
+# local filesystem is mounted, then deletes that cache. (The files stage
+# ran in /init already: what Ignition would write into a filesystem
+# declared here, the crypttab of a LUKS volume included, stays on the RAM
+# root; lab VMs never boot twice.)
+# Its log holds the config, private host key included: root only.
+cat >"$root/etc/systemd/system/metalherd-lab-ignition-disks.service" <<'EOF'
+[Unit]
+Description=Ignition disks stage, as Flatcar's initramfs runs it
+DefaultDependencies=no
+ConditionPathExists=/run/metalherd-lab/ignition.json
+Wants=systemd-udev-trigger.service
+After=systemd-udevd.service systemd-udev-trigger.service
+Before=local-fs-pre.target
+Wants=local-fs-pre.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+Environment=PATH=/usr/sbin:/usr/bin:/sbin:/bin
+ExecStart=/bin/sh -c 'exec /usr/lib/dracut/modules.d/30ignition/ignition -platform metal -root / -stage disks -config-cache /run/metalherd-lab/ignition.json -state-file /run/metalherd-lab/ignition.state -neednet /run/metalherd-lab/ignition.neednet -log-to-stdout >>/run/metalherd-lab/ignition.log 2>&1'
+ExecStartPost=/bin/sh -c 'rm -f /run/metalherd-lab/ignition.json; echo "metalherd-lab: ignition disks stage done" >/dev/console'
+ExecStopPost=/bin/sh -c '[ "$$SERVICE_RESULT" = success ] || { rm -f /run/metalherd-lab/ignition.json; echo "metalherd-lab: ignition disks stage FAILED ($$SERVICE_RESULT; its log: /run/metalherd-lab/ignition.log)" >/dev/console; }'
+
+[Install]
+WantedBy=local-fs-pre.target
+EOF
+
 # First boot: systemd applies the presets (Ignition's enables its units)
 # only when the machine ID is "uninitialized".
 echo uninitialized >"$root/etc/machine-id"
@@ -116,13 +147,14 @@ enable systemd-networkd.socket
 enable systemd-networkd-wait-online.service
 enable ssh.service
 enable getty@.service
+enable metalherd-lab-ignition-disks.service
 EOF
 echo 'disable *' >"$root/etc/systemd/system-preset/99-metalherd-lab-default.preset"
 # Presets on first boot only enable; what packages enabled at install
 # stays enabled: the timers are not wanted on a lab VM.
 chroot "$root" systemctl disable apt-daily.timer apt-daily-upgrade.timer \
 	dpkg-db-backup.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer
-chroot "$root" systemctl enable systemd-networkd.service ssh.service
+chroot "$root" systemctl enable systemd-networkd.service ssh.service metalherd-lab-ignition-disks.service
 chroot "$root" systemctl mask systemd-firstboot.service
 
 # Ignition creates the core user; it may use sudo without a password.
