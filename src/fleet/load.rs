@@ -206,36 +206,10 @@ fn parse_file(root: &Path, id: usize, diags: &mut Diagnostics) -> Option<Node> {
     }
 }
 
-/// Reports a YAML syntax error. The scanner's message names the problem,
-/// never the text around it, so an inline secret is not echoed.
+/// Reports a YAML syntax error at its line.
 fn push_yaml_error(diags: &mut Diagnostics, id: usize, e: &marked_yaml::LoadError) {
-    use marked_yaml::LoadError::*;
-    let (marker, message) = match e {
-        TopLevelMustBeMapping(m) => (Some(*m), "the file must be a YAML mapping".to_string()),
-        TopLevelMustBeSequence(m) => (Some(*m), "the file must be a YAML list".to_string()),
-        UnexpectedAnchor(m) => (Some(*m), "YAML anchors are not supported".to_string()),
-        MappingKeyMustBeScalar(m) => (Some(*m), "mapping keys must be plain values".to_string()),
-        UnexpectedTag(m) => (Some(*m), "YAML tags are not supported".to_string()),
-        ScanError(m, err) => (Some(*m), format!("invalid YAML: {}", err.info())),
-        DuplicateKey(inner) => {
-            let first = inner.prev_key.span().start().map(|m| m.line()).unwrap_or(0);
-            (
-                inner.key.span().start().copied(),
-                format!(
-                    "duplicate key `{}` (first at line {first})",
-                    inner.key.as_str()
-                ),
-            )
-        }
-        #[allow(unreachable_patterns)]
-        _ => (None, "invalid YAML".to_string()),
-    };
-    let (line, column) = marker.map(|m| (m.line(), m.column())).unwrap_or((0, 0));
-    let field = match e {
-        DuplicateKey(inner) => inner.key.as_str().to_string(),
-        _ => String::new(),
-    };
-    diags.push(id, line, column, field, message);
+    let p = crate::errfmt::yaml_problem(e);
+    diags.push(id, p.line, p.column, p.field, p.message);
 }
 
 /// Deserializes `node` into `T`, reporting a shape error (unknown key,

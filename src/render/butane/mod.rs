@@ -524,11 +524,12 @@ pub fn transpile(
 ) -> Result<ign::Config, Vec<ButaneError>> {
     let options = LoaderOptions::default().error_on_duplicate_keys(true);
     let node = marked_yaml::parse_yaml_with_options(0, yaml, options).map_err(|e| {
+        let p = crate::errfmt::yaml_problem(&e);
         vec![ButaneError {
-            line: 0,
-            column: 0,
-            field: String::new(),
-            message: format!("invalid YAML: {e}"),
+            line: p.line,
+            column: p.column,
+            field: p.field,
+            message: p.message,
         }]
     })?;
     let raw: BConfig = marked_yaml::from_node(&node).map_err(|e| {
