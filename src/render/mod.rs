@@ -12,6 +12,7 @@
 
 pub mod butane;
 pub mod context;
+pub mod locals;
 pub mod manifests;
 
 use std::fs;
@@ -255,8 +256,12 @@ fn collect_files(dir: &Path, name: &str, out: &mut Vec<(String, PathBuf)>) -> st
             continue;
         }
         let child = format!("{name}/{file_name}");
-        if entry.file_type()?.is_dir() {
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
             collect_files(&entry.path(), &child, out)?;
+        } else if kind.is_symlink() && !entry.path().is_file() {
+            // A link to a directory, or to a path on the node (a tree's
+            // link, `storage.trees`): not a template.
         } else {
             out.push((child, entry.path()));
         }
@@ -273,10 +278,14 @@ pub fn render(
     generation: u64,
 ) -> Result<Rendered, RenderError> {
     let tera = load_templates(&fleet.root)?;
+    let tree = locals::TemplateTree::load(&fleet.root).map_err(|e| {
+        RenderError::Templates(format!("{}: {e}", fleet.root.join("templates").display()))
+    })?;
     let renderer = Renderer {
         fleet,
         keys,
         tera: &tera,
+        tree: &tree,
     };
     let mut out = Rendered::default();
     for site in &fleet.sites {
@@ -359,6 +368,7 @@ struct Renderer<'a> {
     fleet: &'a Fleet,
     keys: &'a Keys,
     tera: &'a Tera,
+    tree: &'a locals::TemplateTree,
 }
 
 impl Renderer<'_> {
@@ -398,17 +408,13 @@ impl Renderer<'_> {
         report: bool,
     ) -> Result<ign::Config, RenderError> {
         let yaml = self.template(role_file, ctx, machine.name.as_str())?;
-        let mut resolve = |local: &str| -> Result<String, String> {
-            let name = format!("templates/{local}");
-            if self.tera.get_template(&name).is_err() {
-                return Err(format!("no such template: {name}"));
-            }
-            self.tera
-                .render(&name, ctx)
-                .map_err(|e| format!("{name}: {}", crate::errfmt::chain(&e)))
+        let mut locals = locals::MachineLocals {
+            tera: self.tera,
+            ctx,
+            tree: self.tree,
         };
         let mut config =
-            butane::transpile(&yaml, self.fleet.os.flavor.butane_variant(), &mut resolve).map_err(
+            butane::transpile(&yaml, self.fleet.os.flavor.butane_variant(), &mut locals).map_err(
                 |errors| RenderError::Butane {
                     template: role_file.to_string(),
                     machine: machine.name.to_string(),

@@ -28,8 +28,13 @@ struct Case {
     about: String,
     /// The fleet OS's variant (default flatcar).
     variant: Option<String>,
-    /// Templates `local:`, `contents_local:` and `ssh_authorized_keys_local:` name.
+    /// Templates `local:`, `contents_local:`, `ssh_authorized_keys_local:`
+    /// and `storage.trees` name (paths under `templates/`).
     files: Option<BTreeMap<String, String>>,
+    /// Which of `files` are executable.
+    executable: Option<Vec<String>>,
+    /// Symlinks under `templates/`: path → target.
+    symlinks: Option<BTreeMap<String, String>>,
     butane: String,
     /// The Ignition config Butane writes for it (JSON).
     ignition: Option<String>,
@@ -138,16 +143,40 @@ fn first_difference(want: &Value, got: &Value, at: &str) -> Option<String> {
     }
 }
 
+/// A fleet directory holding the case's templates, as `render` reads one.
+fn fleet_with_templates(case: &Case, dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let root = dir.to_path_buf();
+    std::fs::create_dir_all(root.join("ignition")).unwrap();
+    std::fs::create_dir_all(root.join("templates")).unwrap();
+    for (path, text) in case.files.iter().flatten() {
+        let file = root.join("templates").join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, text).unwrap();
+        let exec = case.executable.iter().flatten().any(|e| e == path);
+        let mode = if exec { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    for (path, target) in case.symlinks.iter().flatten() {
+        let link = root.join("templates").join(path);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, link).unwrap();
+    }
+    root
+}
+
 fn run(name: &str, case: &Case, validate: &Path, dir: &Path) -> Result<(), String> {
     let variant = case.variant.as_deref().unwrap_or("flatcar");
-    let files = case.files.clone().unwrap_or_default();
-    let mut resolve = |local: &str| -> Result<String, String> {
-        files
-            .get(local)
-            .cloned()
-            .ok_or_else(|| format!("no such template: templates/{local}"))
+    let root = fleet_with_templates(case, &dir.join(name.trim_end_matches(".yaml")));
+    let tera = metalherd::render::load_templates(&root).map_err(|e| format!("{name}: {e}"))?;
+    let tree = metalherd::render::locals::TemplateTree::load(&root).unwrap();
+    let ctx = tera::Context::new();
+    let mut locals = metalherd::render::locals::MachineLocals {
+        tera: &tera,
+        ctx: &ctx,
+        tree: &tree,
     };
-    let result = metalherd::render::butane::transpile(&case.butane, variant, &mut resolve);
+    let result = metalherd::render::butane::transpile(&case.butane, variant, &mut locals);
     match (result, &case.ignition, &case.refused) {
         (Ok(config), Some(want), None) => {
             let json = metalherd::render::to_json(&config);

@@ -5,22 +5,28 @@
 //! means in Butane (storage, disks, raid, luks, filesystems with
 //! `with_mount_unit` ([`storage`]), files with `append`, resources with
 //! compression and HTTP headers, `ignition.config.merge`, timeouts, TLS and
-//! proxy, passwd, systemd, kernel arguments). `local:`, `contents_local:`
-//! and `ssh_authorized_keys_local` name templates under `templates/`,
-//! rendered by the caller's resolver. Fields metalherd does not write
-//! (`ignition.config.replace`, `storage.trees`, `boot_device`, `grub`,
-//! 3.4.0-only LUKS fields) are errors naming them, and so is any unknown
-//! key: nothing is silently dropped. To support a new key: add it to the
-//! `B*` struct, convert it, and add a case to `tests/butane/`.
+//! proxy, passwd, systemd, kernel arguments), sugar included:
+//! `storage.trees` ([`trees`]), fcos `boot_device` and `grub` ([`fcos`],
+//! laid under the file's storage by Ignition's merge, [`merge`]). Local
+//! names (`local:`, `contents_local:`, `ssh_authorized_keys_local`, trees)
+//! are templates under `templates/`, given by the caller's [`Locals`].
+//! Fields metalherd does not write (`ignition.config.replace`, 3.4.0-only
+//! LUKS fields) are errors naming them, and so is any unknown key: nothing
+//! is silently dropped. To support a new key: add it to the `B*` struct,
+//! convert it, and add a case to `tests/butane/`.
 
+mod fcos;
+mod merge;
 mod storage;
+mod trees;
+
+pub use trees::TreeEntry;
 
 use std::collections::BTreeSet;
 
 use base64::Engine;
 use ignition_config::v3_3 as ign;
 use marked_yaml::{LoaderOptions, Spanned};
-use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 type Text = Spanned<String>;
@@ -44,9 +50,29 @@ pub struct ButaneError {
     pub message: String,
 }
 
-/// Reads a referenced template (`local:`, `contents_local:`) and returns
-/// its rendered text.
-pub type Resolve<'a> = dyn FnMut(&str) -> Result<String, String> + 'a;
+/// What a role file's local names stand for: templates under
+/// `templates/`, rendered for the machine. The error is the whole message
+/// (it names the template).
+pub trait Locals {
+    /// The rendered text of `templates/<name>` (`local:`,
+    /// `contents_local:`, `ssh_authorized_keys_local:`).
+    fn file(&mut self, name: &str) -> Result<String, String>;
+    /// Everything under the directory `templates/<name>/`
+    /// (`storage.trees`), files rendered, in path order.
+    fn tree(&mut self, name: &str) -> Result<Vec<TreeEntry>, String>;
+}
+
+/// A function from a name to a template's text is the [`Locals`] of a
+/// caller without directories (`storage.trees` is then an error).
+impl<F: FnMut(&str) -> Result<String, String>> Locals for F {
+    fn file(&mut self, name: &str) -> Result<String, String> {
+        self(name)
+    }
+
+    fn tree(&mut self, name: &str) -> Result<Vec<TreeEntry>, String> {
+        Err(format!("no directory templates/{name} to copy here"))
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,10 +84,10 @@ struct BConfig {
     systemd: Option<BSystemd>,
     passwd: Option<BPasswd>,
     kernel_arguments: Option<BKernelArguments>,
-    /// Butane sugar for fcos (mirrored or encrypted root): not expanded yet.
-    boot_device: Option<Spanned<IgnoredAny>>,
-    /// fcos 1.5.0's GRUB users: not supported yet.
-    grub: Option<Spanned<IgnoredAny>>,
+    /// fcos sugar: a mirrored and/or encrypted root.
+    boot_device: Option<Spanned<fcos::BBootDevice>>,
+    /// fcos 1.5.0: GRUB superusers.
+    grub: Option<Spanned<fcos::BGrub>>,
 }
 
 #[derive(Deserialize)]
@@ -74,8 +100,8 @@ struct BStorage {
     files: Option<Vec<BFile>>,
     directories: Option<Vec<BDirectory>>,
     links: Option<Vec<BLink>>,
-    /// Butane sugar (a local directory copied in): not supported yet.
-    trees: Option<Spanned<IgnoredAny>>,
+    /// Butane sugar: a directory under `templates/` copied in.
+    trees: Option<Vec<Spanned<trees::BTree>>>,
 }
 
 #[derive(Deserialize)]
@@ -178,7 +204,8 @@ struct BDirectory {
 #[serde(deny_unknown_fields)]
 struct BLink {
     path: Text,
-    target: Text,
+    /// May come from a tree instead.
+    target: Option<Text>,
     hard: Option<bool>,
     overwrite: Option<bool>,
     user: Option<BOwner>,
@@ -280,18 +307,21 @@ pub fn data_url_plain(bytes: &[u8]) -> String {
     out
 }
 
-struct Conv<'r, 'a> {
+struct Conv<'r> {
     errors: Vec<ButaneError>,
-    resolve: &'r mut Resolve<'a>,
+    locals: &'r mut dyn Locals,
     paths: BTreeSet<String>,
     /// The Ignition spec being written (`3.3.0`): what it can express.
     spec: &'static str,
 }
 
-impl Conv<'_, '_> {
+impl Conv<'_> {
     fn err<T>(&mut self, v: &Spanned<T>, field: String, message: impl Into<String>) {
-        let (line, column) = v
-            .span()
+        self.err_at(v.span(), field, message);
+    }
+
+    fn err_at(&mut self, span: &marked_yaml::Span, field: String, message: impl Into<String>) {
+        let (line, column) = span
             .start()
             .map(|m| (m.line(), m.column()))
             .unwrap_or((0, 0));
@@ -355,7 +385,7 @@ impl Conv<'_, '_> {
     }
 
     fn local(&mut self, v: &Text, field: String) -> Option<String> {
-        match (self.resolve)(v.as_str()) {
+        match self.locals.file(v.as_str()) {
             Ok(text) => Some(text),
             Err(msg) => {
                 self.err(v, field, msg);
@@ -461,13 +491,16 @@ impl Conv<'_, '_> {
     }
 
     /// Refuses a field only Ignition 3.4.0 has when this file writes 3.3.0,
-    /// and (for now) at 3.4.0 too: the config is built from CoreOS's 3.3.0
-    /// structs, which cannot carry it.
+    /// and at 3.4.0 too: the only Ignition the tests can run here (Debian's
+    /// 2.14, which reads 3.4.0 as 3.4.0-experimental) does not know these
+    /// fields (its validator says "Unused key"), so nothing could prove
+    /// that a config carrying them does what it says.
     fn needs_3_4<T>(&mut self, v: &Spanned<T>, field: String) {
         let why = if self.spec == "3.3.0" {
             "it needs Ignition spec 3.4.0 (Butane version 1.1.0 for flatcar, 1.5.0 for fcos)"
         } else {
-            "metalherd does not write this Ignition 3.4.0 field yet"
+            "metalherd does not write this Ignition 3.4.0 field yet: the Ignition its \
+             tests run (Debian's 2.14, 3.4.0-experimental) ignores it (\"Unused key\")"
         };
         self.err(v, field, format!("not supported: {why}"));
     }
@@ -520,7 +553,7 @@ fn owner_group(o: &Option<BOwner>) -> Option<ign::NodeGroup> {
 pub fn transpile(
     yaml: &str,
     variant: &str,
-    resolve: &mut Resolve<'_>,
+    locals: &mut dyn Locals,
 ) -> Result<ign::Config, Vec<ButaneError>> {
     let options = LoaderOptions::default().error_on_duplicate_keys(true);
     let node = marked_yaml::parse_yaml_with_options(0, yaml, options).map_err(|e| {
@@ -575,7 +608,7 @@ pub fn transpile(
         .map_or("3.3.0", |(_, _, spec)| *spec);
     let mut conv = Conv {
         errors: Vec::new(),
-        resolve,
+        locals,
         paths: BTreeSet::new(),
         spec,
     };
@@ -599,25 +632,22 @@ pub fn transpile(
             ),
         );
     }
-    for (v, name, why) in [
-        (&raw.boot_device, "boot_device", "metalherd does not expand Butane's boot_device sugar (mirrored or encrypted root) yet; declare the layout with storage.disks, raid, luks and filesystems"),
-        (&raw.grub, "grub", "metalherd does not write GRUB users yet"),
-    ] {
-        if let Some(v) = v {
-            let message = if variant == "flatcar" {
-                format!("unknown key: Butane's flatcar variant has no {name} (fcos only)")
-            } else {
-                format!("not supported: {why}")
-            };
-            conv.err(v, name.into(), message);
+    if variant == "flatcar" {
+        let fcos_only = [
+            ("boot_device", raw.boot_device.as_ref().map(|v| v.span())),
+            ("grub", raw.grub.as_ref().map(|v| v.span())),
+        ];
+        for (name, span) in fcos_only {
+            if let Some(span) = span {
+                conv.err_at(
+                    span,
+                    name.into(),
+                    format!("unknown key: Butane's flatcar variant has no {name} (fcos only)"),
+                );
+            }
         }
-    }
-    if let Some(trees) = raw.storage.as_ref().and_then(|s| s.trees.as_ref()) {
-        conv.err(
-            trees,
-            "storage.trees".into(),
-            "not supported: metalherd does not copy local directory trees yet; list the files under storage.files with contents.local",
-        );
+    } else if let Some(disks) = raw.storage.as_ref().and_then(|s| s.disks.as_ref()) {
+        conv.root_partition_checks(disks);
     }
     let (storage, mount_units) = match &raw.storage {
         Some(s) => {
@@ -641,6 +671,23 @@ pub fn transpile(
             should_not_exist: k.should_not_exist,
         }),
     };
+    if variant != "flatcar" {
+        // Butane expands boot_device over the file's storage, then grub
+        // over both.
+        let sugar = [
+            raw.boot_device
+                .as_ref()
+                .map(|b| (b.span(), "boot_device", conv.boot_device(b))),
+            raw.grub.as_ref().map(|g| (g.span(), "grub", conv.grub(g))),
+        ];
+        for (span, name, generated) in sugar.into_iter().flatten() {
+            let Some(generated) = generated else { continue };
+            match merge::merge(&generated, &config) {
+                Ok(merged) => config = merged,
+                Err(e) => conv.err_at(span, name.into(), format!("merging what it makes: {e}")),
+            }
+        }
+    }
     config.ignition.version = Some(spec.to_string());
     if conv.errors.is_empty() {
         Ok(config)
@@ -679,7 +726,7 @@ fn with_mount_units(
     Some(ign::Systemd { units: Some(units) })
 }
 
-impl Conv<'_, '_> {
+impl Conv<'_> {
     fn ignition(&mut self, i: &BIgnition) -> ign::Ignition {
         let mut out = ign::Ignition::default();
         if let Some(config) = &i.config {
@@ -850,7 +897,7 @@ impl Conv<'_, '_> {
             for (i, l) in links.iter().enumerate() {
                 let field = format!("storage.links[{i}]");
                 let mut link = ign::Link::new(self.path(&l.path, format!("{field}.path")));
-                link.target = Some(l.target.to_string());
+                link.target = l.target.as_ref().map(|t| t.to_string());
                 link.hard = l.hard;
                 link.overwrite = l.overwrite;
                 link.user = owner_user(&l.user);
@@ -858,6 +905,22 @@ impl Conv<'_, '_> {
                 list.push(link);
             }
             out.links = Some(list);
+        }
+        if let Some(trees) = &s.trees {
+            self.trees(trees, &mut out);
+        }
+        for (i, l) in s.links.iter().flatten().enumerate() {
+            let target = out
+                .links
+                .as_ref()
+                .and_then(|links| links[i].target.as_ref());
+            if target.is_none_or(|t| t.is_empty()) {
+                self.err(
+                    &l.path,
+                    format!("storage.links[{i}].target"),
+                    "a link needs a target (from target: or a tree)",
+                );
+            }
         }
         (out, mount_units)
     }

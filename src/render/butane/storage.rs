@@ -17,23 +17,23 @@ type Int = Spanned<i64>;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BDisk {
-    device: Text,
-    wipe_table: Option<bool>,
-    partitions: Option<Vec<Spanned<BPartition>>>,
+    pub(super) device: Text,
+    pub(super) wipe_table: Option<bool>,
+    pub(super) partitions: Option<Vec<Spanned<BPartition>>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BPartition {
-    number: Option<Int>,
-    label: Option<Text>,
-    size_mib: Option<Int>,
-    start_mib: Option<Int>,
-    type_guid: Option<Text>,
-    guid: Option<Text>,
-    wipe_partition_entry: Option<bool>,
-    should_exist: Option<bool>,
-    resize: Option<bool>,
+    pub(super) number: Option<Int>,
+    pub(super) label: Option<Text>,
+    pub(super) size_mib: Option<Int>,
+    pub(super) start_mib: Option<Int>,
+    pub(super) type_guid: Option<Text>,
+    pub(super) guid: Option<Text>,
+    pub(super) wipe_partition_entry: Option<bool>,
+    pub(super) should_exist: Option<bool>,
+    pub(super) resize: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -207,8 +207,8 @@ pub fn mount_unit(
     unit
 }
 
-impl Conv<'_, '_> {
-    fn device_path(&mut self, v: &Text, field: String) {
+impl Conv<'_> {
+    pub(super) fn device_path(&mut self, v: &Text, field: String) {
         if !v.starts_with('/') {
             self.err(
                 v,
@@ -483,6 +483,31 @@ impl Conv<'_, '_> {
         out
     }
 
+    /// A Clevis config's tang servers (`<field>.tang`).
+    pub(super) fn tangs(&mut self, tangs: &[BTang], field: &str) -> Vec<ign::Tang> {
+        tangs
+            .iter()
+            .enumerate()
+            .map(|(j, t)| {
+                let f = format!("{field}.tang[{j}]");
+                if !(t.url.starts_with("http://") || t.url.starts_with("https://")) {
+                    self.err(
+                        &t.url,
+                        format!("{f}.url"),
+                        "a tang server is an http(s) URL",
+                    );
+                }
+                if let Some(a) = &t.advertisement {
+                    self.needs_3_4(a, format!("{f}.advertisement"));
+                }
+                ign::Tang {
+                    url: Some(t.url.to_string()),
+                    thumbprint: t.thumbprint.clone(),
+                }
+            })
+            .collect()
+    }
+
     fn clevis(&mut self, c: &Spanned<BClevis>, field: &str, variant: &str) -> Option<ign::Clevis> {
         if variant == "flatcar" {
             // Butane's flatcar variants filter the field out as unsupported.
@@ -513,29 +538,7 @@ impl Conv<'_, '_> {
                 );
             }
         }
-        let tang = c.tang.as_ref().map(|tangs| {
-            tangs
-                .iter()
-                .enumerate()
-                .map(|(j, t)| {
-                    let f = format!("{field}.tang[{j}]");
-                    if !(t.url.starts_with("http://") || t.url.starts_with("https://")) {
-                        self.err(
-                            &t.url,
-                            format!("{f}.url"),
-                            "a tang server is an http(s) URL",
-                        );
-                    }
-                    if let Some(a) = &t.advertisement {
-                        self.needs_3_4(a, format!("{f}.advertisement"));
-                    }
-                    ign::Tang {
-                        url: Some(t.url.to_string()),
-                        thumbprint: t.thumbprint.clone(),
-                    }
-                })
-                .collect()
-        });
+        let tang = c.tang.as_ref().map(|t| self.tangs(t, field));
         Some(ign::Clevis {
             custom: c.custom.as_ref().map(|x| ign::ClevisCustom {
                 pin: x.pin.as_ref().map(|p| p.to_string()),
