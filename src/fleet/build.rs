@@ -369,7 +369,9 @@ impl Ctx {
                 if value.is_empty() || value.contains("{{") || value.contains("{%") {
                     continue;
                 }
-                if !self.root.join("templates").join(value).is_file() {
+                // A file, or a directory (`storage.trees`): render checks
+                // which one the field needs.
+                if !self.root.join("templates").join(value).exists() {
                     self.diags.push(
                         id,
                         n + 1,

@@ -7,11 +7,12 @@
 //! as system extensions, the way it reaches Flatcar, see
 //! [`super::extensions`]); then, gzip-compressed, busybox,
 //! a few kernel modules and `/init` ([`INIT`]). `/init` mounts the root
-//! read-only under a tmpfs overlay, gets an address by DHCP, runs
-//! Ignition chrooted into the root (fetch stage from `ignition.config.url`
-//! on the kernel command line, then files stage) and switch_roots into
-//! systemd. Everything is built by one shell script ([`BUILD_SCRIPT`]),
-//! run as root.
+//! read-only under a tmpfs overlay at `/sysroot`, gets an address by DHCP,
+//! and starts systemd in an initrd (a tmpfs with the root's `/usr` and a
+//! copy of its `/etc`), which runs Ignition's stages as Flatcar's
+//! initramfs runs them (fetch from `ignition.config.url` on the kernel
+//! command line, disks, mount, files, umount) and switches to the root.
+//! Everything is built by one shell script ([`BUILD_SCRIPT`]), run as root.
 //!
 //! Layout: `<assets>/lab/<suite>/` holds `vmlinuz`, `initrd.img` and
 //! `MANIFEST.json`, and `debs/` the Debian packages extensions are built
@@ -62,10 +63,13 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "libnss-myhostname",
     // What Ignition's disks stage runs, as on Flatcar: sgdisk, mdadm,
-    // cryptsetup (mkfs.ext4 and wipefs are in every Debian root).
+    // cryptsetup (mkfs.ext4 and wipefs are in every Debian root); and
+    // device-mapper's udev rules, without which systemd never sees an
+    // opened LUKS volume's device as ready (Ignition waits for it).
     "gdisk",
     "mdadm",
     "cryptsetup-bin",
+    "dmsetup",
 ];
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// The image's files, as the boot server serves them.

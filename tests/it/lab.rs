@@ -1142,9 +1142,9 @@ fn exec_site(lab: &Lab, site: &str, command: &[&str]) -> Vec<(String, String)> {
 /// [`one_machine_fleet`] whose control plane has three more disks and a
 /// role file that uses them: a RAID1 mirror of two, two GPT partitions on
 /// the third, each with an ext4 filesystem and the mount unit Butane's
-/// `with_mount_unit` makes. (No LUKS volume: Ignition's files stage writes
-/// a volume's crypttab from what its disks stage made, and the lab runs
-/// the files stage first; see docs/lab.md.)
+/// `with_mount_unit` makes, a file Ignition writes onto the first
+/// partition's filesystem; and etcd's disk encrypted (LUKS2, key file),
+/// its filesystem on the opened volume.
 fn disks_fleet() -> tempfile::TempDir {
     disks_fleet_at(&["fra", "ber", "muc"])
 }
@@ -1178,6 +1178,13 @@ fn disks_fleet_at(sites: &[&str]) -> tempfile::TempDir {
     - name: mirror
       level: raid1
       devices: [\"{{ machine.disks.mirror_a }}\", \"{{ machine.disks.mirror_b }}\"]
+  luks:
+    - name: etcd
+      device: {{ machine.disks.etcd }}
+      label: lab-etcd
+      wipe_volume: true
+      key_file:
+        inline: a lab key, not a secret
 ";
     // The role's own filesystems (etcd's) go on; these join them.
     let filesystems = "  filesystems:
@@ -1196,19 +1203,39 @@ fn disks_fleet_at(sites: &[&str]) -> tempfile::TempDir {
         body.contains("\nstorage:\n") && body.contains("\n  filesystems:\n"),
         "{body}"
     );
+    // Written by Ignition's files stage onto the partition's filesystem,
+    // which its mount stage mounted under /sysroot.
+    let file = "  files:
+    - path: /srv/small/hello
+      mode: 0644
+      contents:
+        inline: on the partition
+";
+    let etcd_fs = "    - device: {{ machine.disks.etcd }}\n      format: ext4\n      label: etcd\n";
+    assert!(
+        body.contains(etcd_fs) && body.contains("\n  files:\n"),
+        "{body}"
+    );
     let body = body
         .replacen("\nstorage:\n", &format!("\n{storage}"), 1)
-        .replacen("\n  filesystems:\n", &format!("\n{filesystems}"), 1);
+        .replacen("\n  files:\n", &format!("\n{file}"), 1)
+        .replacen("\n  filesystems:\n", &format!("\n{filesystems}"), 1)
+        .replacen(
+            etcd_fs,
+            "    - device: /dev/mapper/etcd\n      format: ext4\n      label: etcd\n",
+            1,
+        );
     std::fs::write(&role, body).unwrap();
     fleet
 }
 
-/// Ignition's disks stage, the real one, under systemd and udev in a VM
-/// with the kernel's md (this host's kernel has none, and without systemd
-/// Ignition cannot wait for devices): partitions with their sizes and
-/// labels, a RAID1 mirror, ext4 on each,
-/// mounted by the units `with_mount_unit` wrote; etcd's data on its own
-/// disk; and a second disks stage over the same config changes nothing.
+/// Ignition's disks, mount and files stages, the real ones, under systemd
+/// and udev in a VM's initrd with the kernel's md and dm-crypt (this
+/// host's kernel has neither, and without systemd Ignition cannot wait for
+/// devices): partitions with their sizes and labels, a RAID1 mirror, ext4
+/// on each, mounted by the units `with_mount_unit` wrote, a file written
+/// onto one; etcd's data on its own disk, encrypted with LUKS2; and a
+/// second disks stage over the same config changes nothing.
 fn partitions_and_raid_made_by_the_real_ignition_on_a_vms_disks() {
     // First with sites ber and muc lacking disks the role file names:
     // `lab up` fails, says why, and leaves no namespace behind. (Its
@@ -1319,10 +1346,31 @@ fn partitions_and_raid_made_by_the_real_ignition_on_a_vms_disks() {
         "{mirror:?}\n{mdstat}"
     );
 
-    // etcd writes to its own disk.
+    // The file Ignition wrote is on the partition: under the mount, not
+    // hidden beneath it on the RAM root.
+    assert_eq!(one(&["cat", "/srv/small/hello"]).trim(), "on the partition");
+    assert_eq!(mounted("/srv/small/hello"), ["/dev/vdd1", "ext4", "small"]);
+
+    // etcd writes to its own disk, encrypted: the LUKS2 volume Ignition
+    // made is open, from the crypttab and key file its files stage wrote,
+    // and etcd's data is on the filesystem inside it.
+    let status = one(&["sudo", "cryptsetup", "status", "etcd"]);
+    assert!(
+        status.contains("/dev/mapper/etcd is active and is in use")
+            && status.contains("type:    LUKS2")
+            && status.contains("device:  /dev/vda"),
+        "{status}"
+    );
+    let crypttab = one(&["sudo", "cat", "/etc/crypttab"]);
+    assert!(
+        crypttab
+            .lines()
+            .any(|l| l.starts_with("etcd UUID=") && l.contains("/etc/luks/etcd")),
+        "{crypttab}"
+    );
     assert_eq!(
         mounted("/var/lib/etcd/data/member"),
-        ["/dev/vda", "ext4", "etcd"]
+        ["/dev/mapper/etcd", "ext4", "etcd"]
     );
 
     // The disks stage again over that disk's part of the config, as a

@@ -489,3 +489,73 @@ fn named_disks_give_each_machine_its_own_device() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_tree_under_templates_reaches_each_machine_rendered_for_it() {
+    // Butane's storage.trees: a directory under templates/, each file a
+    // template rendered for the machine, executables 0755, symlinks links
+    // (their targets are the node's paths, absent here).
+    use std::os::unix::fs::PermissionsExt;
+    let fleet = example_fleet();
+    let tree = fleet.path().join("templates/worker-tree");
+    std::fs::create_dir_all(tree.join("etc/profile.d")).unwrap();
+    std::fs::write(
+        tree.join("etc/motd"),
+        "{{ machine.name }} of {{ site.name }}\n",
+    )
+    .unwrap();
+    let script = tree.join("etc/profile.d/site.sh");
+    std::fs::write(&script, "export SITE={{ site.name }}\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("/opt/site/bin/tool", tree.join("etc/tool")).unwrap();
+    let role = fleet.path().join("ignition/worker.yaml");
+    let body = std::fs::read_to_string(&role).unwrap();
+    assert!(body.contains("\nstorage:\n  files:\n"), "{body}");
+    std::fs::write(
+        &role,
+        body.replacen(
+            "\nstorage:\n  files:\n",
+            "\nstorage:\n  trees:\n    - local: worker-tree\n  files:\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let out = render_with_cli(fleet.path());
+    for (site, machine) in [("fra", "fra-wk-01"), ("ber", "ber-wk-01")] {
+        let body = std::fs::read_to_string(out.path().join(format!("{site}/{machine}.final.ign")))
+            .or_else(|_| std::fs::read_to_string(out.path().join(format!("{site}/{machine}.ign"))))
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let file = |path: &str| {
+            doc["storage"]["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["path"] == path)
+                .unwrap_or_else(|| panic!("{machine}: no {path}"))
+                .clone()
+        };
+        let contents = |f: &serde_json::Value| {
+            use base64::Engine;
+            let url = f["contents"]["source"].as_str().unwrap();
+            let data = url.strip_prefix("data:;base64,").unwrap();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap();
+            String::from_utf8(bytes).unwrap()
+        };
+        let motd = file("/etc/motd");
+        assert_eq!(contents(&motd), format!("{machine} of {site}\n"));
+        assert_eq!(motd["mode"], 0o644);
+        let sh = file("/etc/profile.d/site.sh");
+        assert_eq!(contents(&sh), format!("export SITE={site}\n"));
+        assert_eq!(sh["mode"], 0o755);
+        let link = doc["storage"]["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["path"] == "/etc/tool")
+            .unwrap_or_else(|| panic!("{machine}: no link"));
+        assert_eq!(link["target"], "/opt/site/bin/tool");
+    }
+}

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds metalherd's lab node image: a Debian kernel and an initrd whose
-# /init runs Debian's Ignition and then switch_roots into a Debian root
-# with systemd and OpenSSH. Node software (etcd) is not in the image: as on
+# /init starts systemd in an initrd, which runs Debian's Ignition as
+# Flatcar's initramfs does and then switches into a Debian root with
+# systemd and OpenSSH. Node software (etcd) is not in the image: as on
 # Flatcar, it arrives as a system extension; this script only downloads
 # the Debian packages those extensions are built from. Run by
 # src/lab/image.rs (as root):
@@ -105,36 +106,162 @@ PasswordAuthentication no
 HostKey /etc/ssh/ssh_host_ed25519_key
 EOF
 
-# Ignition's disks stage (partitions, RAID, LUKS, filesystems). Flatcar's
-# initramfs runs it under systemd, which Ignition asks over D-Bus for the
-# devices; the lab's /init has no systemd, so it runs here, first thing in
-# the real root, from the config /init's fetch stage cached, before any
-# local filesystem is mounted, then deletes that cache. (The files stage
-# ran in /init already: what Ignition would write into a filesystem
-# declared here, the crypttab of a LUKS volume included, stays on the RAM
-# root; lab VMs never boot twice.)
-# Its log holds the config, private host key included: root only.
-cat >"$root/etc/systemd/system/metalherd-lab-ignition-disks.service" <<'EOF'
+# Ignition runs as on Flatcar: in the initrd, under systemd, with the real
+# root at /sysroot: fetch, disks (partitions, RAID, LUKS, filesystems, with
+# udev), mount (the declared filesystems under /sysroot), files (into
+# them), then umount, and systemd switches to the root. /init builds that
+# initrd in a tmpfs: the root's /usr (read-only), a copy of its /etc, and
+# over it what is below, in /usr/lib/metalherd-lab/initrd.
+# Ignition's output holds the config, private host key included: it goes
+# to /run/metalherd-lab/ignition.log (root only), never to the journal or
+# the console.
+lab=$root/usr/lib/metalherd-lab
+initrd_etc=$lab/initrd/etc
+units=$initrd_etc/systemd/system
+mkdir -p "$units/initrd.target.requires" "$units/initrd-switch-root.target.wants" \
+	"$initrd_etc/udev/rules.d"
+cat >"$initrd_etc/initrd-release" <<'EOF'
+NAME="metalherd lab initrd"
+ID=debian
+VERSION_ID=12
+EOF
+cp "$root/usr/lib/dracut/modules.d/30ignition/99-xx-ignition-systemd-cryptsetup.rules" \
+	"$initrd_etc/udev/rules.d/"
+# As dracut's dm module (Flatcar's initramfs is dracut's): device-mapper
+# devices opened here (a LUKS volume Ignition made) keep their udev
+# records across the switch, or the root's udev ignores them and systemd
+# waits for their devices forever.
+cat >"$initrd_etc/udev/rules.d/11-dm.rules" <<'EOF'
+SUBSYSTEM!="block", GOTO="dm_end"
+KERNEL!="dm-[0-9]*", GOTO="dm_end"
+ACTION!="add|change", GOTO="dm_end"
+OPTIONS+="db_persist"
+LABEL="dm_end"
+EOF
+# One unit per stage, in Ignition's own order (its dracut units:
+# ignition-{fetch,disks,mount,files}.service).
+stage_unit() { # STAGE AFTER BEFORE [UNIT LINES...]
+	stage=$1 after=$2 before=$3
+	shift 3
+	{
+		echo "[Unit]"
+		echo "Description=Ignition ($stage), as Flatcar's initramfs runs it"
+		echo "DefaultDependencies=no"
+		echo "ConditionPathExists=/etc/initrd-release"
+		echo "OnFailure=metalherd-lab-ignition-failed@$stage.service"
+		[ -n "$after" ] && echo "Requires=$after" && echo "After=$after"
+		echo "Before=$before metalherd-lab-ignition.target"
+		for line in "$@"; do echo "$line"; done
+		echo
+		echo "[Service]"
+		echo "Type=oneshot"
+		echo "RemainAfterExit=yes"
+		echo "Environment=PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+		echo "StandardOutput=append:/run/metalherd-lab/ignition.log"
+		echo "StandardError=inherit"
+		echo "ExecStartPre=/bin/sh -c 'echo \"metalherd-lab: ignition $stage\" >/dev/console'"
+		echo "ExecStart=/usr/lib/metalherd-lab/ignition $stage"
+	} >"$units/metalherd-lab-ignition-$stage.service"
+}
+stage_unit fetch "" metalherd-lab-ignition-disks.service \
+	"After=basic.target"
+stage_unit disks metalherd-lab-ignition-fetch.service metalherd-lab-ignition-mount.service \
+	"Requires=systemd-udevd.service" "After=systemd-udevd.service systemd-udev-trigger.service"
+stage_unit mount metalherd-lab-ignition-disks.service metalherd-lab-ignition-files.service \
+	"Requires=initrd-root-fs.target" "After=initrd-root-fs.target"
+stage_unit files metalherd-lab-ignition-mount.service initrd-parse-etc.service
+# Ignition retries a config server that answers 5xx or not at all forever:
+# a deadline, long enough for a TCG guest starved by its neighbours.
+echo "TimeoutStartSec=300" >>"$units/metalherd-lab-ignition-fetch.service"
+echo "ExecStartPost=/bin/sh -c 'echo \"metalherd-lab: ignition disks stage done\" >/dev/console'" \
+	>>"$units/metalherd-lab-ignition-disks.service"
+echo "ExecStop=/usr/lib/metalherd-lab/ignition umount" >>"$units/metalherd-lab-ignition-mount.service"
+echo "ExecStartPost=/bin/sh -c 'echo \"metalherd-lab: ignition done\" >/dev/console'" \
+	>>"$units/metalherd-lab-ignition-files.service"
+cat >"$units/metalherd-lab-ignition.target" <<'EOF'
 [Unit]
-Description=Ignition disks stage, as Flatcar's initramfs runs it
+Description=Ignition complete (metalherd lab)
+Requires=metalherd-lab-ignition-fetch.service metalherd-lab-ignition-disks.service
+Requires=metalherd-lab-ignition-mount.service metalherd-lab-ignition-files.service
+Before=initrd.target
+EOF
+ln -s ../metalherd-lab-ignition.target "$units/initrd.target.requires/"
+cat >"$units/metalherd-lab-ignition-failed@.service" <<'EOF'
+[Unit]
+Description=Ignition's %i stage failed: say so and power off
 DefaultDependencies=no
-ConditionPathExists=/run/metalherd-lab/ignition.json
-Wants=systemd-udev-trigger.service
-After=systemd-udevd.service systemd-udev-trigger.service
-Before=local-fs-pre.target
-Wants=local-fs-pre.target
 
 [Service]
 Type=oneshot
-RemainAfterExit=yes
-Environment=PATH=/usr/sbin:/usr/bin:/sbin:/bin
-ExecStart=/bin/sh -c 'exec /usr/lib/dracut/modules.d/30ignition/ignition -platform metal -root / -stage disks -config-cache /run/metalherd-lab/ignition.json -state-file /run/metalherd-lab/ignition.state -neednet /run/metalherd-lab/ignition.neednet -log-to-stdout >>/run/metalherd-lab/ignition.log 2>&1'
-ExecStartPost=/bin/sh -c 'rm -f /run/metalherd-lab/ignition.json; echo "metalherd-lab: ignition disks stage done" >/dev/console'
-ExecStopPost=/bin/sh -c '[ "$$SERVICE_RESULT" = success ] || { rm -f /run/metalherd-lab/ignition.json; echo "metalherd-lab: ignition disks stage FAILED ($$SERVICE_RESULT; its log: /run/metalherd-lab/ignition.log)" >/dev/console; }'
-
-[Install]
-WantedBy=local-fs-pre.target
+ExecStart=/usr/lib/metalherd-lab/ignition-failed %i
 EOF
+# After the umount stage (a stop ordered before this start), before the
+# switch: Ignition's cache (the host key) goes, and the NIC goes down
+# unconfigured, for the root's udev to rename it.
+cat >"$units/metalherd-lab-handover.service" <<'EOF'
+[Unit]
+Description=Hand the VM over to its root (metalherd lab)
+DefaultDependencies=no
+After=metalherd-lab-ignition-mount.service
+Before=initrd-switch-root.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/lib/metalherd-lab/handover
+EOF
+ln -s ../metalherd-lab-handover.service "$units/initrd-switch-root.target.wants/"
+
+cat >"$lab/ignition" <<'EOF'
+#!/bin/sh
+# metalherd lab: Ignition's STAGE ($1) on the root at /sysroot.
+exec /usr/lib/dracut/modules.d/30ignition/ignition -platform metal -root /sysroot \
+	-stage "$1" -config-cache /run/metalherd-lab/ignition.json \
+	-state-file /run/metalherd-lab/ignition.state \
+	-neednet /run/metalherd-lab/ignition.neednet -log-to-stdout
+EOF
+cat >"$lab/ignition-failed" <<'EOF'
+#!/bin/sh
+# metalherd lab: Ignition's stage $1 failed. Says why on the console, in
+# words that hold no URL (its token), config text or key, and powers off
+# (the lab runs QEMU with -no-shutdown: the VM stays to be looked at).
+log=/run/metalherd-lab/ignition.log
+stage=$1
+case "$stage" in
+fetch)
+	# "HTTP Forbidden", "connect: connection refused", ...
+	result=$(grep -o 'GET result: [A-Za-z ]*' "$log" | tail -n 1)
+	error=$(grep 'GET error: ' "$log" | tail -n 1 | sed -n 's/.*: \([a-z][a-z ]*\)$/\1/p')
+	if [ -n "$result" ] && [ "$result" != "GET result: OK" ]; then
+		why="HTTP ${result#GET result: }"
+	elif [ -n "$error" ]; then
+		why="no config within 300 s, last error: $error"
+	fi
+	;;
+*)
+	# The last line naming a hash (an extension whose bytes differ from
+	# its pin), never one holding config data, a key or the token.
+	why=$(grep -i 'hash' "$log" | grep -v -e 'data:' -e 'PRIVATE' -e 'token=' | tail -n 1 | cut -c1-400)
+	stage="$stage stage"
+	;;
+esac
+rm -f /run/metalherd-lab/ignition.json
+echo "metalherd-lab: ignition FAILED ($stage: ${why:-see the log}; log in $log)" >/dev/console
+echo "metalherd-lab: powering off" >/dev/console
+sync
+exec systemctl --force --force poweroff
+EOF
+cat >"$lab/handover" <<'EOF'
+#!/bin/sh
+# metalherd lab: the initrd's last step before systemd switches root.
+rm -f /run/metalherd-lab/ignition.json
+for nic in $(ls /sys/class/net); do
+	[ "$nic" = lo ] && continue
+	ip addr flush dev "$nic"
+	ip link set "$nic" down
+done
+echo "metalherd-lab: switching to the root" >/dev/console
+EOF
+chmod 755 "$lab/ignition" "$lab/ignition-failed" "$lab/handover"
 
 # First boot: systemd applies the presets (Ignition's enables its units)
 # only when the machine ID is "uninitialized".
@@ -147,14 +274,13 @@ enable systemd-networkd.socket
 enable systemd-networkd-wait-online.service
 enable ssh.service
 enable getty@.service
-enable metalherd-lab-ignition-disks.service
 EOF
 echo 'disable *' >"$root/etc/systemd/system-preset/99-metalherd-lab-default.preset"
 # Presets on first boot only enable; what packages enabled at install
 # stays enabled: the timers are not wanted on a lab VM.
 chroot "$root" systemctl disable apt-daily.timer apt-daily-upgrade.timer \
 	dpkg-db-backup.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer
-chroot "$root" systemctl enable systemd-networkd.service ssh.service metalherd-lab-ignition-disks.service
+chroot "$root" systemctl enable systemd-networkd.service ssh.service
 chroot "$root" systemctl mask systemd-firstboot.service
 
 # Ignition creates the core user; it may use sudo without a password.
