@@ -70,6 +70,8 @@ const PACKAGES: &[&str] = &[
     "mdadm",
     "cryptsetup-bin",
     "dmsetup",
+    // mkfs.xfs (Fedora CoreOS's root is xfs; Ignition formats with it).
+    "xfsprogs",
 ];
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// The image's files, as the boot server serves them.

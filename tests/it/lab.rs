@@ -1141,8 +1141,9 @@ fn exec_site(lab: &Lab, site: &str, command: &[&str]) -> Vec<(String, String)> {
 
 /// [`one_machine_fleet`] whose control plane has three more disks and a
 /// role file that uses them: a RAID1 mirror of two, two GPT partitions on
-/// the third, each with an ext4 filesystem and the mount unit Butane's
-/// `with_mount_unit` makes, a file Ignition writes onto the first
+/// the third, ext4 on the mirror and the first partition, xfs on the
+/// second, each with the mount unit Butane's `with_mount_unit` makes (one
+/// with mount options), a file Ignition writes onto the first
 /// partition's filesystem; and etcd's disk encrypted (LUKS2, key file),
 /// its filesystem on the opened volume.
 fn disks_fleet() -> tempfile::TempDir {
@@ -1198,6 +1199,12 @@ fn disks_fleet_at(sites: &[&str]) -> tempfile::TempDir {
       label: small
       path: /srv/small
       with_mount_unit: true
+    - device: /dev/disk/by-partlabel/lab-rest
+      format: xfs
+      label: rest
+      path: /srv/rest
+      mount_options: [noatime]
+      with_mount_unit: true
 ";
     assert!(
         body.contains("\nstorage:\n") && body.contains("\n  filesystems:\n"),
@@ -1233,7 +1240,8 @@ fn disks_fleet_at(sites: &[&str]) -> tempfile::TempDir {
 /// and udev in a VM's initrd with the kernel's md and dm-crypt (this
 /// host's kernel has neither, and without systemd Ignition cannot wait for
 /// devices): partitions with their sizes and labels, a RAID1 mirror, ext4
-/// on each, mounted by the units `with_mount_unit` wrote, a file written
+/// and xfs with their labels, mounted by the units `with_mount_unit` wrote
+/// (with their options), a file written
 /// onto one; etcd's data on its own disk, encrypted with LUKS2; and a
 /// second disks stage over the same config changes nothing.
 fn partitions_and_raid_made_by_the_real_ignition_on_a_vms_disks() {
@@ -1328,6 +1336,13 @@ fn partitions_and_raid_made_by_the_real_ignition_on_a_vms_disks() {
         "{table}"
     );
     assert_eq!((rows[1][0], rows[1][6]), ("2", "lab-rest"), "{table}");
+    assert_eq!(
+        mounted("/srv/rest"),
+        ["/dev/vdd2", "xfs", "rest"],
+        "{table}"
+    );
+    let options = one(&["findmnt", "-rn", "-o", "OPTIONS", "/srv/rest"]);
+    assert!(options.split(',').any(|o| o == "noatime"), "{options}");
     assert_eq!(
         mounted("/srv/small"),
         ["/dev/vdd1", "ext4", "small"],

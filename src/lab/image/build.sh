@@ -46,7 +46,7 @@ drop_modules="sound net/bluetooth net/mac80211 net/wireless
 keep_modules="drivers/net/ethernet/intel/e1000/ drivers/net/ethernet/intel/e1000e/
 	drivers/scsi/scsi_mod.ko drivers/scsi/scsi_common.ko drivers/scsi/sd_mod.ko
 	drivers/scsi/virtio_scsi.ko fs/overlayfs/ fs/squashfs/ fs/ext4/ fs/jbd2/
-	fs/mbcache.ko fs/fat/ fs/isofs/ fs/fuse/ fs/nls/ fs/autofs/ fs/binfmt_misc.ko
+	fs/xfs/ fs/mbcache.ko fs/fat/ fs/isofs/ fs/fuse/ fs/nls/ fs/autofs/ fs/binfmt_misc.ko
 	fs/efivarfs/ fs/pstore/ fs/quota/ fs/fscache/ fs/netfs/ fs/9p/ fs/erofs/"
 set --
 for d in $drop_modules; do
@@ -226,6 +226,8 @@ cat >"$lab/ignition-failed" <<'EOF'
 # (the lab runs QEMU with -no-shutdown: the VM stays to be looked at).
 log=/run/metalherd-lab/ignition.log
 stage=$1
+# A stage that did not run because an earlier one failed is not failed.
+systemctl -q is-failed "metalherd-lab-ignition-$stage.service" || exit 0
 case "$stage" in
 fetch)
 	# "HTTP Forbidden", "connect: connection refused", ...
@@ -238,9 +240,10 @@ fetch)
 	fi
 	;;
 *)
-	# The last line naming a hash (an extension whose bytes differ from
-	# its pin), never one holding config data, a key or the token.
-	why=$(grep -i 'hash' "$log" | grep -v -e 'data:' -e 'PRIVATE' -e 'token=' | tail -n 1 | cut -c1-400)
+	# Ignition's own last word ("Ignition failed: ... hash mismatch"), never
+	# a line holding config data, a key or the token.
+	why=$(grep 'Ignition failed' "$log" | grep -v -e 'data:' -e 'PRIVATE' -e 'token=' |
+		tail -n 1 | sed 's/.*Ignition failed: //' | cut -c1-400)
 	stage="$stage stage"
 	;;
 esac

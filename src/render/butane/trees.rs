@@ -77,70 +77,71 @@ impl Conv<'_> {
                 }
             };
             for entry in entries {
-                match entry {
-                    TreeEntry::File {
-                        path,
-                        text,
-                        executable,
-                    } => {
-                        let dest = join(base, &path);
-                        let mode = if executable { 0o755 } else { 0o644 };
-                        let files = out.files.get_or_insert_with(Vec::new);
-                        if let Some(file) = files.iter_mut().find(|f| f.path == dest) {
-                            let resource = file.contents.get_or_insert_with(Default::default);
-                            if resource.source.is_some() {
-                                self.err(
-                                    local,
-                                    format!("{field}.local"),
-                                    format!("{dest}: {NODE_EXISTS}"),
-                                );
-                                continue;
-                            }
-                            resource.source = Some(data_url(text.as_bytes()));
-                            file.mode.get_or_insert(mode);
-                        } else if !self.paths.insert(dest.clone()) {
-                            self.err(
-                                local,
-                                format!("{field}.local"),
-                                format!("{dest}: {NODE_EXISTS}"),
-                            );
-                        } else {
-                            let mut file = ign::File::new(dest);
-                            file.contents = Some(ign::Resource {
-                                source: Some(data_url(text.as_bytes())),
-                                ..Default::default()
-                            });
-                            file.mode = Some(mode);
-                            files.push(file);
-                        }
-                    }
-                    TreeEntry::Link { path, target } => {
-                        let dest = join(base, &path);
-                        let links = out.links.get_or_insert_with(Vec::new);
-                        if let Some(link) = links.iter_mut().find(|l| l.path == dest) {
-                            if link.target.as_ref().is_some_and(|t| !t.is_empty()) {
-                                self.err(
-                                    local,
-                                    format!("{field}.local"),
-                                    format!("{dest}: {NODE_EXISTS}"),
-                                );
-                                continue;
-                            }
-                            link.target = Some(target);
-                        } else if !self.paths.insert(dest.clone()) {
-                            self.err(
-                                local,
-                                format!("{field}.local"),
-                                format!("{dest}: {NODE_EXISTS}"),
-                            );
-                        } else {
-                            let mut link = ign::Link::new(dest);
-                            link.target = Some(target);
-                            links.push(link);
-                        }
-                    }
+                if let Err(dest) = self.tree_entry(base, entry, out) {
+                    self.err(
+                        local,
+                        format!("{field}.local"),
+                        format!("{dest}: {NODE_EXISTS}"),
+                    );
                 }
             }
         }
+    }
+
+    /// Puts one entry of a tree rooted at `base` into `out`; `Err(path)`
+    /// when its path is already taken.
+    fn tree_entry(
+        &mut self,
+        base: &str,
+        entry: TreeEntry,
+        out: &mut ign::Storage,
+    ) -> Result<(), String> {
+        match entry {
+            TreeEntry::File {
+                path,
+                text,
+                executable,
+            } => {
+                let dest = join(base, &path);
+                let mode = if executable { 0o755 } else { 0o644 };
+                let source = Some(data_url(text.as_bytes()));
+                let files = out.files.get_or_insert_with(Vec::new);
+                if let Some(file) = files.iter_mut().find(|f| f.path == dest) {
+                    let resource = file.contents.get_or_insert_with(Default::default);
+                    if resource.source.is_some() {
+                        return Err(dest);
+                    }
+                    resource.source = source;
+                    file.mode.get_or_insert(mode);
+                } else if !self.paths.insert(dest.clone()) {
+                    return Err(dest);
+                } else {
+                    let mut file = ign::File::new(dest);
+                    file.contents = Some(ign::Resource {
+                        source,
+                        ..Default::default()
+                    });
+                    file.mode = Some(mode);
+                    files.push(file);
+                }
+            }
+            TreeEntry::Link { path, target } => {
+                let dest = join(base, &path);
+                let links = out.links.get_or_insert_with(Vec::new);
+                if let Some(link) = links.iter_mut().find(|l| l.path == dest) {
+                    if link.target.as_ref().is_some_and(|t| !t.is_empty()) {
+                        return Err(dest);
+                    }
+                    link.target = Some(target);
+                } else if !self.paths.insert(dest.clone()) {
+                    return Err(dest);
+                } else {
+                    let mut link = ign::Link::new(dest);
+                    link.target = Some(target);
+                    links.push(link);
+                }
+            }
+        }
+        Ok(())
     }
 }
