@@ -86,9 +86,14 @@ fn provision_fails_a_machine_whose_config_was_taken_first_naming_the_taker() {
     let cp = machine_status(&ctl, "fra-cp-01");
     assert_eq!(cp["possible_theft"], false, "{cp}");
     assert_ne!(cp["stage"], "ignition-refused", "{cp}");
+    // The counter counts refused requests: the stand-in retries a refused
+    // Ignition request as Ignition does, and may boot again within the
+    // window, so a loaded host can see more than one (CI saw 2).
     let metrics = curl(&ctl, &[&format!("{base}/metrics")]).unwrap();
-    assert!(
-        metrics.contains("metalherd_ignition_possible_thefts_total 1"),
-        "{metrics}"
-    );
+    let thefts: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("metalherd_ignition_possible_thefts_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no theft counter: {metrics}"));
+    assert!(thefts >= 1.0, "{metrics}");
 }
