@@ -3,8 +3,6 @@
 //!
 //! 0. `connect`: every node of the site answers with its pinned host key
 //!    (before anything is uploaded anywhere);
-//! 0. `connect`: every node of the site answers with its pinned host key
-//!    (before anything is uploaded anywhere);
 //! 1. `upload`: every node of the site gets its part of the generation's
 //!    PKI (private keys never travel in Ignition), the control planes also
 //!    their etcd configuration and static-pod manifests, the workers their
@@ -19,9 +17,14 @@
 //!    over TLS; where it does not, say so plainly;
 //! 5. `workers`: start their kubelets where the binary exists.
 //!
-//! Each phase fans out with [`crate::job`]; a phase with a failed machine
-//! stops the bootstrap, and the error names the phase and the machines.
+//! Each phase fans out with [`crate::job`]. A failed control plane stops
+//! the bootstrap, and the error names the phase and the machine; a failed
+//! worker is set aside ([`SetAside`]: its phase and cause) and the others
+//! go on, so one dead worker of hundreds does not hold up its site. A
+//! journaled phase that left machines behind is recorded `partial` and
+//! runs again, for those machines, in the next run.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -47,6 +50,21 @@ pub struct Options {
     pub parallel: usize,
     /// How long to wait for etcd quorum and for `/readyz`.
     pub ready_timeout: Duration,
+    /// Machines not acted on: done in an earlier run of the operation,
+    /// or set aside earlier in this one.
+    pub skip: BTreeSet<String>,
+    /// Whether machines of this generation were set aside earlier in this
+    /// run: the per-machine phases then leave them (journaled `partial`).
+    pub leaves_some: bool,
+}
+
+/// A machine that failed while the rest of its site went on: the step it
+/// failed at and why. The next run of the operation finishes it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SetAside {
+    pub machine: String,
+    pub step: String,
+    pub error: String,
 }
 
 /// One phase's result, for the summary and `--output json`.
@@ -68,6 +86,8 @@ pub struct Report {
     pub ok: bool,
     pub phases: Vec<Phase>,
     pub error: Option<String>,
+    /// Workers set aside (each once, at the phase it failed in).
+    pub set_aside: Vec<SetAside>,
 }
 
 /// Why a phase failed: the phase and its summary.
@@ -126,6 +146,7 @@ pub async fn bootstrap_site(
         ok: false,
         phases: Vec::new(),
         error: None,
+        set_aside: Vec::new(),
     };
     if let Err(e) = run_phases(&ctx, &mut report, journal).await {
         report.error = Some(format!("{e:#}"));
@@ -167,6 +188,42 @@ where
     }
 }
 
+/// After per-machine step `name` ran: when it left machines of the
+/// generation behind (set aside in this run), it is journaled `partial`,
+/// so the next run runs it again for them.
+async fn left_behind(
+    journal: &mut Option<&mut Journal<'_>>,
+    ctx: &Ctx<'_>,
+    report: &Report,
+    name: &str,
+) -> anyhow::Result<()> {
+    let left = report.set_aside.len();
+    if let (Some(j), true) = (journal, ctx.opts.leaves_some || left > 0) {
+        let why = if left > 0 {
+            format!("{left} machine(s) set aside in the bootstrap")
+        } else {
+            "machines were set aside before it".to_string()
+        };
+        j.mark_partial(name, &why).await?;
+    }
+    Ok(())
+}
+
+/// `machines` without those skipped or set aside so far.
+fn acted_on<'a>(ctx: &Ctx<'_>, report: &Report, machines: &[&'a Machine]) -> Vec<&'a Machine> {
+    machines
+        .iter()
+        .copied()
+        .filter(|m| {
+            !ctx.opts.skip.contains(m.name.as_str())
+                && !report
+                    .set_aside
+                    .iter()
+                    .any(|a| a.machine == m.name.as_str())
+        })
+        .collect()
+}
+
 fn skipped(report: &mut Report, name: &str) {
     report.phases.push(Phase {
         name: name.to_string(),
@@ -199,15 +256,17 @@ async fn run_phases(
     // Every node's pinned host key is checked before anything is
     // uploaded anywhere: a mismatch on one node leaves all of them as
     // they were. (Never skipped: it is cheap and proves who we talk to.)
-    fan_out(ctx, report, "connect", &nodes, |_, s, _| async move {
+    let list = acted_on(ctx, report, &nodes);
+    fan_out(ctx, report, "connect", &list, |_, s, _| async move {
         s.close().await;
         Ok(())
     })
     .await?;
-    let work = fan_out(ctx, report, "upload", &nodes, |m, s, t| {
-        upload(ctx, m, s, t)
-    });
-    if !step(j, "upload", async { work.await.map(|_| ()) }).await? {
+    let list = acted_on(ctx, report, &nodes);
+    let work = fan_out(ctx, report, "upload", &list, |m, s, t| upload(ctx, m, s, t));
+    if step(j, "upload", async { work.await.map(|_| ()) }).await? {
+        left_behind(j, ctx, report, "upload").await?;
+    } else {
         skipped(report, "upload");
     }
     let work = fan_out(ctx, report, "start etcd", &cps, |_, s, t| async move {
@@ -229,9 +288,12 @@ async fn run_phases(
     if !step(j, "control plane", work).await? {
         skipped(report, "control plane");
     }
+    let workers = acted_on(ctx, report, &workers);
     if !workers.is_empty() {
         let work = start_workers(ctx, report, &workers);
-        if !step(j, "workers", work).await? {
+        if step(j, "workers", work).await? {
+            left_behind(j, ctx, report, "workers").await?;
+        } else {
             skipped(report, "workers");
         }
     }
@@ -310,12 +372,57 @@ where
         }
     })
     .await;
-    let (ok, summary) = job::summary(name, &outcomes);
+    // A failed worker is set aside and the phase goes on without it; a
+    // failed control plane fails the phase, and so does a host key
+    // mismatch anywhere (something else answers for a machine).
+    let mismatch = outcomes.iter().any(|o| {
+        o.error
+            .as_deref()
+            .is_some_and(|e| e.contains("host key mismatch"))
+    });
+    let set_aside = |o: &Outcome<T>| !o.ok && !mismatch && is_worker(machines, &o.machine);
+    let fatal: Vec<&Outcome<T>> = outcomes.iter().filter(|o| !o.ok && !set_aside(o)).collect();
+    let mut notes = Vec::new();
+    let aside: Vec<SetAside> = outcomes
+        .iter()
+        .filter(|o| set_aside(o))
+        .map(|o| SetAside {
+            machine: o.machine.clone(),
+            step: name.to_string(),
+            error: o.error.clone().unwrap_or_default(),
+        })
+        .collect();
+    if !aside.is_empty() {
+        notes.push(format!(
+            "{} of {} set aside (workers; listed at the end)",
+            aside.len(),
+            outcomes.len()
+        ));
+    }
+    report.set_aside.extend(aside);
+    let ok = fatal.is_empty();
+    let summary = if ok {
+        String::new()
+    } else {
+        let failed: Vec<Outcome<T>> = fatal
+            .iter()
+            .map(|o| Outcome {
+                machine: o.machine.clone(),
+                site: o.site.clone(),
+                ok: false,
+                result: None,
+                error: o.error.clone(),
+                last_lines: o.last_lines.clone(),
+                duration_ms: o.duration_ms,
+            })
+            .collect();
+        job::summary(name, &failed).1
+    };
     report.phases.push(Phase {
         name: name.to_string(),
         ok,
         duration_ms: start.elapsed().as_millis(),
-        notes: Vec::new(),
+        notes,
         machines: outcomes
             .iter()
             .map(|o| Outcome {
@@ -333,6 +440,12 @@ where
         return Err(PhaseFailed(summary).into());
     }
     Ok(outcomes)
+}
+
+fn is_worker(machines: &[&Machine], name: &str) -> bool {
+    machines
+        .iter()
+        .any(|m| m.name.as_str() == name && m.role == Role::Worker)
 }
 
 async fn connect(ctx: &Ctx<'_>, machine: &Machine, task: &Task) -> anyhow::Result<Session> {

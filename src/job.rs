@@ -6,6 +6,10 @@
 //! Progress: on a terminal (and without `--verbose`) one indicatif line
 //! per machine shows its current phase; otherwise each phase change is a
 //! plain log line (`fra-cp-01: start etcd`) for journald and nightly jobs.
+//! A fan-out over more than [`PLAIN_LINES`] machines logs, instead, one
+//! line every [`TALLY_EVERY`] counting the machines in each phase
+//! (`270 machines: 212 done; 40 SSH ready; 18 waiting for DHCP and iPXE`),
+//! and each failure as it happens; the per-machine lines go to `-v`.
 //!
 //! To fan out new work: build [`Target`]s, call [`run`] with an async
 //! closure that receives the target and a [`Task`] for progress.
@@ -21,6 +25,11 @@ use tokio::sync::Semaphore;
 
 /// How many of a machine's log lines a failure summary shows.
 const TAIL: usize = 8;
+/// Above this many machines, plain progress is a tally, not a line per
+/// machine and phase.
+pub const PLAIN_LINES: usize = 24;
+/// How often the tally is logged.
+pub const TALLY_EVERY: Duration = Duration::from_secs(10);
 
 /// One machine to work on.
 #[derive(Clone, Debug)]
@@ -49,7 +58,7 @@ impl Reporter {
         Reporter { bars: None }
     }
 
-    fn task(&self, machine: &str) -> Task {
+    fn task(&self, machine: &str, tallied: bool) -> Task {
         let bar = self.bars.as_ref().map(|m| {
             let bar = m.add(ProgressBar::new_spinner());
             bar.set_style(
@@ -64,6 +73,8 @@ impl Reporter {
             machine: machine.to_string(),
             bar,
             tail: Arc::new(Mutex::new(VecDeque::new())),
+            tallied,
+            current: Arc::new(Mutex::new(String::from("waiting to start"))),
         }
     }
 }
@@ -74,16 +85,29 @@ pub struct Task {
     machine: String,
     bar: Option<ProgressBar>,
     tail: Arc<Mutex<VecDeque<String>>>,
+    /// Counted in its fan-out's tally rather than logged line by line.
+    tallied: bool,
+    current: Arc<Mutex<String>>,
 }
 
 impl Task {
     /// The machine entered `phase`.
     pub fn phase(&self, phase: &str) {
         self.remember(phase.to_string());
+        if let Ok(mut current) = self.current.lock() {
+            phase.clone_into(&mut current);
+        }
         match &self.bar {
             Some(bar) => bar.set_message(phase.to_string()),
+            None if self.tallied => tracing::debug!("{}: {phase}", self.machine),
             None => tracing::info!("{}: {phase}", self.machine),
         }
+    }
+
+    /// The phase the machine is in, for the tally (`done` and `FAILED`
+    /// once it finished).
+    fn current(&self) -> String {
+        self.current.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
     /// Output worth keeping for the failure summary (not shown live).
@@ -103,8 +127,12 @@ impl Task {
     }
 
     fn finish(&self, ok: bool) {
+        let word = if ok { "done" } else { "FAILED" };
+        if let Ok(mut current) = self.current.lock() {
+            word.clone_into(&mut current);
+        }
         if let Some(bar) = &self.bar {
-            bar.finish_with_message(if ok { "done" } else { "FAILED" });
+            bar.finish_with_message(word);
         }
     }
 
@@ -143,12 +171,15 @@ where
 {
     let mut limits: HashMap<&str, Arc<Semaphore>> = HashMap::new();
     let mut futures = Vec::new();
+    let tallied = reporter.bars.is_none() && targets.len() > PLAIN_LINES;
+    let mut tasks = Vec::new();
     for target in targets {
         let limit = limits
             .entry(target.site.as_str())
             .or_insert_with(|| Arc::new(Semaphore::new(per_site.max(1))))
             .clone();
-        let task = reporter.task(&target.machine);
+        let task = reporter.task(&target.machine, tallied);
+        tasks.push(task.clone());
         let fut = work(target.clone(), task.clone());
         futures.push(async move {
             let _permit = limit.acquire_owned().await;
@@ -160,6 +191,9 @@ where
                 Err(e) => {
                     let msg = format!("{e:#}");
                     task.remember(format!("error: {msg}"));
+                    if task.tallied {
+                        tracing::warn!("{}: failed: {msg}", task.machine);
+                    }
                     (None, Some(msg))
                 }
             };
@@ -174,7 +208,30 @@ where
             }
         });
     }
-    futures_util::future::join_all(futures).await
+    let all = futures_util::future::join_all(futures);
+    if !tallied {
+        return all.await;
+    }
+    tokio::pin!(all);
+    loop {
+        tokio::select! {
+            outcomes = &mut all => return outcomes,
+            () = tokio::time::sleep(TALLY_EVERY) => tracing::info!("{}", tally(&tasks)),
+        }
+    }
+}
+
+/// `270 machines: 212 done; 40 SSH ready; 18 waiting for DHCP and iPXE`:
+/// how many machines are in each phase, most first.
+fn tally(tasks: &[Task]) -> String {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for t in tasks {
+        *counts.entry(t.current()).or_default() += 1;
+    }
+    let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let parts: Vec<String> = counts.iter().map(|(p, n)| format!("{n} {p}")).collect();
+    format!("{} machines: {}", tasks.len(), parts.join("; "))
 }
 
 /// `6 of 6 done`, or `2 of 6 failed: a, b` followed by each failed
@@ -216,6 +273,21 @@ mod tests {
                 site: site.into(),
             })
             .collect()
+    }
+
+    #[test]
+    fn the_tally_counts_machines_per_phase_most_first() {
+        let reporter = Reporter::plain();
+        let tasks: Vec<Task> = (0..5)
+            .map(|i| reporter.task(&format!("m{i}"), true))
+            .collect();
+        tasks[0].phase("SSH ready");
+        tasks[1].phase("SSH ready");
+        tasks[2].finish(true);
+        assert_eq!(
+            tally(&tasks),
+            "5 machines: 2 SSH ready; 2 waiting to start; 1 done"
+        );
     }
 
     #[tokio::test]

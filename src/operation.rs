@@ -45,14 +45,18 @@ pub struct Env {
     pub store: Arc<dyn StateStore>,
     pub sealer: Sealer,
     pub infra: Arc<dyn Infra>,
+    /// What went through `store` (opened with [`Env::open`]).
+    pub io: Arc<crate::state::counted::Counts>,
 }
 
 impl Env {
     /// `fleet`'s state, acting on the real world.
     pub fn open(fleet: &Fleet) -> anyhow::Result<Env> {
         let (store, sealer) = state::open(fleet)?;
+        let counted = crate::state::counted::Counted::new(store);
         Ok(Env {
-            store,
+            io: counted.counts(),
+            store: Arc::new(counted),
             sealer,
             infra: Arc::new(crate::infra::Real),
         })

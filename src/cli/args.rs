@@ -44,9 +44,14 @@ pub struct Tuning {
     /// Seconds to wait for etcd quorum and for the API server's /readyz.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     ready_timeout: u64,
-    /// Machines worked on at once in the site.
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    /// SSH sessions at once in the site (boot checks, bootstrap). Waiting
+    /// for machines to boot is not bounded: every machine waits at once.
+    #[arg(long, default_value_t = 32, value_name = "N")]
     parallel: usize,
+    /// BMC operations at once in the site (each BMC itself takes one at a
+    /// time).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    bmc_parallel: usize,
     #[command(flatten)]
     ssh: SshArgs,
 }
@@ -58,6 +63,7 @@ impl Tuning {
             step_timeout: Duration::from_secs(self.step_timeout),
             ready_timeout: Duration::from_secs(self.ready_timeout),
             parallel: self.parallel,
+            bmc_parallel: self.bmc_parallel,
             user: self.ssh.user.clone(),
             connect_timeout: Duration::from_secs(self.ssh.connect_timeout),
         }

@@ -32,8 +32,8 @@ pub struct SiteArgs {
     /// Days the generation's certificates are valid (clusters are replaced, not renewed).
     #[arg(long, default_value_t = 90, value_name = "DAYS")]
     validity_days: i64,
-    /// Machines worked on at once in the site.
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    /// SSH sessions at once in the site.
+    #[arg(long, default_value_t = 32, value_name = "N")]
     parallel: usize,
     /// Seconds each step on a machine may take.
     #[arg(long, default_value_t = 120, value_name = "SECS")]
@@ -55,6 +55,8 @@ pub fn run(cli: &Cli, cmd: &BootstrapCommand) -> anyhow::Result<()> {
         timeouts: args.ssh.timeouts(Duration::from_secs(args.step_timeout)),
         parallel: args.parallel,
         ready_timeout: Duration::from_secs(args.ready_timeout),
+        skip: Default::default(),
+        leaves_some: false,
     };
     let reporter = Reporter::new(super::progress_bars(cli));
     let env = Env::open(&fleet)?;

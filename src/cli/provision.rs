@@ -45,11 +45,12 @@ pub fn run(cli: &Cli, cmd: &ProvisionCommand) -> anyhow::Result<()> {
         number: args.generation,
         validity_days: args.validity_days,
     };
-    let report = runtime()?.block_on(provision::provision(
+    let mut report = runtime()?.block_on(provision::provision(
         env.ctx(&fleet, site, &keys, &holder, &reporter),
         &args.tuning.tuning(),
         generation,
     ))?;
+    report.state_io = Some(env.io.snapshot());
     let status = if report.ok { "ok" } else { "FAILED" };
     let total = format!(
         "{:<16} {status:<7} {:>8.1} s",

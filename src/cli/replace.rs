@@ -36,16 +36,12 @@ pub fn run(cli: &Cli, cmd: &ReplaceCommand) -> anyhow::Result<()> {
     let site = site(&fleet, &args.site)?;
     let how = args.how.how(&fleet)?;
     let reporter = Reporter::new(super::progress_bars(cli));
-    let outcome = runtime()?.block_on(replace::replace(
-        &Env::open(&fleet)?,
-        &fleet,
-        &keys,
-        site,
-        &how,
-        &reporter,
-    ))?;
+    let env = Env::open(&fleet)?;
+    let outcome =
+        runtime()?.block_on(replace::replace(&env, &fleet, &keys, site, &how, &reporter))?;
     let mut report = ran(cli, &format!("replace of {}", site.name), site, outcome)?;
     report.report.took_ms = started.elapsed().as_millis();
+    report.report.state_io = Some(env.io.snapshot());
     print(cli, &report, Phases(&report.report.phases))?;
     let from = report
         .from_generation

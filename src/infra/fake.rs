@@ -203,6 +203,7 @@ impl Infra for Fake {
     async fn booted(
         &self,
         site: &Site,
+        machines: &[&Machine],
         _keys: &Keys,
         _store: &dyn crate::state::StateStore,
         _since: u64,
@@ -212,27 +213,45 @@ impl Infra for Fake {
         let failed = self.record(site, format!("booted {}", site.name)).await;
         let on = self.powered_on();
         let outside = self.world().outside_window.clone();
-        let mut off = Vec::new();
-        for m in crate::provision::machines(site) {
+        let mut outcomes = Vec::new();
+        for m in machines {
             let name = m.name.as_str();
-            if !on.contains(name) {
-                off.push(format!("{name}: no report: it is powered off"));
+            let error = if !on.contains(name) {
+                Some("no report: it is powered off".to_string())
             } else if outside.contains(name) {
-                off.push(format!(
-                    "{name}: no report: it network-booted outside its provisioning window"
-                ));
-            } else if failed.is_none() {
-                // Its report closes its window, as at the boot server.
-                let _ = crate::state::provisioning::close(&self.store, name, "reported").await;
-            }
+                Some("no report: it network-booted outside its provisioning window".to_string())
+            } else {
+                if failed.is_none() {
+                    // Its report closes its window, as at the boot server.
+                    let _ = crate::state::provisioning::close(&self.store, name, "reported").await;
+                }
+                None
+            };
+            outcomes.push(crate::job::Outcome {
+                machine: name.to_string(),
+                site: site.name.to_string(),
+                ok: error.is_none(),
+                result: error.is_none().then_some(()),
+                error,
+                last_lines: Vec::new(),
+                duration_ms: 0,
+            });
         }
-        let notes: Vec<String> = failed.into_iter().chain(off).collect();
+        let notes: Vec<String> = failed
+            .into_iter()
+            .chain(
+                outcomes
+                    .iter()
+                    .filter(|o| !o.ok)
+                    .map(|o| format!("{}: {}", o.machine, o.error.as_deref().unwrap_or(""))),
+            )
+            .collect();
         Phase {
             name: "boot".into(),
             ok: notes.is_empty(),
             duration_ms: 0,
             notes,
-            machines: Vec::new(),
+            machines: outcomes,
         }
     }
 
@@ -251,6 +270,7 @@ impl Infra for Fake {
             ok: false,
             phases: Vec::new(),
             error: None,
+            set_aside: Vec::new(),
         };
         // The real bootstrap's journal steps, in its order; a failure
         // fails `start etcd`.
@@ -267,7 +287,20 @@ impl Infra for Fake {
                 }
             };
             let result = match journal.as_deref_mut() {
-                Some(j) => j.step(name, work).await.map(|_| ()),
+                Some(j) => {
+                    let ran = j.step(name, work).await;
+                    // As the real one: a per-machine step that left
+                    // machines set aside earlier is partial.
+                    if matches!(ran, Ok(Some(())))
+                        && opts.leaves_some
+                        && name != "start etcd"
+                        && name != "control plane"
+                    {
+                        j.mark_partial(name, "machines were set aside before it")
+                            .await?;
+                    }
+                    ran.map(|_| ())
+                }
                 None => work().await,
             };
             report.phases.push(Phase {

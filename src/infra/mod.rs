@@ -40,13 +40,17 @@ pub trait Infra: Send + Sync {
         opts: &power::Options,
     ) -> Vec<power::Outcome>;
 
-    /// Waits until every serving machine of `site` has booted its Ignition
+    /// Waits until each of `machines` of `site` has booted its Ignition
     /// (reported to the boot server after `since`, unix seconds) and
     /// answers SSH with its pinned host key; a machine whose provisioning
     /// window in `store` shows its config asked for twice fails.
+    // Each argument is one thing the wait needs; a struct for them would
+    // be used nowhere else.
+    #[allow(clippy::too_many_arguments)]
     async fn booted(
         &self,
         site: &Site,
+        machines: &[&Machine],
         keys: &Keys,
         store: &dyn StateStore,
         since: u64,
@@ -108,16 +112,18 @@ impl Infra for Real {
         power::run(fleet, &targets, action, opts).await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn booted(
         &self,
         site: &Site,
+        machines: &[&Machine],
         keys: &Keys,
         store: &dyn StateStore,
         since: u64,
         opts: &crate::provision::Options,
         reporter: &Reporter,
     ) -> Phase {
-        crate::provision::wait_booted(site, keys, store, since, opts, reporter).await
+        crate::provision::wait_booted(site, machines, keys, store, since, opts, reporter).await
     }
 
     async fn bootstrap(

@@ -58,6 +58,7 @@ pub async fn steps(
     let provisioned =
         provision::steps(new_ctx, &how.tuning, generation, journal, &mut inner, false).await;
     phases.append(&mut inner.phases);
+    report.report.set_aside.append(&mut inner.set_aside);
     provisioned?;
 
     let note = format!(
@@ -71,7 +72,7 @@ pub async fn steps(
     timed(journal, phases, "switch", || async {
         let why = format!("blue-green switch to generation {to}");
         traffic::drain(store, ctx.infra, fleet, site, why).await?;
-        provision::record(store, &new_site, to).await?;
+        provision::record(store, &new_site, to, &Default::default()).await?;
         traffic::restore(store, ctx.infra, fleet, site).await?;
         anyhow::Ok(format!("traffic moved to generation {to}"))
     })

@@ -411,11 +411,7 @@ impl<'a> Ctx<'a> {
 
     async fn quarantine(&self, generation: Option<u64>) -> anyhow::Result<()> {
         for m in crate::provision::machines(self.site) {
-            let record = MachineRecord {
-                state: MachineState::Quarantined,
-                since: state::now_rfc3339(),
-                generation,
-            };
+            let record = MachineRecord::now(MachineState::Quarantined, generation);
             state::put_json(
                 self.store,
                 &crate::state::Key::machine(&m.name),

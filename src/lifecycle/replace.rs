@@ -168,6 +168,7 @@ pub async fn steps(
     )
     .await;
     phases.append(&mut inner.phases);
+    report.report.set_aside.append(&mut inner.set_aside);
     provisioned?;
 
     let note = format!("{} s with health green", how.bake.as_secs());

@@ -76,7 +76,9 @@ fn world() -> World {
             crate::pki::load_or_create(&store, &sealer, site, 1, 90)
                 .await
                 .unwrap();
-            crate::provision::record(&store, site, 1).await.unwrap();
+            crate::provision::record(&store, site, 1, &Default::default())
+                .await
+                .unwrap();
         }
     });
     let fake = Arc::new(Fake::new(&fleet, store.clone()));
@@ -84,6 +86,7 @@ fn world() -> World {
         store: Arc::new(store.clone()),
         sealer,
         infra: fake.clone(),
+        io: Default::default(),
     };
     let keys = Keys {
         host: HashMap::new(),
@@ -302,7 +305,7 @@ fn a_failed_boot_closes_the_provisioning_windows_it_opened() {
 const IN_PLACE_FAILURES: &[(&str, &str, u64)] = &[
     ("hook traffic.drain fra", "drain", 1),
     ("power off fra-cp-02", "power off", 1),
-    ("power on fra-wk-01", "power on", 1),
+    ("power on fra-cp-01", "power on", 1),
     ("booted fra", "boot", 1),
     ("bootstrap fra", "start etcd", 1),
     ("health fra", "health", 2),
@@ -365,6 +368,7 @@ fn a_failed_replace_resumes_after_its_last_completed_step() {
             store: Arc::new(w2.store.clone()),
             sealer: Sealer::none(),
             infra: w2.fake.clone(),
+            io: Default::default(),
         },
         ..w2
     };
@@ -392,6 +396,93 @@ fn a_failed_replace_resumes_after_its_last_completed_step() {
     assert_eq!(op.runs.len(), 2);
     assert_eq!(op.status, JournalStatus::Succeeded);
     assert_eq!(w2.site("fra").generation, 2);
+}
+
+#[test]
+fn a_failed_worker_is_set_aside_and_the_rerun_finishes_only_it() {
+    let w = world();
+    w.fake.fail("power on fra-wk-01", "BMC refused");
+    let report = w.ran("fra", &how());
+    assert!(!report.report.ok);
+    let aside: Vec<(String, String, String)> = report
+        .report
+        .set_aside
+        .iter()
+        .map(|a| (a.machine.clone(), a.step.clone(), a.error.clone()))
+        .collect();
+    assert_eq!(
+        aside,
+        [(
+            "fra-wk-01".to_string(),
+            "power on".to_string(),
+            "BMC refused".to_string()
+        )]
+    );
+    let error = report.report.error.clone().unwrap_or_default();
+    assert_eq!(error.matches("fra-wk-01").count(), 1, "{error}");
+    // The rest went on: generation 2 recorded, every other machine ready
+    // at it; the one set aside is not, and says why.
+    let serving = w.names("fra", None);
+    assert_eq!(w.site("fra").generation, 2);
+    for m in &serving {
+        let (record, _) = block(records::read_machine(&w.store, m)).unwrap().unwrap();
+        if m == "fra-wk-01" {
+            assert_eq!(record.state, MachineState::Provisioning);
+            assert_eq!(record.failed.as_deref(), Some("power on: BMC refused"));
+        } else {
+            assert!(record.ready_at(2), "{m}: {record:?}");
+        }
+    }
+    // A failure leaves the site drained, as any failed replace does.
+    assert!(w.site("fra").drained.is_some());
+
+    // The rerun, the BMC fixed: only fra-wk-01 is powered and booted.
+    let w2 = World {
+        fake: Arc::new(Fake::new(&w.fleet, w.store.clone())),
+        ..w
+    };
+    let w2 = World {
+        env: Env {
+            store: Arc::new(w2.store.clone()),
+            sealer: Sealer::none(),
+            infra: w2.fake.clone(),
+            io: Default::default(),
+        },
+        ..w2
+    };
+    let report = w2.ran("fra", &how());
+    assert!(report.report.ok, "{:?}", report.report.error);
+    assert_eq!(
+        w2.fake.done(),
+        [
+            "power on fra-wk-01",
+            "booted fra",
+            "boot from disk fra-wk-01",
+            "bootstrap fra",
+            "hook traffic.restore fra"
+        ]
+    );
+    for m in &serving {
+        let (record, _) = block(records::read_machine(&w2.store, m)).unwrap().unwrap();
+        assert!(
+            record.ready_at(2) && record.failed.is_none(),
+            "{m}: {record:?}"
+        );
+    }
+    // The control plane's steps completed in the first run; the
+    // per-machine ones ran again for fra-wk-01.
+    let op = w2.journal("replace", "fra").unwrap();
+    let second: Vec<&str> = op
+        .steps
+        .iter()
+        .filter(|s| s.run == 1)
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(
+        second,
+        ["power on", "boot", "upload", "workers", "record", "health", "bake", "restore"]
+    );
+    assert_eq!(op.status, JournalStatus::Succeeded);
 }
 
 #[test]

@@ -14,6 +14,8 @@ pub mod windows;
 
 pub use steps::{bootstrap, pki_step, provision, record, steps, Generation, Report, Tuning};
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -53,13 +55,14 @@ pub fn machines(site: &Site) -> Vec<&Machine> {
         .collect()
 }
 
-/// Sets every machine to boot from the network once and powers it on (or
+/// Sets each of `list` to boot from the network once and powers it on (or
 /// cycles it). Returns the phase (failed when any machine failed, with the
 /// summary) and the time it started (unix seconds).
 pub async fn power_on(
     infra: &dyn Infra,
     fleet: &Fleet,
     site: &Site,
+    list: &[&Machine],
     opts: &Options,
 ) -> (Phase, u64) {
     let since = unix_now();
@@ -67,7 +70,7 @@ pub async fn power_on(
         infra,
         fleet,
         site,
-        &machines(site),
+        list,
         Action::PxeOnce,
         ("power on", "power on (network boot once)"),
         opts,
@@ -76,7 +79,7 @@ pub async fn power_on(
     (phase, since)
 }
 
-/// Sets the machines of `site` that installed to a disk to boot from it
+/// Sets the machines of `list` that installed to a disk to boot from it
 /// from now on, through their BMCs (which read the setting back), so later
 /// reboots never network-boot into a second install; `replace` and a
 /// drill's rebuild set a network boot again for their one boot. Machines
@@ -85,12 +88,10 @@ pub async fn boot_from_disk(
     infra: &dyn Infra,
     fleet: &Fleet,
     site: &Site,
+    list: &[&Machine],
     opts: &Options,
 ) -> Phase {
-    let installed: Vec<&Machine> = machines(site)
-        .into_iter()
-        .filter(|m| fleet.installs(m))
-        .collect();
+    let installed: Vec<&Machine> = list.iter().copied().filter(|m| fleet.installs(m)).collect();
     power_phase(
         infra,
         fleet,
@@ -143,7 +144,7 @@ async fn power_phase(
 }
 
 /// For a boot step resumed after its power on (the run that powered the
-/// machines ended): every serving machine whose latest provisioning window
+/// machines ended): every machine of `list` whose latest provisioning window
 /// closed without its report, or expired, or never opened, gets a new
 /// window and is powered on for a network boot again; machines still in
 /// their window are left to finish booting. Returns the time from which
@@ -153,6 +154,7 @@ pub async fn reboot_unreported(
     infra: &dyn Infra,
     fleet: &Fleet,
     site: &Site,
+    list: &[&Machine],
     store: &dyn StateStore,
     holder: &crate::state::Holder,
     opts: &Options,
@@ -160,7 +162,7 @@ pub async fn reboot_unreported(
     let now = unix_now();
     let mut since = now;
     let mut again = Vec::new();
-    for m in machines(site) {
+    for m in list.iter().copied() {
         match provisioning::read(store, &m.name).await? {
             Some((w, _)) if w.is_open(now) || w.closed.as_deref() == Some("reported") => {
                 since = since.min(w.opened_unix);
@@ -228,11 +230,17 @@ async fn ask(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<Seen>> {
         .machines)
 }
 
-/// Waits until every machine has booted and reported (after `since`, unix
-/// seconds; 0 accepts earlier reports, for a resumed run) and answers SSH
-/// with its pinned host key.
+/// Waits until every machine of `list` has booted and reported (after
+/// `since`, unix seconds; 0 accepts earlier reports, for a resumed run)
+/// and answers SSH with its pinned host key.
+///
+/// Every machine waits at once: one poller asks the boot server about all
+/// of them each `opts.poll` (hundreds of machines cost one request per
+/// poll, not one each), and only the SSH checks are bounded, by
+/// `opts.parallel`.
 pub async fn wait_booted(
     site: &Site,
+    list: &[&Machine],
     keys: &Keys,
     store: &dyn StateStore,
     since: u64,
@@ -240,7 +248,6 @@ pub async fn wait_booted(
     reporter: &Reporter,
 ) -> Phase {
     let started = Instant::now();
-    let list: Vec<&Machine> = machines(site);
     let targets: Vec<job::Target> = list
         .iter()
         .map(|m| job::Target {
@@ -256,20 +263,44 @@ pub async fn wait_booted(
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap_or_default();
-    let outcomes = job::run(&targets, opts.parallel, reporter, |target, task| {
+    let (tx, rx) = tokio::sync::watch::channel::<Option<Witness>>(None);
+    let poller = async {
+        loop {
+            let seen = ask(&client, &url)
+                .await
+                .map(|all| {
+                    Arc::new(
+                        all.into_iter()
+                            .map(|s| (s.machine.clone(), s))
+                            .collect::<HashMap<_, _>>(),
+                    )
+                })
+                .map_err(|e| format!("{e:#}"));
+            if tx.send(Some(seen)).is_err() {
+                return;
+            }
+            tokio::time::sleep(opts.poll).await;
+        }
+    };
+    let ssh = tokio::sync::Semaphore::new(opts.parallel.max(1));
+    let work = job::run(&targets, targets.len(), reporter, |target, task| {
         let machine = list
             .iter()
             .find(|m| m.name.as_str() == target.machine)
             .copied();
-        let client = client.clone();
-        let url = url.clone();
+        let (rx, ssh) = (rx.clone(), &ssh);
         async move {
             let machine = machine.context("machine vanished from the inventory")?;
-            wait_report(&client, &url, store, machine, since, opts, &task).await?;
+            wait_report(rx, store, machine, since, opts, &task).await?;
+            let _turn = ssh.acquire().await?;
             wait_ssh(machine, keys, opts, &task).await
         }
-    })
-    .await;
+    });
+    tokio::pin!(work);
+    let outcomes = tokio::select! {
+        outcomes = &mut work => outcomes,
+        () = poller => work.await,
+    };
     let (ok, summary) = job::summary("boot", &outcomes);
     Phase {
         name: "boot".into(),
@@ -280,9 +311,12 @@ pub async fn wait_booted(
     }
 }
 
+/// The boot server's latest answer: every machine it saw, or why asking
+/// failed.
+type Witness = Result<Arc<HashMap<String, Seen>>, String>;
+
 async fn wait_report(
-    client: &reqwest::Client,
-    url: &str,
+    rx: tokio::sync::watch::Receiver<Option<Witness>>,
     store: &dyn StateStore,
     machine: &Machine,
     since: u64,
@@ -292,7 +326,7 @@ async fn wait_report(
     task.phase("waiting for DHCP and iPXE");
     let deadline = Instant::now() + opts.boot_timeout;
     let mut last_stage = String::new();
-    let mut last_error: Option<String>;
+    let mut last_error: Option<String> = None;
     loop {
         // The window holds what every boot server of the site saw: a second
         // request for the config, from anyone, fails the machine; its
@@ -315,12 +349,14 @@ async fn wait_report(
                 }
             }
         }
-        match ask(client, url).await {
-            Ok(all) => {
+        let latest = rx.borrow().clone();
+        match latest {
+            None => {}
+            Some(Err(e)) => last_error = Some(e),
+            Some(Ok(all)) => {
                 last_error = None;
                 let seen = all
-                    .into_iter()
-                    .find(|s| s.machine == machine.name.as_str())
+                    .get(machine.name.as_str())
                     .filter(|s| s.last_request_unix.unwrap_or(0) + 1 >= since);
                 if let Some(seen) = seen {
                     let stage = seen.stage.clone().unwrap_or_default();
@@ -371,7 +407,6 @@ async fn wait_report(
                     // the boot server's last stage may be an older boot's.
                 }
             }
-            Err(e) => last_error = Some(format!("{e:#}")),
         }
         if Instant::now() > deadline {
             let stage = if last_stage.is_empty() {

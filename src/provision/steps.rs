@@ -3,6 +3,7 @@
 //! blue-green replace and a drill's rebuild; and the `provision` and
 //! `bootstrap` operations themselves, each under its site's lock.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -10,8 +11,8 @@ use serde::Serialize;
 
 use super::Options;
 use crate::assets::download::RetryPolicy;
-use crate::bootstrap::{self, Phase};
-use crate::fleet::{Role, Site};
+use crate::bootstrap::{self, Phase, SetAside};
+use crate::fleet::{Machine, Role, Site};
 use crate::operation::OpCtx;
 use crate::ssh::Timeouts;
 use crate::state::journal::Journal;
@@ -26,8 +27,10 @@ pub struct Tuning {
     pub step_timeout: Duration,
     /// Waiting for etcd quorum and the API server's /readyz.
     pub ready_timeout: Duration,
-    /// Machines worked on at once in the site.
+    /// SSH sessions at once in the site.
     pub parallel: usize,
+    /// BMC operations at once in the site.
+    pub bmc_parallel: usize,
     /// The SSH user, and how long a connection may take.
     pub user: String,
     pub connect_timeout: Duration,
@@ -40,7 +43,8 @@ impl Default for Tuning {
             boot_timeout: Duration::from_secs(900),
             step_timeout: Duration::from_secs(120),
             ready_timeout: Duration::from_secs(300),
-            parallel: 8,
+            parallel: 32,
+            bmc_parallel: 64,
             user: "core".into(),
             connect_timeout: Duration::from_secs(10),
         }
@@ -56,7 +60,7 @@ impl Tuning {
         };
         let opts = Options {
             power: crate::power::Options {
-                per_site: self.parallel,
+                per_site: self.bmc_parallel,
                 state_timeout: self.step_timeout,
                 retry: RetryPolicy {
                     retries: 3,
@@ -77,6 +81,8 @@ impl Tuning {
             timeouts,
             parallel: self.parallel,
             ready_timeout: self.ready_timeout,
+            skip: BTreeSet::new(),
+            leaves_some: false,
         };
         (opts, boot)
     }
@@ -90,7 +96,14 @@ pub struct Report {
     pub ok: bool,
     pub phases: Vec<Phase>,
     pub error: Option<String>,
+    /// Workers that failed while the rest of the site went on, each once
+    /// with the step it failed at; the next run finishes them.
+    pub set_aside: Vec<SetAside>,
     pub took_ms: u128,
+    /// What the operation read from and wrote to the state store (set by
+    /// the CLI, which opened it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_io: Option<crate::state::counted::StateIo>,
 }
 
 impl Report {
@@ -102,7 +115,9 @@ impl Report {
             ok: false,
             phases: Vec::new(),
             error: None,
+            set_aside: Vec::new(),
             took_ms: 0,
+            state_io: None,
         }
     }
 
@@ -185,11 +200,24 @@ pub async fn bootstrap(
             validity_days,
         };
         let pki = pki_step(&mut journal, store, sealer, site, generation).await?;
-        let report = infra.bootstrap(ctx, &pki, opts, Some(&mut journal)).await?;
+        let mut report = infra.bootstrap(ctx, &pki, opts, Some(&mut journal)).await?;
         if report.ok {
+            let aside: BTreeSet<String> =
+                report.set_aside.iter().map(|a| a.machine.clone()).collect();
             journal
-                .step("record", || record(store, site, opts.generation))
+                .step("record", || record(store, site, opts.generation, &aside))
                 .await?;
+            if !aside.is_empty() {
+                journal
+                    .mark_partial("record", "machines were set aside")
+                    .await?;
+                report.ok = false;
+                report.error = Some(set_aside_error(
+                    site,
+                    &report.set_aside,
+                    super::machines(site).len(),
+                ));
+            }
         }
         journal.finish(report.error.clone()).await?;
         audit(
@@ -243,14 +271,36 @@ pub async fn steps(
         infra,
         ..
     } = ctx;
-    let (opts, boot_opts) = tuning.options(generation.number);
-    let (opts, boot_opts) = (&opts, &boot_opts);
+    let (opts, mut boot_opts) = tuning.options(generation.number);
+    let opts = &opts;
     let names: Vec<&str> = super::machines(site)
         .iter()
         .map(|m| m.name.as_str())
         .collect();
     crate::lifecycle::refuse_quarantined(store, &names, &format!("provision of {}", site.name))
         .await?;
+    // A resumed run acts only on what is not done: a machine an earlier
+    // run of this operation left ready at this generation is not powered,
+    // booted or bootstrapped again.
+    let done = if journal.resumed() {
+        let started = journal.record().started.clone();
+        ready_at(store, site, generation.number, &started).await?
+    } else {
+        BTreeSet::new()
+    };
+    let mut active: Vec<&Machine> = super::machines(site)
+        .into_iter()
+        .filter(|m| !done.contains(m.name.as_str()))
+        .collect();
+    if !done.is_empty() {
+        tracing::info!(
+            "{}: {} machine(s) ready at generation {} in an earlier run; finishing the other {}",
+            site.name,
+            done.len(),
+            generation.number,
+            active.len()
+        );
+    }
     // Power on. A resumed run that completed this step does not power the
     // machines again: it accepts the reports they made in their windows,
     // and boots again only those whose window closed without one. Each
@@ -261,10 +311,10 @@ pub async fn steps(
     let mut phase = None;
     let result = journal
         .step("power on", || async {
-            for m in super::machines(site) {
+            for m in &active {
                 provisioning::open(store, &m.name, &holder.to_string(), fleet.boot.window).await?;
             }
-            let (p, t) = super::power_on(infra, fleet, site, opts).await;
+            let (p, t) = super::power_on(infra, fleet, site, &active, opts).await;
             since = t;
             // Recorded `provisioning`: what was powered on for this boot,
             // not what a BMC refused.
@@ -273,16 +323,26 @@ pub async fn steps(
                     MachineRecord::now(MachineState::Provisioning, Some(generation.number));
                 records::put_machine(store, &o.machine, &record, Expect::Any).await?;
             }
-            let result = super::failed(&p);
+            let result = set_aside(site, &p);
             phase = Some(p);
             result
         })
         .await;
     report.phases.extend(phase.take());
+    let result = match result {
+        Ok(aside) => put_aside(journal, report, store, generation, "power on", aside).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = result {
         close_windows(store, site, holder).await;
         return Err(e);
     }
+    active.retain(|m| {
+        !report
+            .set_aside
+            .iter()
+            .any(|a| a.machine == m.name.as_str())
+    });
 
     // Boot: every machine reports in its window and answers SSH; those
     // that installed to a disk then boot from it from now on.
@@ -292,37 +352,203 @@ pub async fn steps(
             if since == 0 {
                 // Resumed after the power on: boot again what neither
                 // reported nor is still in its window.
-                since = super::reboot_unreported(infra, fleet, site, store, holder, opts).await?;
+                since = super::reboot_unreported(infra, fleet, site, &active, store, holder, opts)
+                    .await?;
             }
-            let p = infra.booted(site, keys, store, since, opts, reporter).await;
-            let result = super::failed(&p);
+            let p = infra
+                .booted(site, &active, keys, store, since, opts, reporter)
+                .await;
+            let mut aside = set_aside(site, &p);
             phases.push(p);
-            result?;
-            let p = super::boot_from_disk(infra, fleet, site, opts).await;
-            let result = super::failed(&p);
-            if !p.machines.is_empty() {
-                phases.push(p);
+            let booted: Vec<&Machine> = active
+                .iter()
+                .copied()
+                .filter(|m| match &aside {
+                    Ok(a) => !a.iter().any(|x| x.machine == m.name.as_str()),
+                    Err(_) => true,
+                })
+                .collect();
+            if aside.is_ok() {
+                let p = super::boot_from_disk(infra, fleet, site, &booted, opts).await;
+                let more = set_aside(site, &p);
+                if !p.machines.is_empty() {
+                    phases.push(p);
+                }
+                aside = match (aside, more) {
+                    (Ok(mut a), Ok(b)) => {
+                        a.extend(b);
+                        Ok(a)
+                    }
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                };
             }
-            result
+            aside
         })
         .await;
     report.phases.append(&mut phases);
     // The boot is over, however it went: no window stays open behind it.
     close_windows(store, site, holder).await;
-    result?;
+    match result {
+        Ok(aside) => put_aside(journal, report, store, generation, "boot", aside).await?,
+        Err(e) => return Err(e),
+    }
 
     let pki = pki_step(journal, store, sealer, site, generation).await?;
-    let boot = infra.bootstrap(ctx, &pki, boot_opts, Some(journal)).await?;
+    boot_opts.skip = done
+        .iter()
+        .cloned()
+        .chain(report.set_aside.iter().map(|a| a.machine.clone()))
+        .collect();
+    boot_opts.leaves_some = !report.set_aside.is_empty();
+    let boot = infra
+        .bootstrap(ctx, &pki, &boot_opts, Some(journal))
+        .await?;
     report.phases.extend(boot.phases);
+    for a in boot.set_aside {
+        let record = MachineRecord::set_aside(generation.number, &a.step, &a.error);
+        records::put_machine(store, &a.machine, &record, Expect::Any).await?;
+        report.set_aside.push(a);
+    }
     if let Some(e) = boot.error {
         anyhow::bail!(e);
     }
+    let not_ready: BTreeSet<String> = done
+        .iter()
+        .cloned()
+        .chain(report.set_aside.iter().map(|a| a.machine.clone()))
+        .collect();
     if record_generation {
-        journal
-            .step("record", || record(store, site, generation.number))
+        let ran = journal
+            .step("record", || {
+                record(store, site, generation.number, &not_ready)
+            })
             .await?;
+        if ran.is_some() && !report.set_aside.is_empty() {
+            journal
+                .mark_partial("record", "machines were set aside")
+                .await?;
+        }
+    }
+    if !report.set_aside.is_empty() {
+        // Each machine set aside is named once, at the end (and in its
+        // phase's per-machine outcomes): its phase went on without it.
+        for p in report.phases.iter_mut().filter(|p| !p.ok) {
+            let failed: Vec<&str> = p
+                .machines
+                .iter()
+                .filter(|o| !o.ok)
+                .map(|o| o.machine.as_str())
+                .collect();
+            if !failed.is_empty()
+                && failed
+                    .iter()
+                    .all(|f| report.set_aside.iter().any(|a| a.machine == *f))
+            {
+                p.ok = true;
+                p.notes = vec![format!(
+                    "{} of {} set aside (listed at the end)",
+                    failed.len(),
+                    p.machines.len()
+                )];
+            }
+        }
+        anyhow::bail!(set_aside_error(site, &report.set_aside, names.len()));
     }
     Ok(())
+}
+
+/// The machines of `site` an earlier run of the operation (which started
+/// at `started`, RFC 3339) left ready at `generation`.
+async fn ready_at(
+    store: &dyn StateStore,
+    site: &Site,
+    generation: u64,
+    started: &str,
+) -> anyhow::Result<BTreeSet<String>> {
+    let mut done = BTreeSet::new();
+    for m in super::machines(site) {
+        if let Some((r, _)) = records::read_machine(store, &m.name).await? {
+            // Same format both sides (`now_rfc3339`): the strings order
+            // as the times do.
+            if r.ready_at(generation) && r.since.as_str() >= started {
+                done.insert(m.name.to_string());
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// The workers that failed in `phase`, to set aside; an error when a
+/// control plane failed (a cluster needs its control plane) or the phase
+/// failed as a whole.
+fn set_aside(site: &Site, phase: &Phase) -> anyhow::Result<Vec<SetAside>> {
+    if phase.ok {
+        return Ok(Vec::new());
+    }
+    let failed: Vec<_> = phase.machines.iter().filter(|o| !o.ok).collect();
+    let worker = |name: &str| {
+        site.machines
+            .iter()
+            .any(|m| m.name.as_str() == name && m.role == Role::Worker)
+    };
+    // A host key mismatch means something else answers for a machine:
+    // that stops everything (the text of `SshError::HostKeyMismatch`).
+    if failed.is_empty()
+        || failed.iter().any(|o| {
+            !worker(&o.machine)
+                || o.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("host key mismatch"))
+        })
+    {
+        super::failed(phase)?;
+    }
+    Ok(failed
+        .iter()
+        .map(|o| SetAside {
+            machine: o.machine.clone(),
+            step: phase.name.clone(),
+            error: o.error.clone().unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// Records machines set aside at `step`: each in the state (not ready,
+/// with why) and the report, and the step as `partial` in the journal.
+async fn put_aside(
+    journal: &mut Journal<'_>,
+    report: &mut Report,
+    store: &dyn StateStore,
+    generation: Generation,
+    step: &str,
+    aside: Option<Vec<SetAside>>,
+) -> anyhow::Result<()> {
+    let aside = aside.unwrap_or_default();
+    for a in &aside {
+        let record = MachineRecord::set_aside(generation.number, &a.step, &a.error);
+        records::put_machine(store, &a.machine, &record, Expect::Any).await?;
+    }
+    report.set_aside.extend(aside);
+    if !report.set_aside.is_empty() {
+        let why = format!("{} machine(s) set aside so far", report.set_aside.len());
+        journal.mark_partial(step, &why).await?;
+    }
+    Ok(())
+}
+
+/// The error of a provision that left workers behind.
+fn set_aside_error(site: &Site, aside: &[SetAside], total: usize) -> String {
+    let mut text = format!(
+        "{} of {total} machines of {} set aside; the other {} are ready. \
+         Fix what is named and run the same command again: it finishes only these.",
+        aside.len(),
+        site.name,
+        total - aside.len()
+    );
+    for a in aside {
+        text.push_str(&format!("\n  {} ({}): {}", a.machine, a.step, a.error));
+    }
+    text
 }
 
 /// Closes the provisioning windows of `site`'s machines that are still
@@ -383,8 +609,13 @@ pub async fn pki_step(
 }
 
 /// Records generation `generation` as running at `site` and its nodes as
-/// ready.
-pub async fn record(store: &dyn StateStore, site: &Site, generation: u64) -> anyhow::Result<()> {
+/// ready, but for those in `not_ready` (done earlier, or set aside).
+pub async fn record(
+    store: &dyn StateStore,
+    site: &Site,
+    generation: u64,
+    not_ready: &BTreeSet<String>,
+) -> anyhow::Result<()> {
     records::update_site(store, &site.name, |record| {
         if record.generation != generation
             && record.generation > 0
@@ -402,7 +633,11 @@ pub async fn record(store: &dyn StateStore, site: &Site, generation: u64) -> any
         record.next_roles.clear();
     })
     .await?;
-    for m in site.machines.iter().filter(|m| m.role != Role::Spare) {
+    for m in site
+        .machines
+        .iter()
+        .filter(|m| m.role != Role::Spare && !not_ready.contains(m.name.as_str()))
+    {
         let record = MachineRecord::now(MachineState::Ready, Some(generation));
         records::put_machine(store, &m.name, &record, Expect::Any).await?;
     }

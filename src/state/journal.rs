@@ -29,7 +29,8 @@ pub struct StepRecord {
     pub name: String,
     pub started: String,
     pub ended: Option<String>,
-    /// `ok`, or `failed: <why>`; none while running (or when killed).
+    /// `ok`, `partial: <why>` (it left machines behind, to finish in the
+    /// next run) or `failed: <why>`; none while running (or when killed).
     pub outcome: Option<String>,
     pub duration_ms: Option<u128>,
     /// Which run of the operation ran the step (0 first, 1 first resume…).
@@ -233,6 +234,22 @@ impl<'a> Journal<'a> {
             return Ok(());
         }
         self.record.generation = Some(generation);
+        self.save().await
+    }
+
+    /// Whether this run resumes an earlier, unfinished one.
+    pub fn resumed(&self) -> bool {
+        self.record.runs.len() > 1
+    }
+
+    /// Records that step `name`, which just ran, left machines behind
+    /// (`partial: <why>`): it is not completed, so the next run of the
+    /// operation runs it again, for what it left.
+    pub async fn mark_partial(&mut self, name: &str, why: &str) -> Result<(), StateError> {
+        let Some(step) = self.record.steps.iter_mut().rev().find(|s| s.name == name) else {
+            return Ok(());
+        };
+        step.outcome = Some(format!("partial: {why}"));
         self.save().await
     }
 

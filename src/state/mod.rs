@@ -22,6 +22,7 @@
 //! To add a backend: implement [`StateStore`] (and [`LockGuard`]), add a
 //! `StateBackend` variant in the fleet and a line in [`open`].
 
+pub mod counted;
 pub mod crypt;
 pub mod etcd;
 pub mod journal;

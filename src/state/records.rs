@@ -119,6 +119,11 @@ pub struct MachineRecord {
     pub state: MachineState,
     pub since: String,
     pub generation: Option<u64>,
+    /// Why the latest provision of `generation` set the machine aside
+    /// (`<step>: <cause>`): it did not converge with the rest of its
+    /// site, and the next run of that provision finishes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 impl MachineRecord {
@@ -128,7 +133,21 @@ impl MachineRecord {
             state,
             since: now_rfc3339(),
             generation,
+            failed: None,
         }
+    }
+
+    /// A machine a provision of `generation` set aside at `step`.
+    pub fn set_aside(generation: u64, step: &str, cause: &str) -> MachineRecord {
+        MachineRecord {
+            failed: Some(format!("{step}: {cause}")),
+            ..MachineRecord::now(MachineState::Provisioning, Some(generation))
+        }
+    }
+
+    /// Whether the machine runs `generation`, done.
+    pub fn ready_at(&self, generation: u64) -> bool {
+        self.state == MachineState::Ready && self.generation == Some(generation)
     }
 }
 

@@ -74,7 +74,9 @@ fn provision_fails_a_machine_whose_config_was_taken_first_naming_the_taker() {
     for expected in [
         "fra-wk-01",
         &format!("token revoked: the machine's Ignition was already delivered to {thief}"),
-        &format!("fra-wk-01: its Ignition was delivered to {thief}, and the boot server refused"),
+        &format!(
+            "fra-wk-01 (boot): its Ignition was delivered to {thief}, and the boot server refused"
+        ),
         &format!("clients involved: {thief}, 10.10.4.14; treat this machine's host key as exposed"),
     ] {
         assert!(said.contains(expected), "{expected:?} not in: {said}");
