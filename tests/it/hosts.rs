@@ -251,6 +251,24 @@ impl Hosts {
             .output();
     }
 
+    /// Makes `machine`'s SSH silent (`true`: an nft table in its
+    /// namespace drops every packet to port 22, so connecting times out
+    /// while the host runs on) or answer again (`false`: the table goes).
+    pub fn ssh_silent(&self, machine: &str, silent: bool) {
+        let host = self.host(machine);
+        let rules = if silent {
+            "table inet mh-silent-ssh {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    tcp dport 22 drop\n  }\n}\n"
+        } else {
+            "delete table inet mh-silent-ssh\n"
+        };
+        let file = host.dir.join("silent-ssh.nft");
+        std::fs::write(&file, rules).unwrap();
+        let mut nft = ip_command();
+        nft.args(["netns", "exec", &host.ns, "nft", "-f"])
+            .arg(&file);
+        run(nft, &format!("nft in {machine}'s namespace"));
+    }
+
     /// What cutting `machine`'s power does to its host, as a value a
     /// thread may keep (a firmware stand-in watching a BMC).
     pub fn power_cut(&self, machine: &str) -> PowerCut {
