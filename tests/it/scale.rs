@@ -261,13 +261,39 @@ fn usage(pid: u32) -> (f64, u64) {
     (cpu, hwm)
 }
 
-fn mem_available_kib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
+/// The processes in network namespaces `namespaces` (one scan of
+/// `/proc`) and the sum of their proportional set sizes (KiB).
+fn namespace_memory(namespaces: &[&str]) -> (usize, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let inodes: Vec<u64> = namespaces
+        .iter()
+        .filter_map(|ns| std::fs::metadata(format!("/var/run/netns/{ns}")).ok())
+        .map(|m| m.ino())
+        .collect();
+    let (mut count, mut pss) = (0, 0);
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let dir = entry.path();
+        let Ok(link) = std::fs::read_link(dir.join("ns/net")) else {
+            continue;
+        };
+        let ino = link
+            .to_string_lossy()
+            .trim_start_matches("net:[")
+            .trim_end_matches(']')
+            .parse()
+            .unwrap_or(0);
+        if !inodes.contains(&ino) {
+            continue;
+        }
+        count += 1;
+        pss += std::fs::read_to_string(dir.join("smaps_rollup"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    (count, pss)
 }
 
 /// One metalherd run and what it cost.
@@ -300,10 +326,10 @@ pub struct Scale {
     _silent: Option<TcpListener>,
     pub hosts: Hosts,
     pub fleet: tempfile::TempDir,
-    /// How long starting the hosts took, and the memory they took
-    /// (MemAvailable before minus after).
+    /// How long starting the hosts took, and then the processes in their
+    /// namespaces and the sum of their PSS (KiB).
     pub host_setup: Duration,
-    pub host_memory_kib: i64,
+    pub host_memory: (usize, u64),
     /// The metalherd binary run ([`Scale::metalherd`]) and serving.
     binary: PathBuf,
 }
@@ -321,10 +347,11 @@ impl Scale {
         prepare_fleet(f, &planned, &shape);
         let serving: Vec<&Planned> = planned.iter().filter(|m| m.role != "spare").collect();
         let names: Vec<&str> = serving.iter().map(|m| m.name.as_str()).collect();
-        let (before, started) = (mem_available_kib(), Instant::now());
+        let started = Instant::now();
         let hosts = Hosts::start(f, &names, &Options::default());
         let host_setup = started.elapsed();
-        let host_memory_kib = before as i64 - mem_available_kib() as i64;
+        let host_namespaces: Vec<&str> = names.iter().map(|n| hosts.host_namespace(n)).collect();
+        let host_memory = namespace_memory(&host_namespaces);
         for name in &shape.ssh_silent {
             hosts.ssh_silent(name, true);
         }
@@ -362,7 +389,7 @@ impl Scale {
             hosts,
             fleet,
             host_setup,
-            host_memory_kib,
+            host_memory,
             binary,
         }
     }
@@ -864,9 +891,10 @@ fn bench() {
     let shape = if faults { shape.with_faults() } else { shape };
     let mut s = Scale::start(shape);
     eprintln!(
-        "{n} machines: hosts up in {:.1} s, {:.0} MiB",
+        "{n} machines: hosts up in {:.1} s; {} processes, {:.0} MiB PSS",
         s.host_setup.as_secs_f64(),
-        s.host_memory_kib as f64 / 1024.0
+        s.host_memory.0,
+        s.host_memory.1 as f64 / 1024.0
     );
     let faults_json = json!({
         "bmc_refusing": s.shape.bmc_refusing, "bmc_silent": s.shape.bmc_silent, "ssh_silent": s.shape.ssh_silent,
@@ -923,7 +951,8 @@ fn bench() {
         "parallel": std::env::var("SCALE_PARALLEL").ok(),
         "faults": faults_json,
         "host_setup_s": s.host_setup.as_secs_f64(),
-        "host_memory_mib": s.host_memory_kib as f64 / 1024.0,
+        "host_processes": s.host_memory.0,
+        "host_pss_mib": s.host_memory.1 as f64 / 1024.0,
         "runs": runs,
         "boot_server": { "cpu_s": serve_cpu, "peak_rss_mib": serve_rss as f64 / 1024.0 },
         "sushy": { "cpu_s": sushy_cpu, "peak_rss_mib": sushy_rss as f64 / 1024.0 },
