@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::etcd_cluster::EtcdCluster;
 use super::hosts::{Hosts, Options};
 use super::machines::{all, json, BOOT_SERVER};
 use super::{example_fleet, require_pip, text};
@@ -71,6 +72,9 @@ pub struct Shape {
     pub bmc_refusing: Vec<String>,
     pub bmc_silent: Vec<String>,
     pub ssh_silent: Vec<String>,
+    /// The state in a three-member etcd cluster on the controller's
+    /// loopback (migrated there after the hosts started), not locally.
+    pub etcd: bool,
 }
 
 impl Shape {
@@ -82,6 +86,7 @@ impl Shape {
             bmc_refusing: Vec::new(),
             bmc_silent: Vec::new(),
             ssh_silent: Vec::new(),
+            etcd: false,
         }
     }
 
@@ -324,6 +329,8 @@ pub struct Scale {
     sushy: Proc,
     /// Held open, never accepted from: the silent BMCs.
     _silent: Option<TcpListener>,
+    /// The state's etcd cluster, with [`Shape::etcd`].
+    _etcd: Option<EtcdCluster>,
     pub hosts: Hosts,
     pub fleet: tempfile::TempDir,
     /// How long starting the hosts took, and then the processes in their
@@ -345,6 +352,9 @@ impl Scale {
         let f = fleet.path();
         let planned = layout(shape.machines);
         prepare_fleet(f, &planned, &shape);
+        if shape.etcd {
+            seal_state(f);
+        }
         let serving: Vec<&Planned> = planned.iter().filter(|m| m.role != "spare").collect();
         let names: Vec<&str> = serving.iter().map(|m| m.name.as_str()).collect();
         let started = Instant::now();
@@ -356,6 +366,11 @@ impl Scale {
             hosts.ssh_silent(name, true);
         }
         let ctl = hosts.ctl_namespace().to_string();
+        let etcd = shape.etcd.then(|| {
+            let cluster = http::in_ns(&ctl, EtcdCluster::start);
+            migrate_to(&hosts, &cluster);
+            cluster
+        });
         let listener = http::in_ns(&ctl, || TcpListener::bind(LISTENER).unwrap());
         let silent = (!shape.bmc_silent.is_empty())
             .then(|| http::in_ns(&ctl, || TcpListener::bind(SILENT_BMC).unwrap()));
@@ -386,6 +401,7 @@ impl Scale {
             serve,
             sushy,
             _silent: silent,
+            _etcd: etcd,
             hosts,
             fleet,
             host_setup,
@@ -516,6 +532,46 @@ impl Scale {
             })
             .collect()
     }
+}
+
+/// The local state sealed with an age identity (`state.key`), as the etcd
+/// backend requires, before anything is written to it.
+fn seal_state(fleet: &Path) {
+    let (secret, _) = metalherd::state::crypt::Sealer::generate_identity();
+    let key = fleet.join("state.key");
+    std::fs::write(&key, secret.as_bytes()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let path = fleet.join("inventory/fleet.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let yaml = yaml.replacen(
+        "  path: .metalherd/state",
+        "  path: .metalherd/state\n  encryption_key: file:state.key",
+        1,
+    );
+    assert!(yaml.contains("encryption_key: file:state.key"), "{yaml}");
+    std::fs::write(&path, yaml).unwrap();
+}
+
+/// `state migrate --to etcd` (from the controller, where the cluster
+/// listens): the keys the hosts were booted with move along.
+fn migrate_to(hosts: &Hosts, cluster: &EtcdCluster) {
+    let endpoints: Vec<String> = cluster.endpoints().iter().map(|u| u.to_string()).collect();
+    let (ca, cert, key) = (cluster.ca_file(), cluster.cert_file(), cluster.key_file());
+    let out = hosts.metalherd(&[
+        "state",
+        "migrate",
+        "--to",
+        "etcd",
+        "--endpoints",
+        &endpoints.join(","),
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "--cert-file",
+        cert.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "state migrate: {}", all(&out));
 }
 
 /// SSH connections established from this thread's network namespace.
@@ -875,6 +931,7 @@ fn run_report(s: &Scale, name: &str, run: &Run, serve_before: (f64, u64)) -> Val
 /// `SCALE_N` machines (default 30), `SCALE_BOOT_DELAY` and `SCALE_JITTER`
 /// seconds (default 10 and 3), `SCALE_FAULTS=1` for the faults
 /// (healed before a rerun), `SCALE_PARALLEL` for `--parallel`,
+/// `SCALE_BACKEND=etcd` for the state in etcd (default `local`),
 /// `SCALE_METALHERD` for the binary (the bench's release build). Runs
 /// `provision site fra`, then `replace site fra`, and writes the report
 /// as JSON to `SCALE_OUT` (and prints it).
@@ -888,7 +945,12 @@ fn bench() {
         secs(&env_or("SCALE_JITTER", "3")),
     );
     let faults = env_or("SCALE_FAULTS", "0") == "1";
-    let shape = if faults { shape.with_faults() } else { shape };
+    let mut shape = if faults { shape.with_faults() } else { shape };
+    shape.etcd = match env_or("SCALE_BACKEND", "local").as_str() {
+        "local" => false,
+        "etcd" => true,
+        other => panic!("SCALE_BACKEND={other}: local or etcd"),
+    };
     let mut s = Scale::start(shape);
     eprintln!(
         "{n} machines: hosts up in {:.1} s; {} processes, {:.0} MiB PSS",
@@ -949,6 +1011,7 @@ fn bench() {
         "boot_delay_s": s.shape.boot_delay.as_secs_f64(),
         "jitter_s": s.shape.jitter.as_secs_f64(),
         "parallel": std::env::var("SCALE_PARALLEL").ok(),
+        "backend": if s.shape.etcd { "etcd" } else { "local" },
         "faults": faults_json,
         "host_setup_s": s.host_setup.as_secs_f64(),
         "host_processes": s.host_memory.0,
