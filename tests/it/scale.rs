@@ -521,7 +521,12 @@ impl Scale {
         );
         assert!(out.status.success(), "{}", all(&out));
         let doc = json(&out);
-        let machines = doc["machines"].as_array().cloned().unwrap_or_default();
+        let fra = doc["sites"]
+            .as_array()
+            .and_then(|sites| sites.iter().find(|site| site["name"] == "fra"))
+            .unwrap_or_else(|| panic!("no site fra in `state show`: {doc}"));
+        let machines = fra["machines"].as_array().cloned().unwrap_or_default();
+        assert!(!machines.is_empty(), "no machines in `state show`: {doc}");
         machines
             .iter()
             .filter_map(|m| {
@@ -911,8 +916,16 @@ fn run_report(s: &Scale, name: &str, run: &Run, serve_before: (f64, u64)) -> Val
             |(machine, phase, error)| json!({ "machine": machine, "phase": phase, "error": error }),
         )
         .collect();
+    let states = s.machine_states();
+    let not_ready: Vec<&str> = s
+        .serving()
+        .into_iter()
+        .filter(|m| states.get(*m).map(String::as_str) != Some("ready"))
+        .collect();
     json!({
         "run": name,
+        "ready": s.serving().len() - not_ready.len(),
+        "not_ready": not_ready,
         "exit": run.out.status.code(),
         "wall_s": run.wall.as_secs_f64(),
         "beyond_boot_delay_s": run.wall.as_secs_f64() - s.shape.boot_delay.as_secs_f64(),
