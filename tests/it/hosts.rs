@@ -66,8 +66,10 @@ const SYSTEMCTL: &str = include_str!("hosts/systemctl");
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// The directories each host gets an overlay of.
 const OVERLAID: [&str; 6] = ["etc", "home", "var", "opt", "usr/local", "root"];
-/// How long starting the hosts (Ignition, sshd) may take.
+/// How long starting the hosts (Ignition, sshd) may take, plus
+/// [`BOOT_TIMEOUT_PER_HOST`] per host (they boot at once, on a few cores).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+const BOOT_TIMEOUT_PER_HOST: Duration = Duration::from_millis(500);
 
 static INSTANCES: AtomicUsize = AtomicUsize::new(0);
 
@@ -249,6 +251,24 @@ impl Hosts {
         let _ = ip_command()
             .args(["-n", &self.ctl, "route", "del", &route, "dev", "nowhere"])
             .output();
+    }
+
+    /// Makes `machine`'s SSH silent (`true`: an nft table in its
+    /// namespace drops every packet to port 22, so connecting times out
+    /// while the host runs on) or answer again (`false`: the table goes).
+    pub fn ssh_silent(&self, machine: &str, silent: bool) {
+        let host = self.host(machine);
+        let rules = if silent {
+            "table inet mh-silent-ssh {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    tcp dport 22 drop\n  }\n}\n"
+        } else {
+            "delete table inet mh-silent-ssh\n"
+        };
+        let file = host.dir.join("silent-ssh.nft");
+        std::fs::write(&file, rules).unwrap();
+        let mut nft = ip_command();
+        nft.args(["netns", "exec", &host.ns, "nft", "-f"])
+            .arg(&file);
+        run(nft, &format!("nft in {machine}'s namespace"));
     }
 
     /// What cutting `machine`'s power does to its host, as a value a
@@ -440,7 +460,8 @@ impl Hosts {
 
     /// Waits until every booted host's sshd sends its banner.
     fn wait_until_serving(&mut self) {
-        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let timeout = BOOT_TIMEOUT + BOOT_TIMEOUT_PER_HOST * self.hosts.len() as u32;
+        let deadline = Instant::now() + timeout;
         let mut waiting: Vec<usize> = (0..self.hosts.len())
             .filter(|&i| self.hosts[i].sshd.is_some())
             .collect();
@@ -456,7 +477,7 @@ impl Hosts {
             }
             if Instant::now() > deadline {
                 let names: Vec<&str> = waiting.iter().map(|&i| &*self.hosts[i].machine).collect();
-                panic!("sshd did not come up within {BOOT_TIMEOUT:?} on {names:?}");
+                panic!("sshd did not come up within {timeout:?} on {names:?}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -32,6 +32,7 @@ mod netboot;
 mod pki;
 mod power;
 mod render;
+mod scale;
 mod secrets;
 mod serve;
 mod state;
