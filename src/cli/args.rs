@@ -50,7 +50,7 @@ pub struct Tuning {
     parallel: usize,
     /// BMC operations at once in the site (each BMC itself takes one at a
     /// time).
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = 128, value_name = "N")]
     bmc_parallel: usize,
     #[command(flatten)]
     ssh: SshArgs,

@@ -52,6 +52,20 @@ pub enum BootTarget {
     Disk,
 }
 
+impl Action {
+    /// What the action is called in errors.
+    pub fn step(self) -> &'static str {
+        match self {
+            Action::Status => "status",
+            Action::On => "power on",
+            Action::Off => "power off",
+            Action::Cycle => "power cycle",
+            Action::PxeOnce => "network boot once",
+            Action::Disk => "boot from disk",
+        }
+    }
+}
+
 /// What one driver call failed on. The machine, BMC and step are added by
 /// [`PowerError`].
 #[derive(Debug, thiserror::Error)]
@@ -344,7 +358,9 @@ where
             site.name.to_string(),
             machine.bmc.address.clone(),
         );
-        let retry = opts.retry;
+        // A quarter more than the state wait inside, which says more
+        // (the state the BMC still reports) when it is what ran out.
+        let (retry, bound) = (opts.retry, opts.state_timeout + opts.state_timeout / 4);
         tasks.push(tokio::spawn(async move {
             // Timed from when the limits let the operation start.
             let mut started = std::time::Instant::now();
@@ -355,7 +371,16 @@ where
                     let _bmc = bmc_limit.acquire_owned().await;
                     started = std::time::Instant::now();
                     tracing::debug!("{name}: {action:?} via {address}");
-                    act(driver.as_ref(), action, &retry, &name).await
+                    // The whole action, retries included, within the
+                    // step's time: a BMC that accepts connections and never
+                    // answers costs its machine this long, not retries
+                    // times the HTTP client's own timeout.
+                    match tokio::time::timeout(bound, act(driver.as_ref(), action, &retry, &name))
+                        .await
+                    {
+                        Ok(result) => result,
+                        Err(_) => Err((action.step().to_string(), DriverError::Timeout(bound))),
+                    }
                 }
             };
             let (ok, state, error) = match result {

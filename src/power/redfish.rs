@@ -216,8 +216,19 @@ impl PowerDriver for Redfish {
         }
         let got_enabled = boot["BootSourceOverrideEnabled"].as_str().unwrap_or("");
         if got_enabled != enabled {
+            // Once per run at warn (a site's BMCs are alike: hundreds of
+            // the same line say nothing more), then at debug.
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::debug!(
+                    "{}: boot override reads back as {got_enabled:?}, not {enabled:?}",
+                    self.base
+                );
+                return Ok(());
+            }
             tracing::warn!(
-                "{}: boot override reads back as {got_enabled:?}, not {enabled:?}; the machine may keep booting from {source}",
+                "{}: boot override reads back as {got_enabled:?}, not {enabled:?}; the machine may keep booting from {source} (said once per run; -v for every BMC)",
                 self.base
             );
         }

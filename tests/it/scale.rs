@@ -794,9 +794,11 @@ fn provision_at_30_with_faults_names_each_and_the_rerun_finishes() {
         .filter(|m| m.role == "worker")
         .map(|m| m.name)
         .collect();
-    let (refusing, silent_ssh) = (workers[7].clone(), workers[19].clone());
+    let (refusing, silent_bmc, silent_ssh) =
+        (workers[7].clone(), workers[13].clone(), workers[19].clone());
     let mut shape = Shape::new(30, Duration::from_secs(3), Duration::from_secs(1));
     shape.bmc_refusing.push(refusing.clone());
+    shape.bmc_silent.push(silent_bmc.clone());
     shape.ssh_silent.push(silent_ssh.clone());
     let mut s = Scale::start(shape);
     eprintln!("30 machines up in {:.1} s", started.elapsed().as_secs_f64());
@@ -824,6 +826,34 @@ fn provision_at_30_with_faults_names_each_and_the_rerun_finishes() {
             && bmc[0].2.to_lowercase().contains("refused"),
         "{refusing} (its BMC refuses) is named once, at power on, with the cause: {failed:#?}"
     );
+    let timing_out = named(&silent_bmc);
+    assert!(
+        timing_out.len() == 1
+            && timing_out[0].1 == "power on"
+            && timing_out[0].2.contains(SILENT_BMC)
+            && timing_out[0].2.contains("timed out"),
+        "{silent_bmc} (its BMC never answers) is named once, at power on, with the cause: {failed:#?}"
+    );
+    // The report lists each machine set aside once, with its step.
+    let mut aside: Vec<(String, String)> = doc["set_aside"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no set_aside in {doc}"))
+        .iter()
+        .map(|a| {
+            (
+                a["machine"].as_str().unwrap().to_string(),
+                a["step"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    aside.sort();
+    let mut want = vec![
+        (refusing.clone(), "power on".to_string()),
+        (silent_bmc.clone(), "power on".to_string()),
+        (silent_ssh.clone(), "boot".to_string()),
+    ];
+    want.sort();
+    assert_eq!(aside, want, "{doc}");
     let ssh = named(&silent_ssh);
     assert!(
         ssh.len() == 1 && ssh[0].1 == "boot" && ssh[0].2.contains("SSH"),
@@ -870,7 +900,7 @@ fn provision_at_30_with_faults_names_each_and_the_rerun_finishes() {
     let after = s.firmware.counts();
     for (i, name) in s.serving().into_iter().enumerate() {
         assert!(after[i].errors.is_empty(), "{name}: {:?}", after[i].errors);
-        if name == refusing {
+        if name == refusing || name == silent_bmc {
             assert_eq!(
                 after[i].network_boots, 1,
                 "{name} booted once, in the rerun"
