@@ -22,7 +22,7 @@ use crate::operation::{self, Env, Gate, OpCtx, Outcome, Override};
 use crate::pki::ClusterPki;
 use crate::provision::{self, Generation, Report, Tuning};
 use crate::state::journal::{self, Journal};
-use crate::state::{self, records, Holder, Key, StateStore};
+use crate::state::{self, records, Expect, Holder, Key, MachineRecord, StateStore};
 
 /// How a replace runs (`replace`, `rebuild`, a drill's `--rebuild`).
 #[derive(Clone, Debug)]
@@ -152,12 +152,18 @@ pub async fn steps(
         .await?;
     }
     let (opts, _) = how.tuning.options(to);
+    // A worker whose BMC fails here is set aside, as in the provision's
+    // own steps: the rest of the site goes on without it.
+    let mut off_aside = Vec::new();
     timed(journal, phases, "power off", || async {
-        power_off(ctx, &provision::machines(site), &opts.power).await
+        let (note, aside) = power_off_or_set_aside(ctx, to, &opts.power).await?;
+        off_aside = aside;
+        anyhow::Ok(note)
     })
     .await?;
 
     let mut inner = Report::new(site, to);
+    inner.set_aside = off_aside;
     let provisioned = provision::steps(
         ctx,
         &how.tuning,
@@ -261,6 +267,61 @@ pub(crate) async fn power_off(
         bail!("power off: {}", failed.join("; "));
     }
     Ok(format!("{} machine(s) powered off", outcomes.len()))
+}
+
+/// Powers the serving machines of the site of `ctx` off before its
+/// replace to `to`; workers whose BMC fails are set aside (recorded, not
+/// ready at `to`, with why) and returned, any other failure fails.
+async fn power_off_or_set_aside(
+    ctx: OpCtx<'_>,
+    to: u64,
+    opts: &crate::power::Options,
+) -> anyhow::Result<(String, Vec<crate::bootstrap::SetAside>)> {
+    let machines = provision::machines(ctx.site);
+    let outcomes = ctx
+        .infra
+        .power(
+            ctx.fleet,
+            ctx.site,
+            &machines,
+            crate::power::Action::Off,
+            opts,
+        )
+        .await;
+    let failed: Vec<&crate::power::Outcome> = outcomes.iter().filter(|o| !o.ok).collect();
+    let worker = |name: &str| {
+        machines
+            .iter()
+            .any(|m| m.name.as_str() == name && m.role == Role::Worker)
+    };
+    if failed.iter().any(|o| !worker(&o.machine)) {
+        let all: Vec<String> = failed
+            .iter()
+            .map(|o| format!("{}: {}", o.machine, o.error.clone().unwrap_or_default()))
+            .collect();
+        bail!("power off: {}", all.join("; "));
+    }
+    let mut aside = Vec::new();
+    for o in failed {
+        let error = o.error.clone().unwrap_or_default();
+        let record = MachineRecord::set_aside(to, "power off", &error);
+        records::put_machine(ctx.store, &o.machine, &record, Expect::Any).await?;
+        aside.push(crate::bootstrap::SetAside {
+            machine: o.machine.clone(),
+            step: "power off".into(),
+            error,
+        });
+    }
+    let note = if aside.is_empty() {
+        format!("{} machine(s) powered off", outcomes.len())
+    } else {
+        format!(
+            "{} machine(s) powered off; {} set aside (listed at the end)",
+            outcomes.len() - aside.len(),
+            aside.len()
+        )
+    };
+    Ok((note, aside))
 }
 
 /// Runs journal step `name` and adds its phase, timed, to `phases`; the

@@ -288,9 +288,17 @@ pub async fn steps(
     } else {
         BTreeSet::new()
     };
+    // Machines the caller set aside already (a replace's power off) are
+    // left out too.
     let mut active: Vec<&Machine> = super::machines(site)
         .into_iter()
-        .filter(|m| !done.contains(m.name.as_str()))
+        .filter(|m| {
+            !done.contains(m.name.as_str())
+                && !report
+                    .set_aside
+                    .iter()
+                    .any(|a| a.machine == m.name.as_str())
+        })
         .collect();
     if !done.is_empty() {
         tracing::info!(

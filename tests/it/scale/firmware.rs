@@ -199,30 +199,41 @@ fn listen(
     stop: &AtomicBool,
 ) {
     listener.set_nonblocking(true).unwrap();
-    while !stop.load(Ordering::SeqCst) {
-        let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(2));
-                continue;
-            }
-            Err(e) => panic!("notification listener: {e}"),
-        };
-        stream.set_nonblocking(false).unwrap();
-        let request = http::read_request(&stream);
-        let _ = std::io::Write::write_all(
-            &mut &stream,
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        );
-        let Ok((_, _, body)) = request else { continue };
-        *board.notifications.lock().unwrap() += 1;
-        if let Some((uuid, notice)) = parse_notice(&body) {
-            board.note_pending(&uuid, notice.pending.is_some());
-            if let Some(tx) = routes.get(&uuid) {
-                let _ = tx.send(notice);
-            }
+    // A thread per notification: sushy sends one per power change from
+    // as many request threads as metalherd has BMC operations in flight
+    // (128 at once), and the accept backlog (128) must never fill, or
+    // sushy answers metalherd 500.
+    let routes = &routes;
+    std::thread::scope(|scope| {
+        while !stop.load(Ordering::SeqCst) {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                Err(e) => panic!("notification listener: {e}"),
+            };
+            scope.spawn(move || {
+                stream.set_nonblocking(false).unwrap();
+                let request = http::read_request(&stream);
+                let Ok((_, _, body)) = request else { return };
+                // Routed before the answer: sushy's next change of the
+                // same system comes after this one's answer.
+                *board.notifications.lock().unwrap() += 1;
+                if let Some((uuid, notice)) = parse_notice(&body) {
+                    board.note_pending(&uuid, notice.pending.is_some());
+                    if let Some(tx) = routes.get(&uuid) {
+                        let _ = tx.send(notice);
+                    }
+                }
+                let _ = std::io::Write::write_all(
+                    &mut &stream,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            });
         }
-    }
+    });
 }
 
 fn unix_now() -> f64 {
