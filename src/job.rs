@@ -152,7 +152,8 @@ pub struct Outcome<T> {
     pub ok: bool,
     pub result: Option<T>,
     pub error: Option<String>,
-    /// The machine's last phases and output lines, for the summary.
+    /// A failed machine's last phases and output lines, for the summary.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub last_lines: Vec<String>,
     pub duration_ms: u128,
 }
@@ -197,13 +198,16 @@ where
                     (None, Some(msg))
                 }
             };
+            let ok = error.is_none();
             Outcome {
                 machine: target.machine.clone(),
                 site: target.site.clone(),
-                ok: error.is_none(),
+                ok,
                 result,
                 error,
-                last_lines: task.tail(),
+                // The summary shows them for failures; for the rest they
+                // would only grow `--output json` (hundreds of machines).
+                last_lines: if ok { Vec::new() } else { task.tail() },
                 duration_ms: start.elapsed().as_millis(),
             }
         });

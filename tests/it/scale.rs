@@ -603,6 +603,29 @@ fn fingerprint(fleet: &Path, machine: &str) -> String {
         .to_string()
 }
 
+/// sushy-emulator's own entry point, with `PersistentDict.connection`
+/// closing its connection after use (see [`start_sushy`]).
+const SUSHY_CLOSING: &str = r#"import contextlib, sqlite3, sys
+from sushy_tools.emulator import memoize
+
+@contextlib.contextmanager
+def connection(self):
+    if not self._dbpath:
+        raise TypeError('Dict is not yet persistent')
+    conn = sqlite3.connect(self._dbpath)
+    try:
+        with conn:
+            conn.execute("pragma journal_mode=wal")
+            yield conn.cursor()
+    finally:
+        conn.close()
+
+memoize.PersistentDict.connection = connection
+from sushy_tools.emulator.main import main
+sys.argv[0] = "sushy-emulator"
+sys.exit(main())
+"#;
+
 /// sushy-emulator in the controller namespace with every fra system
 /// (see the module docs); returns once it answers.
 fn start_sushy(hosts: &Hosts, planned: &[Planned]) -> Proc {
@@ -643,8 +666,15 @@ fn start_sushy(hosts: &Hosts, planned: &[Planned]) -> Proc {
     std::fs::write(dir.path().join("conf.py"), conf).unwrap();
     let (ip, port) = SUSHY.split_once(':').unwrap();
     let log = dir.path().join("log");
+    // sushy-tools' state (`memoize.PersistentDict`) opens a SQLite
+    // connection per access and leaves closing it to the garbage collector:
+    // under a few hundred machines' requests it ran out of file
+    // descriptors (20,000) and answered 500s. The same emulator, its
+    // connections closed after use.
+    std::fs::write(dir.path().join("sushy.py"), SUSHY_CLOSING).unwrap();
     let child = hosts
-        .ctl_command(emulator.to_str().unwrap())
+        .ctl_command(python.to_str().unwrap())
+        .arg(dir.path().join("sushy.py"))
         .args([
             "--config",
             dir.path().join("conf.py").to_str().unwrap(),
