@@ -50,6 +50,9 @@ fn run_report(s: &Scale, name: &str, run: &Run, serve_before: (f64, u64)) -> Val
         "boot_server_cpu_s": serve.0 - serve_before.0,
         "phases": phases,
         "failed": failed,
+        "set_aside": doc["set_aside"].as_array().or_else(|| doc["report"]["set_aside"].as_array()).map_or(0, Vec::len),
+        "state_io": doc.get("state_io").or_else(|| doc["report"].get("state_io")).cloned(),
+        "json_bytes": run.out.stdout.len(),
         "error": doc["error"].as_str().map(str::to_string).or_else(|| (!run.out.status.success()).then(|| all(&run.out))),
     })
 }
