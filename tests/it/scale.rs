@@ -3,12 +3,16 @@
 //!
 //! - Site fra of the example fleet is rewritten to `Shape::machines`
 //!   machines ([`layout`]): three control planes, about one spare in 30,
-//!   the rest workers, RAM-only, each with a Redfish BMC. ber and muc stay
-//!   as they are and are never started.
+//!   the rest workers, RAM-only, each with a Redfish BMC. With
+//!   [`Shape::other_sites`], ber and muc become small healthy sites of
+//!   three control planes and a worker each ([`small_site`]), started the
+//!   same way and provisioned by the caller, so that `replace` and `drill`
+//!   pass their safety checks without `--force`; otherwise they stay as
+//!   they are and are never started.
 //! - Each machine but the spares is a test host (namespace, real Ignition,
 //!   real sshd with the pinned host key).
 //! - One `sushy-emulator` (fake driver, basic auth) in the controller
-//!   namespace on [`SUSHY`] serves every fra system by UUID. Its change
+//!   namespace on [`SUSHY`] serves every system by UUID. Its change
 //!   notifications drive the firmware stand-ins ([`firmware`]): one thread
 //!   per machine in the machine's namespace, a jittered boot delay, then
 //!   iPXE, Ignition and the first-boot report against the real boot
@@ -76,6 +80,8 @@ pub struct Shape {
     /// The state in a three-member etcd cluster on the controller's
     /// loopback (migrated there after the hosts started), not locally.
     pub etcd: bool,
+    /// ber and muc as small sites ([`small_site`]) beside fra.
+    pub other_sites: bool,
 }
 
 impl Shape {
@@ -88,6 +94,7 @@ impl Shape {
             bmc_silent: Vec::new(),
             ssh_silent: Vec::new(),
             etcd: false,
+            other_sites: false,
         }
     }
 
@@ -125,6 +132,7 @@ impl Shape {
 /// One machine of the rewritten site.
 #[derive(Clone, Debug)]
 pub struct Planned {
+    pub site: &'static str,
     pub name: String,
     pub role: &'static str,
     pub ip: Ipv4Addr,
@@ -146,6 +154,7 @@ pub fn layout(n: usize) -> Vec<Planned> {
     let mut plan = |name: String, role, ip| {
         let i = out.len() + 1;
         out.push(Planned {
+            site: "fra",
             name,
             role,
             ip,
@@ -181,11 +190,40 @@ pub fn layout(n: usize) -> Vec<Planned> {
     out
 }
 
-/// Writes fra's inventory for `planned`, each machine's BMC at sushy
-/// unless `shape` makes it refusing or silent.
-fn write_inventory(fleet: &Path, planned: &[Planned], shape: &Shape) {
-    let mut inventory = String::from("# Rewritten by the scale harness.\nsite: fra\nmachines:\n");
-    for m in planned {
+/// Site `site` (ber or muc) as a small healthy site: `<site>-cp-01..03`
+/// and `<site>-wk-01` on .11-.14 of its node network, each with a
+/// Redfish BMC at sushy.
+pub fn small_site(site: &'static str) -> Vec<Planned> {
+    let (number, net) = match site {
+        "ber" => (1, 20),
+        "muc" => (2, 30),
+        other => panic!("no small site {other}"),
+    };
+    let roles = [
+        ("cp-01", "control-plane"),
+        ("cp-02", "control-plane"),
+        ("cp-03", "control-plane"),
+        ("wk-01", "worker"),
+    ];
+    roles
+        .iter()
+        .zip(1u8..)
+        .map(|((name, role), k)| Planned {
+            site,
+            name: format!("{site}-{name}"),
+            role,
+            ip: Ipv4Addr::new(10, net, 4, 10 + k),
+            mac: format!("52:54:02:{number:02x}:00:{k:02x}"),
+            uuid: format!("5ca1e000-0000-4000-800{number}-{k:012}"),
+        })
+        .collect()
+}
+
+/// Writes the inventory of `site` for `planned` (that site's machines),
+/// each machine's BMC at sushy unless `shape` makes it refusing or silent.
+fn write_inventory(fleet: &Path, site: &str, planned: &[Planned], shape: &Shape) {
+    let mut inventory = format!("# Rewritten by the scale harness.\nsite: {site}\nmachines:\n");
+    for m in planned.iter().filter(|m| m.site == site) {
         let address = if shape.bmc_refusing.contains(&m.name) {
             REFUSING_BMC
         } else if shape.bmc_silent.contains(&m.name) {
@@ -198,26 +236,37 @@ fn write_inventory(fleet: &Path, planned: &[Planned], shape: &Shape) {
             m.name, m.role, m.mac, m.ip, m.uuid
         ));
     }
-    std::fs::write(fleet.join("inventory/fra.yaml"), inventory).unwrap();
+    std::fs::write(fleet.join(format!("inventory/{site}.yaml")), inventory).unwrap();
 }
 
-/// fra's boot server is the harness's; the traffic hook only logs.
+/// The sites' boot server is the harness's; fra's inventory (and ber's
+/// and muc's, with [`Shape::other_sites`]) is `planned`; the traffic hook
+/// only logs.
 fn prepare_fleet(fleet: &Path, planned: &[Planned], shape: &Shape) {
-    let path = fleet.join("sites/fra.yaml");
-    let site: String = std::fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            if l.starts_with("boot_server:") {
-                format!("boot_server: http://{BOOT_SERVER}\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    assert!(site.contains("driver: redfish") && site.contains("control_plane_count: 3"));
-    std::fs::write(&path, site).unwrap();
-    write_inventory(fleet, planned, shape);
+    for site in ["fra", "ber", "muc"] {
+        let path = fleet.join(format!("sites/{site}.yaml"));
+        let text: String = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                if l.starts_with("boot_server:") {
+                    format!("boot_server: http://{BOOT_SERVER}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        assert!(
+            text.contains("driver: redfish") && text.contains("control_plane_count: 3"),
+            "{site}: {text}"
+        );
+        std::fs::write(&path, text).unwrap();
+    }
+    write_inventory(fleet, "fra", planned, shape);
+    if shape.other_sites {
+        write_inventory(fleet, "ber", planned, shape);
+        write_inventory(fleet, "muc", planned, shape);
+    }
     std::fs::create_dir_all(fleet.join("scripts")).unwrap();
     let hook = fleet.join("scripts/gslb-weight");
     std::fs::write(
@@ -351,7 +400,11 @@ impl Scale {
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_metalherd")));
         let fleet = example_fleet();
         let f = fleet.path();
-        let planned = layout(shape.machines);
+        let mut planned = layout(shape.machines);
+        if shape.other_sites {
+            planned.extend(small_site("ber"));
+            planned.extend(small_site("muc"));
+        }
         prepare_fleet(f, &planned, &shape);
         if shape.etcd {
             seal_state(f);
@@ -383,7 +436,7 @@ impl Scale {
                 name: m.name.clone(),
                 uuid: m.uuid.clone(),
                 mac: m.mac.clone(),
-                fingerprint: fingerprint(f, &m.name),
+                fingerprint: fingerprint(f, m.site, &m.name),
                 ns: hosts.host_namespace(&m.name).to_string(),
                 cut: hosts.power_cut(&m.name),
             })
@@ -411,12 +464,12 @@ impl Scale {
         }
     }
 
-    /// The machines that take part (not the spares), in the stand-ins'
-    /// order.
+    /// fra's machines that take part (not the spares), in the stand-ins'
+    /// order (the first of them).
     pub fn serving(&self) -> Vec<&str> {
         self.planned
             .iter()
-            .filter(|m| m.role != "spare")
+            .filter(|m| m.site == "fra" && m.role != "spare")
             .map(|m| m.name.as_str())
             .collect()
     }
@@ -511,7 +564,7 @@ impl Scale {
         }
         self.shape.bmc_refusing.clear();
         self.shape.bmc_silent.clear();
-        write_inventory(self.fleet.path(), &self.planned, &self.shape);
+        write_inventory(self.fleet.path(), "fra", &self.planned, &self.shape);
     }
 
     /// Each fra machine's state in `state show` (name → state).
@@ -592,9 +645,9 @@ fn ssh_connections() -> usize {
         .count()
 }
 
-fn fingerprint(fleet: &Path, machine: &str) -> String {
+fn fingerprint(fleet: &Path, site: &str, machine: &str) -> String {
     let public = std::fs::read_to_string(fleet.join(format!(
-        ".metalherd/state/hostkeys/fra/{machine}/ssh_host_ed25519_key.pub"
+        ".metalherd/state/hostkeys/{site}/{machine}/ssh_host_ed25519_key.pub"
     )))
     .unwrap();
     ssh_key::PublicKey::from_openssh(public.trim())
@@ -626,7 +679,7 @@ sys.argv[0] = "sushy-emulator"
 sys.exit(main())
 "#;
 
-/// sushy-emulator in the controller namespace with every fra system
+/// sushy-emulator in the controller namespace with every planned system
 /// (see the module docs); returns once it answers.
 fn start_sushy(hosts: &Hosts, planned: &[Planned]) -> Proc {
     let emulator = require_pip("sushy-emulator", "sushy-tools");
@@ -782,10 +835,13 @@ fn failures(doc: &Value) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The phases of a provision (at the top) or replace (under `report`),
+/// or a drill's steps: each with `name`, `duration_ms`, `ok`.
 fn phases_of(doc: &Value) -> Vec<Value> {
     doc["phases"]
         .as_array()
         .or_else(|| doc["report"]["phases"].as_array())
+        .or_else(|| doc["steps"].as_array())
         .cloned()
         .unwrap_or_default()
 }
@@ -805,6 +861,9 @@ fn tuning(shape: &Shape, step_timeout: u64) -> Vec<String> {
     .into();
     if let Ok(parallel) = std::env::var("SCALE_PARALLEL") {
         args.extend(["--parallel".to_string(), parallel]);
+    }
+    if let Ok(parallel) = std::env::var("SCALE_BMC_PARALLEL") {
+        args.extend(["--bmc-parallel".to_string(), parallel]);
     }
     args
 }

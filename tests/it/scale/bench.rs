@@ -53,6 +53,7 @@ fn run_report(s: &Scale, name: &str, run: &Run, serve_before: (f64, u64)) -> Val
         "set_aside": doc["set_aside"].as_array().or_else(|| doc["report"]["set_aside"].as_array()).map_or(0, Vec::len),
         "state_io": doc.get("state_io").or_else(|| doc["report"].get("state_io")).cloned(),
         "json_bytes": run.out.stdout.len(),
+        "recovery_s": doc["recovery_ms"].as_f64().map(|ms| ms / 1000.0),
         "error": doc["error"].as_str().map(str::to_string).or_else(|| (!run.out.status.success()).then(|| all(&run.out))),
     })
 }
@@ -61,10 +62,14 @@ fn run_report(s: &Scale, name: &str, run: &Run, serve_before: (f64, u64)) -> Val
 /// `SCALE_N` machines (default 30), `SCALE_BOOT_DELAY` and `SCALE_JITTER`
 /// seconds (default 10 and 3), `SCALE_FAULTS=1` for the faults
 /// (healed before a rerun), `SCALE_PARALLEL` for `--parallel`,
+/// `SCALE_BMC_PARALLEL` for `--bmc-parallel`,
 /// `SCALE_BACKEND=etcd` for the state in etcd (default `local`),
-/// `SCALE_METALHERD` for the binary (the bench's release build). Runs
-/// `provision site fra`, then `replace site fra`, and writes the report
-/// as JSON to `SCALE_OUT` (and prints it).
+/// `SCALE_METALHERD` for the binary (the bench's release build).
+/// Provisions ber and muc as small healthy sites (three control planes
+/// and a worker each), then runs `provision site fra`, `replace site
+/// fra` and `drill site fra --rebuild`, the last two without `--force`
+/// (the safety checks find ber and muc healthy), and writes the report as
+/// JSON to `SCALE_OUT` (and prints it).
 #[test]
 #[ignore = "a benchmark: bench/site-scale runs it"]
 fn bench() {
@@ -81,6 +86,7 @@ fn bench() {
         "etcd" => true,
         other => panic!("SCALE_BACKEND={other}: local or etcd"),
     };
+    shape.other_sites = true;
     let mut s = Scale::start(shape);
     eprintln!(
         "{n} machines: hosts up in {:.1} s; {} processes, {:.0} MiB PSS",
@@ -92,6 +98,23 @@ fn bench() {
         "bmc_refusing": s.shape.bmc_refusing, "bmc_silent": s.shape.bmc_silent, "ssh_silent": s.shape.ssh_silent,
     });
     let tail = tuning(&s.shape, 60);
+    // The small sites first: fra's runs all see them up (their etcd
+    // members idle on the same cores).
+    let mut other_sites = serde_json::Map::new();
+    for site in ["ber", "muc"] {
+        let run = s.metalherd(&args(&["provision", "site", site], &tail));
+        assert!(
+            run.out.status.success(),
+            "provision site {site}: {}",
+            all(&run.out)
+        );
+        eprintln!("provision {site}: {:.1} s", run.wall.as_secs_f64());
+        other_sites.insert(
+            site.into(),
+            json!({ "provision_s": run.wall.as_secs_f64() }),
+        );
+    }
+    s.firmware.settle(Duration::from_secs(120));
     let mut runs = Vec::new();
     let provision = args(&["--output", "json", "provision", "site", "fra"], &tail);
     let serve = s.boot_server_usage();
@@ -116,10 +139,7 @@ fn bench() {
     }
     s.firmware.settle(Duration::from_secs(120));
     let replace = args(
-        &[
-            "--output", "json", "replace", "site", "fra", "--force", "--reason", "bench", "--bake",
-            "0",
-        ],
+        &["--output", "json", "replace", "site", "fra", "--bake", "0"],
         &tail,
     );
     let serve = s.boot_server_usage();
@@ -131,6 +151,31 @@ fn bench() {
     );
     runs.push(run_report(&s, "replace", &run, serve));
     s.firmware.settle(Duration::from_secs(120));
+    let reports = tempfile::tempdir().unwrap();
+    let drill = args(
+        &[
+            "--output",
+            "json",
+            "drill",
+            "site",
+            "fra",
+            "--rebuild",
+            "--bake",
+            "0",
+            "--reports",
+            reports.path().to_str().unwrap(),
+        ],
+        &tail,
+    );
+    let serve = s.boot_server_usage();
+    let run = s.metalherd(&drill);
+    eprintln!(
+        "drill: exit {:?} in {:.1} s",
+        run.out.status.code(),
+        run.wall.as_secs_f64()
+    );
+    runs.push(run_report(&s, "drill --rebuild", &run, serve));
+    s.firmware.settle(Duration::from_secs(120));
     let counts = s.firmware.counts();
     let (serve_cpu, serve_rss) = s.boot_server_usage();
     let (sushy_cpu, sushy_rss) = s.sushy_usage();
@@ -141,8 +186,10 @@ fn bench() {
         "boot_delay_s": s.shape.boot_delay.as_secs_f64(),
         "jitter_s": s.shape.jitter.as_secs_f64(),
         "parallel": std::env::var("SCALE_PARALLEL").ok(),
+        "bmc_parallel": std::env::var("SCALE_BMC_PARALLEL").ok(),
         "backend": if s.shape.etcd { "etcd" } else { "local" },
         "faults": faults_json,
+        "other_sites": other_sites,
         "host_setup_s": s.host_setup.as_secs_f64(),
         "host_processes": s.host_memory.0,
         "host_pss_mib": s.host_memory.1 as f64 / 1024.0,
