@@ -49,8 +49,8 @@ pub struct Tuning {
     #[arg(long, default_value_t = 32, value_name = "N")]
     parallel: usize,
     /// BMC operations at once in the site (each BMC itself takes one at a
-    /// time).
-    #[arg(long, default_value_t = 128, value_name = "N")]
+    /// time). Each waits seconds on its BMC and costs a socket.
+    #[arg(long, default_value_t = 256, value_name = "N")]
     bmc_parallel: usize,
     #[command(flatten)]
     ssh: SshArgs,

@@ -184,8 +184,13 @@ pub enum Action {
     Disk,
 }
 
-/// Polls `status` every `poll` until it reports `wanted`: BMCs accept a
-/// power change at once and apply it seconds later.
+/// Polls `status` until it reports `wanted`: BMCs accept a power change
+/// at once and apply it seconds later. The first look is `poll` after the
+/// request, each pause after it twice the one before, up to
+/// [`MAX_POLL`]: a BMC's web server is small, and a site's worth of
+/// changes in flight (hundreds) asking twice a second each is load that
+/// slows every answer (measured in `bench/site-scale`), for a change that
+/// takes seconds to show anyway.
 pub(crate) async fn wait_for_state<F, Fut>(
     mut status: F,
     wanted: PowerState,
@@ -197,7 +202,9 @@ where
     Fut: std::future::Future<Output = Result<PowerState, DriverError>>,
 {
     let started = std::time::Instant::now();
+    let mut pause = poll;
     loop {
+        tokio::time::sleep(pause).await;
         let current = status().await?;
         if current == wanted {
             return Ok(());
@@ -209,9 +216,12 @@ where
                 waited: started.elapsed(),
             });
         }
-        tokio::time::sleep(poll).await;
+        pause = (pause * 2).min(MAX_POLL.max(poll));
     }
 }
+
+/// The longest pause between two looks at a power state.
+pub const MAX_POLL: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct Options {

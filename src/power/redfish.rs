@@ -258,8 +258,8 @@ impl PowerDriver for Redfish {
         for kind in ["PowerCycle", "ForceRestart"] {
             match self.reset(kind).await {
                 Ok(()) => {
-                    // Some BMCs show Off during the restart; wait for On.
-                    tokio::time::sleep(self.poll).await;
+                    // Some BMCs show Off during the restart; the first
+                    // look is a pause later, then until On.
                     return self.wait_for(PowerState::On).await;
                 }
                 Err(DriverError::Status {

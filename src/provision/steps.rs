@@ -44,7 +44,7 @@ impl Default for Tuning {
             step_timeout: Duration::from_secs(120),
             ready_timeout: Duration::from_secs(300),
             parallel: 32,
-            bmc_parallel: 128,
+            bmc_parallel: 256,
             user: "core".into(),
             connect_timeout: Duration::from_secs(10),
         }
