@@ -56,6 +56,14 @@ fn raise_open_files() {
     }
 }
 
+/// Runs `future` to completion on the runtime.
+pub fn block_on<F: Future>(future: F) -> anyhow::Result<F::Output> {
+    use anyhow::Context;
+    Ok(get()
+        .context("starting the async runtime")?
+        .block_on(future))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -78,12 +86,4 @@ mod tests {
         assert_eq!(after.current, Some(hard.min(super::OPEN_FILES)));
         assert_eq!(after.maximum, before.maximum);
     }
-}
-
-/// Runs `future` to completion on the runtime.
-pub fn block_on<F: Future>(future: F) -> anyhow::Result<F::Output> {
-    use anyhow::Context;
-    Ok(get()
-        .context("starting the async runtime")?
-        .block_on(future))
 }
