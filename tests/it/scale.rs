@@ -875,8 +875,12 @@ fn args<'a>(head: &[&'a str], tail: &'a [String]) -> Vec<&'a str> {
         .collect()
 }
 
+/// 30 machines in fra with three faults; ber and muc small healthy sites.
+/// The provision names each faulty machine once and converges the rest;
+/// the rerun after the faults heal finishes only those; then a drill
+/// takes fra away and rebuilds it, passing its safety checks unforced.
 #[test]
-fn provision_at_30_with_faults_names_each_and_the_rerun_finishes() {
+fn at_30_faults_are_named_the_rerun_finishes_and_a_drill_rebuilds_the_site() {
     let started = Instant::now();
     let workers: Vec<String> = layout(30)
         .into_iter()
@@ -886,6 +890,7 @@ fn provision_at_30_with_faults_names_each_and_the_rerun_finishes() {
     let (refusing, silent_bmc, silent_ssh) =
         (workers[7].clone(), workers[13].clone(), workers[19].clone());
     let mut shape = Shape::new(30, Duration::from_secs(3), Duration::from_secs(1));
+    shape.other_sites = true;
     shape.bmc_refusing.push(refusing.clone());
     shape.bmc_silent.push(silent_bmc.clone());
     shape.ssh_silent.push(silent_ssh.clone());
@@ -1010,6 +1015,80 @@ fn provision_at_30_with_faults_names_each_and_the_rerun_finishes() {
     assert!(
         not_ready.is_empty(),
         "not ready after the rerun: {not_ready:?}"
+    );
+
+    // ber and muc up, fra drilled: taken away and rebuilt, the safety
+    // checks passing on their own (ber and muc healthy over TLS, 100%).
+    for site in ["ber", "muc"] {
+        let run = s.metalherd(&args(&["provision", "site", site], &tail));
+        assert!(
+            run.out.status.success(),
+            "provision site {site}: {}",
+            all(&run.out)
+        );
+    }
+    assert!(s.firmware.settle(Duration::from_secs(60)));
+    let before = s.firmware.counts();
+    let reports = tempfile::tempdir().unwrap();
+    let drill = args(
+        &[
+            "--output",
+            "json",
+            "drill",
+            "site",
+            "fra",
+            "--rebuild",
+            "--bake",
+            "0",
+            "--reports",
+            reports.path().to_str().unwrap(),
+        ],
+        &tail,
+    );
+    let run = s.metalherd(&drill);
+    eprintln!(
+        "drill: exit {:?} in {:.1} s",
+        run.out.status.code(),
+        run.wall.as_secs_f64()
+    );
+    assert!(run.out.status.success(), "drill: {}", all(&run.out));
+    let doc = run.json();
+    assert_eq!(doc["ok"], true, "{doc}");
+    assert_eq!(doc["overridden"], json!([]), "nothing forced: {doc}");
+    assert_eq!(doc["generation_before"], 1, "{doc}");
+    assert_eq!(doc["generation_after"], 2, "{doc}");
+    let steps: Vec<&str> = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|step| step["name"].as_str())
+        .collect();
+    for step in [
+        "power off",
+        "site gone",
+        "other sites carry",
+        "rebuild: restore",
+    ] {
+        assert!(steps.contains(&step), "no step {step}: {steps:?}");
+    }
+    assert!(s.firmware.settle(Duration::from_secs(60)));
+    let after = s.firmware.counts();
+    for (i, name) in s.serving().into_iter().enumerate() {
+        assert_eq!(
+            after[i].network_boots,
+            before[i].network_boots + 1,
+            "{name} network-booted once in the rebuild"
+        );
+    }
+    let states = s.machine_states();
+    let not_ready: Vec<_> = s
+        .serving()
+        .into_iter()
+        .filter(|n| states.get(*n).map(String::as_str) != Some("ready"))
+        .collect();
+    assert!(
+        not_ready.is_empty(),
+        "not ready after the drill: {not_ready:?}"
     );
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
 }
