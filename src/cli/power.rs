@@ -26,8 +26,9 @@ pub struct PowerArgs {
     /// Every machine of this site.
     #[arg(long, value_name = "SITE")]
     site: Option<SiteName>,
-    /// Operations at once per site (always one at a time per BMC).
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    /// Operations at once per site (always one at a time per BMC), as
+    /// `provision --bmc-parallel`.
+    #[arg(long, default_value_t = 256, value_name = "N")]
     parallel: usize,
     /// Seconds to wait for a power change to show.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
