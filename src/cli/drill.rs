@@ -76,18 +76,14 @@ pub fn run(cli: &Cli, cmd: &DrillCommand) -> anyhow::Result<()> {
         observe,
         how,
     };
-    let outcome = runtime()?.block_on(drill::drill(
-        &Env::open(&fleet)?,
-        &fleet,
-        &keys,
-        site,
-        &drill,
-        &reporter,
-    ))?;
+    let env = Env::open(&fleet)?;
+    let outcome =
+        runtime()?.block_on(drill::drill(&env, &fleet, &keys, site, &drill, &reporter))?;
     let report = ran(cli, &format!("drill of {}", site.name), site, outcome)?;
     let files = report.write(&reports_dir)?;
     let mut doc = serde_json::to_value(&report)?;
     doc["reports"] = json!(files);
+    doc["state_io"] = json!(env.io.snapshot());
     print(cli, doc, report.text(&files))?;
     if report.ok {
         Ok(())

@@ -102,6 +102,7 @@ async fn locked(
         reason: gated.reason.clone(),
         overridden: gated.overridden.clone(),
         steps: Vec::new(),
+        set_aside: Vec::new(),
         error: None,
     };
     let target = Key::target_site(&site.name);
@@ -272,6 +273,7 @@ async fn steps(
         });
         offset += p.duration_ms;
     }
+    report.set_aside = std::mem::take(&mut replaced.report.set_aside);
     rebuilt?;
     report.generation_after = Some(to);
     report.recovery_ms = Some(down_at.elapsed().as_millis());

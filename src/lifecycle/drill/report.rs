@@ -40,6 +40,9 @@ pub struct DrillReport {
     pub overridden: Vec<String>,
     pub reason: Option<String>,
     pub steps: Vec<Step>,
+    /// Workers the rebuild set aside (each named in `error` too); the
+    /// same `replace site S` again finishes them.
+    pub set_aside: Vec<crate::bootstrap::SetAside>,
     pub error: Option<String>,
 }
 
@@ -305,6 +308,7 @@ mod tests {
                     detail: "fra | <unhealthy>".into(),
                 },
             ],
+            set_aside: Vec::new(),
             error: Some("fra unhealthy".into()),
         }
     }
