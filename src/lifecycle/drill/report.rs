@@ -41,7 +41,7 @@ pub struct DrillReport {
     pub reason: Option<String>,
     pub steps: Vec<Step>,
     /// Workers the rebuild set aside (each named in `error` too); the
-    /// same `replace site S` again finishes them.
+    /// same drill again resumes and finishes them.
     pub set_aside: Vec<crate::bootstrap::SetAside>,
     pub error: Option<String>,
 }
