@@ -880,6 +880,64 @@ fn drill_steps(report: &drill::DrillReport) -> Vec<(String, bool)> {
 }
 
 #[test]
+fn a_drill_whose_rebuild_sets_a_worker_aside_fails_and_the_same_drill_finishes_it() {
+    let w = world();
+    w.fake.fail("power on fra-wk-01", "BMC refused");
+    let Outcome::Ran(report) = drill(&w, false, true, how()) else {
+        panic!("refused");
+    };
+    assert!(!report.ok);
+    let aside: Vec<(&str, &str)> = report
+        .set_aside
+        .iter()
+        .map(|a| (a.machine.as_str(), a.step.as_str()))
+        .collect();
+    assert_eq!(aside, [("fra-wk-01", "power on")]);
+    let error = report.error.clone().unwrap_or_default();
+    assert_eq!(error.matches("fra-wk-01").count(), 1, "{error}");
+    assert!(w.site("fra").drained.is_some(), "left drained");
+
+    // The same drill again, the BMC fixed: it resumes and finishes only
+    // fra-wk-01, then health, bake and traffic.
+    let w2 = World {
+        fake: Arc::new(Fake::new(&w.fleet, w.store.clone())),
+        ..w
+    };
+    let w2 = World {
+        env: Env {
+            store: Arc::new(w2.store.clone()),
+            sealer: Sealer::none(),
+            infra: w2.fake.clone(),
+            io: Default::default(),
+        },
+        ..w2
+    };
+    let Outcome::Ran(report) = drill(&w2, false, true, how()) else {
+        panic!("refused");
+    };
+    assert!(report.ok, "{:?}", report.error);
+    assert_eq!(report.generation_after, Some(2));
+    assert!(report.set_aside.is_empty());
+    assert_eq!(
+        w2.fake.done(),
+        [
+            "power on fra-wk-01",
+            "booted fra",
+            "boot from disk fra-wk-01",
+            "bootstrap fra",
+            "hook traffic.restore fra"
+        ]
+    );
+    for m in w2.names("fra", None) {
+        let (record, _) = block(records::read_machine(&w2.store, &m))
+            .unwrap()
+            .unwrap();
+        assert!(record.ready_at(2), "{m}: {record:?}");
+    }
+    assert_eq!(w2.site("fra").drained, None);
+}
+
+#[test]
 fn a_power_off_drill_takes_the_site_away_and_proves_it_gone() {
     let w = world();
     let Outcome::Ran(report) = drill(&w, false, false, how()) else {
